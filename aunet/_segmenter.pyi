@@ -1,0 +1,3 @@
+__version__: str
+
+def count_symbols(data: bytes) -> int: ...

@@ -1,0 +1,31 @@
+"""Choose DeepSpeed's accelerator before DeepSpeed is imported.
+
+The registry's PyTorch wheel is a CUDA build even on machines without a GPU; DeepSpeed then has
+to be told to use its CPU accelerator (gloo collectives), or it tries CUDA kernels. Every entry
+point that imports DeepSpeed calls :func:`ensure_ds_accelerator` first.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+
+def ensure_ds_accelerator() -> str:
+    """Set ``DS_ACCELERATOR`` to ``cpu`` when no GPU is visible, unless the user chose one.
+
+    Also puts this interpreter's script folder on ``PATH``: DeepSpeed compiles its CPU
+    shared-memory collective just in time and looks for ``ninja`` there, which a virtual
+    environment that was not activated would otherwise hide.
+
+    Returns the accelerator name in force.
+    """
+    scripts = str(Path(sys.executable).parent)
+    if scripts not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
+    if not os.environ.get("DS_ACCELERATOR"):
+        import torch
+
+        os.environ["DS_ACCELERATOR"] = "cuda" if torch.cuda.is_available() else "cpu"
+    return os.environ["DS_ACCELERATOR"]
