@@ -5,7 +5,8 @@ public API.
 """
 
 from aunet._segmenter import __version__ as core_version
+from aunet.segmenter import LevelStream, Segmenter
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "core_version"]
+__all__ = ["__version__", "core_version", "Segmenter", "LevelStream"]

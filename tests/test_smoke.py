@@ -15,6 +15,6 @@ def test_core_version_matches_package():
     assert aunet.core_version == aunet.__version__
 
 
-def test_core_function_runs():
-    assert _segmenter.count_symbols("héllo wörld".encode()) == 11
-    assert _segmenter.count_symbols(b"\xff\xfe") == 2
+def test_core_runs_through_the_public_api():
+    seg = aunet.Segmenter({"word1": "1@1", "word2": "2@1"})
+    assert seg.levels("The cat sat.").tolist() == [0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 2]

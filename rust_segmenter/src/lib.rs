@@ -1,56 +1,46 @@
-//! Level masks for the byte-level AU-Net language model.
+//! Level masks for the byte-level AU-Net language model (SPEC section 2).
 //!
-//! The crate has two layers:
-//! - the pure core (this file and the modules it declares), plain Rust with plain errors, tested
-//!   by `cargo test` without a Python interpreter;
-//! - `py`, the PyO3 skin compiled only with the `python` feature; maturin builds it into the
-//!   private module `aunet._segmenter`, and the Python package `aunet` owns the public API.
+//! Design, once:
+//! - Bytes are decoded into symbols (one per code point, or per byte of an invalid sequence),
+//!   each reduced to one byte of class flags (letter, number, digit, white space, U+0020,
+//!   newline). The classes come from tables generated from the Python `regex` package
+//!   (`tools/gen_unicode_tables.py`), because the contract is that package's semantics and its
+//!   Unicode version can differ from Rust's regex tables.
+//! - The built-in patterns (`word`, `pretok`, `punct`) run as hand-written scanners over the
+//!   class bytes: each pattern alternative becomes a branch of a linear scan (`scan.rs`, with
+//!   the equivalence argued there and tested against the `regex` package). A regex engine would
+//!   need lookahead (`pretok`, `punct`) and possessive quantifiers, i.e. a backtracking engine
+//!   at tens of MB/s; the scanners run at hundreds.
+//! - User-given patterns use the `regex` crate when they compile there (linear time) and
+//!   `fancy-regex` only for lookaround, possessive quantifiers or backreferences (`custom.rs`).
+//! - Batches run on threads scoped to the call: no pool outlives a call, so nothing breaks in a
+//!   process forked afterwards (PyTorch DataLoader workers), and no global state needs
+//!   `pthread_atfork`. Documents are handed out in byte-balanced chunks from a shared queue.
+//! - Streaming uses causal versions of the scanners (`causal.rs`): O(1) state per strategy.
+//! - The core never panics on input: every byte sequence, valid UTF-8 or not, gives one level
+//!   per byte.
+
+mod causal;
+pub mod classes;
+mod custom;
+mod error;
+mod scan;
+mod segmenter;
+mod strategy;
+mod stream;
+mod symbols;
+#[allow(clippy::all)]
+mod unicode_tables;
 
 #[cfg(feature = "python")]
 mod py;
 
+pub use classes::class_of;
+pub use error::{Result, SegmenterError};
+pub use segmenter::Segmenter;
+pub use strategy::{Strategy, PRETOK_START, PUNCT_START, WORD_START};
+pub use stream::LevelStream;
+pub use symbols::{decode, Symbols};
+
 /// Version of the core, reported to Python so that a stale build is easy to spot.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-
-/// Number of UTF-8 code points in `bytes`, counting every byte of an invalid or truncated
-/// sequence as one symbol of its own (the rule of SPEC section 2).
-pub fn count_symbols(bytes: &[u8]) -> usize {
-    let mut count = 0;
-    let mut rest = bytes;
-    while !rest.is_empty() {
-        match std::str::from_utf8(rest) {
-            Ok(valid) => {
-                count += valid.chars().count();
-                break;
-            }
-            Err(err) => {
-                let good = err.valid_up_to();
-                count += std::str::from_utf8(&rest[..good]).map_or(0, |s| s.chars().count());
-                let bad = err.error_len().unwrap_or(rest.len() - good);
-                count += bad;
-                rest = &rest[good + bad..];
-            }
-        }
-    }
-    count
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counts_valid_text_by_code_point() {
-        assert_eq!(count_symbols("héllo".as_bytes()), 5);
-        assert_eq!(count_symbols("日本".as_bytes()), 2);
-        assert_eq!(count_symbols(b""), 0);
-    }
-
-    #[test]
-    fn counts_each_invalid_byte_once() {
-        // 0xff is never valid; a lone continuation byte and a truncated 3-byte lead count 1 per byte.
-        assert_eq!(count_symbols(b"a\xffb"), 3);
-        assert_eq!(count_symbols(b"\x80\x80"), 2);
-        assert_eq!(count_symbols(b"x\xe6\x97"), 3);
-    }
-}

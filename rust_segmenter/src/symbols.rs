@@ -1,0 +1,184 @@
+//! Bytes to symbols: one symbol per code point, or per byte of an invalid or truncated UTF-8
+//! sequence (SPEC section 2), each with its class and the index of its last byte.
+
+use crate::classes::{table, OTHER};
+
+/// A decoded document. `last` is empty when every byte is ASCII (symbol index = byte index).
+#[derive(Default, Debug)]
+pub struct Symbols {
+    pub cls: Vec<u8>,
+    pub last: Vec<usize>,
+}
+
+impl Symbols {
+    #[inline(always)]
+    pub fn last_byte(&self, sym: usize) -> usize {
+        if self.last.is_empty() {
+            sym
+        } else {
+            self.last[sym]
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.cls.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cls.is_empty()
+    }
+}
+
+/// Length of the valid UTF-8 sequence that starts at `bytes[0]`, or None when it is invalid or
+/// truncated. The rules are those of `std::str::from_utf8` (and of Python's decoder).
+#[inline]
+pub fn utf8_len(bytes: &[u8]) -> Option<usize> {
+    let b0 = *bytes.first()?;
+    let cont = |i: usize, lo: u8, hi: u8| bytes.get(i).is_some_and(|&b| (lo..=hi).contains(&b));
+    let (n, lo, hi) = match b0 {
+        0x00..=0x7F => return Some(1),
+        0xC2..=0xDF => (2, 0x80, 0xBF),
+        0xE0 => (3, 0xA0, 0xBF),
+        0xE1..=0xEC | 0xEE..=0xEF => (3, 0x80, 0xBF),
+        0xED => (3, 0x80, 0x9F),
+        0xF0 => (4, 0x90, 0xBF),
+        0xF1..=0xF3 => (4, 0x80, 0xBF),
+        0xF4 => (4, 0x80, 0x8F),
+        _ => return None,
+    };
+    if !cont(1, lo, hi) {
+        return None;
+    }
+    for i in 2..n {
+        if !cont(i, 0x80, 0xBF) {
+            return None;
+        }
+    }
+    Some(n)
+}
+
+#[inline]
+pub fn decode_scalar(seq: &[u8]) -> u32 {
+    match seq.len() {
+        1 => seq[0] as u32,
+        2 => ((seq[0] as u32 & 0x1F) << 6) | (seq[1] as u32 & 0x3F),
+        3 => ((seq[0] as u32 & 0x0F) << 12) | ((seq[1] as u32 & 0x3F) << 6) | (seq[2] as u32 & 0x3F),
+        _ => {
+            ((seq[0] as u32 & 0x07) << 18)
+                | ((seq[1] as u32 & 0x3F) << 12)
+                | ((seq[2] as u32 & 0x3F) << 6)
+                | (seq[3] as u32 & 0x3F)
+        }
+    }
+}
+
+/// Decode `bytes` into `out`, reusing its allocations.
+pub fn decode_into(bytes: &[u8], out: &mut Symbols) {
+    let t = table();
+    out.cls.clear();
+    out.last.clear();
+    if bytes.is_ascii() {
+        out.cls.extend(bytes.iter().map(|&b| t.ascii[b as usize]));
+        return;
+    }
+    out.cls.reserve(bytes.len());
+    out.last.reserve(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b < 0x80 {
+            out.cls.push(t.ascii[b as usize]);
+            out.last.push(i);
+            i += 1;
+            continue;
+        }
+        match utf8_len(&bytes[i..]) {
+            Some(n) => {
+                out.cls.push(t.of(decode_scalar(&bytes[i..i + n])));
+                out.last.push(i + n - 1);
+                i += n;
+            }
+            None => {
+                out.cls.push(OTHER);
+                out.last.push(i);
+                i += 1;
+            }
+        }
+    }
+}
+
+pub fn decode(bytes: &[u8]) -> Symbols {
+    let mut s = Symbols::default();
+    decode_into(bytes, &mut s);
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classes::*;
+
+    #[test]
+    fn multibyte_maps_to_last_byte() {
+        let s = decode("aé日".as_bytes());
+        assert_eq!(s.cls, vec![LETTER, LETTER, LETTER]);
+        assert_eq!(s.last, vec![0, 2, 5]);
+    }
+
+    #[test]
+    fn every_invalid_byte_is_its_own_symbol() {
+        for (input, n) in [(&b"\xff"[..], 1), (b"\x80\x80", 2), (b"x\xe6\x97", 3), (b"\xed\xa0\x80", 3), (b"\xf4\x90\x80\x80", 4), (b"\xc0\xaf", 2)] {
+            let s = decode(input);
+            assert_eq!(s.len(), n, "{input:?}");
+            assert_eq!(s.last_byte(n - 1), input.len() - 1);
+        }
+    }
+
+    #[test]
+    fn agrees_with_std_on_valid_prefixes() {
+        let text = "Grüße, 世界! 🙂 ok";
+        let s = decode(text.as_bytes());
+        assert_eq!(s.len(), text.chars().count());
+    }
+}
+
+/// Where a byte sequence stands as the beginning of one UTF-8 character.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Partial {
+    Complete,
+    Incomplete,
+    Invalid,
+}
+
+pub fn utf8_partial(seq: &[u8]) -> Partial {
+    match utf8_len(seq) {
+        Some(n) if n == seq.len() => Partial::Complete,
+        Some(_) => Partial::Invalid, // longer than one character: the caller feeds one at a time
+        None => {
+            // Valid so far when padding with the smallest allowed continuation completes it.
+            let mut padded = [0u8; 4];
+            padded[..seq.len()].copy_from_slice(seq);
+            let need = match seq[0] {
+                0xC2..=0xDF => 2,
+                0xE0..=0xEF => 3,
+                0xF0..=0xF4 => 4,
+                _ => return Partial::Invalid,
+            };
+            if seq.len() >= need {
+                return Partial::Invalid;
+            }
+            for fill in seq.len()..need {
+                padded[fill] = match (fill, seq[0]) {
+                    (1, 0xE0) => 0xA0,
+                    (1, 0xF0) => 0x90,
+                    _ => 0x80,
+                };
+            }
+            if utf8_len(&padded[..need]) == Some(need) {
+                Partial::Incomplete
+            } else {
+                Partial::Invalid
+            }
+        }
+    }
+}
