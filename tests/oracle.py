@@ -24,7 +24,7 @@ class OracleSegmenter:
         items = strategy.items() if isinstance(strategy, dict) else strategy
         self.rules = []
         for key, param in items:
-            kind = next((k for k in START if key.startswith(k)), None)
+            kind = next((k for k in START if key is not None and key.startswith(k)), None)
             if isinstance(strategy, dict) or kind is not None and regex.fullmatch(r"[0-9_]*", key[len(kind):]):
                 start = regex.compile(START[kind])
                 if kind == "word":
