@@ -144,7 +144,11 @@ mod tests {
     fn full(kind: Kind, cls: &[u8]) -> Vec<usize> {
         let mut out = vec![];
         match kind {
-            Kind::Word => scan::word_starts(cls, |q| out.push(q)),
+            Kind::Word => {
+                let mut masks = scan::Masks::default();
+                masks.build(cls);
+                scan::word_starts(cls, &masks, |q| out.push(q))
+            }
             Kind::Pretok => scan::pretok_starts(cls, |q| out.push(q)),
             Kind::Punct => scan::punct_starts(cls, |q| out.push(q)),
         }

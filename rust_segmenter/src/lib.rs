@@ -44,3 +44,4 @@ pub use symbols::{decode, Symbols};
 
 /// Version of the core, reported to Python so that a stale build is easy to spot.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+

@@ -38,26 +38,106 @@ fn other_chunk_end(cls: &[u8], q: usize) -> usize {
     e
 }
 
-/// `\p{N}{1,3}|(?:[^\s\p{L}\p{N}]{1,3}[\r\n]*)|\s*[\r\n]`
-pub fn word_starts(cls: &[u8], mut emit: impl FnMut(usize)) {
+/// Bit masks of the letter, number, white-space and newline symbols, 64 symbols a word:
+/// run ends and "is there a newline in this run" become a few bit operations instead of a
+/// byte loop whose exit the branch predictor misses once per word.
+#[derive(Default, Debug)]
+pub struct Masks {
+    letter: Vec<u64>,
+    number: Vec<u64>,
+    white: Vec<u64>,
+    newline: Vec<u64>,
+}
+
+impl Masks {
+        pub fn build(&mut self, cls: &[u8]) {
+        for v in [&mut self.letter, &mut self.number, &mut self.white, &mut self.newline] {
+            v.clear();
+        }
+        let mut padded = [0u8; 64];
+        for block in cls.chunks(64) {
+            let full: &[u8; 64] = match block.try_into() {
+                Ok(full) => full,
+                Err(_) => {
+                    // Padding is class 0 ("other"): no flag set past the end.
+                    padded.fill(0);
+                    padded[..block.len()].copy_from_slice(block);
+                    &padded
+                }
+            };
+            let [l, n, w, nl] = block_masks(full, [LETTER, NUMBER, WHITE, NEWLINE]);
+            self.letter.push(l);
+            self.number.push(n);
+            self.white.push(w);
+            self.newline.push(nl);
+        }
+    }
+
+    /// First position >= q whose bit in `mask` is clear (or the end of the last word).
+    #[inline(always)]
+    fn next_clear(mask: &[u64], q: usize, n: usize) -> usize {
+        let mut w = q / 64;
+        let mut bits = !mask[w] >> (q % 64);
+        if bits != 0 {
+            return (q + bits.trailing_zeros() as usize).min(n);
+        }
+        loop {
+            w += 1;
+            if w == mask.len() {
+                return n;
+            }
+            bits = !mask[w];
+            if bits != 0 {
+                return (w * 64 + bits.trailing_zeros() as usize).min(n);
+            }
+        }
+    }
+
+    /// Whether any bit of `mask` is set in positions a..b.
+    #[inline(always)]
+    fn any_in(mask: &[u64], a: usize, b: usize) -> bool {
+        let (mut w, last) = (a / 64, (b - 1) / 64);
+        let bits = mask[w] >> (a % 64);
+        if w == last {
+            let len = b - a;
+            return bits & (u64::MAX >> (64 - len)) != 0;
+        }
+        if bits != 0 {
+            return true;
+        }
+        loop {
+            w += 1;
+            let m = if w == last { mask[w] & (u64::MAX >> (63 - (b - 1) % 64)) } else { mask[w] };
+            if m != 0 {
+                return true;
+            }
+            if w == last {
+                return false;
+            }
+        }
+    }
+}
+
+/// `\p{N}{1,3}|(?:[^\s\p{L}\p{N}]{1,3}[\r\n]*)|\s*[\r\n]` (`masks` built from `cls`)
+pub fn word_starts(cls: &[u8], masks: &Masks, mut emit: impl FnMut(usize)) {
     let n = cls.len();
     let mut q = 0;
     while q < n {
         let c = cls[q];
         if c & LETTER != 0 {
             // No alternative starts with a letter.
-            q += 1 + run_len(cls, q + 1, usize::MAX, |c| c & LETTER != 0);
+            q = Masks::next_clear(&masks.letter, q, n);
         } else if c & NUMBER != 0 {
             emit(q);
-            q += run_len(cls, q, 3, |c| c & NUMBER != 0);
+            q = Masks::next_clear(&masks.number, q, n).min(q + 3);
         } else if c & WHITE == 0 {
             emit(q);
             q = other_chunk_end(cls, q);
         } else {
             // `\s*[\r\n]` matches from q to the run's last newline, if it has one; the rest of
             // the run then holds no newline, so no later position in it matches.
-            let (r, last_nl) = white_run(cls, q);
-            if last_nl.is_some() {
+            let r = Masks::next_clear(&masks.white, q, n);
+            if Masks::any_in(&masks.newline, q, r) {
                 emit(q);
             }
             q = r;
@@ -175,6 +255,91 @@ pub fn chain_ends(cls: &[u8], group: usize, moduli: &[usize], mut emit: impl FnM
     }
 }
 
+/// Bit i set when symbol i of the (up to 64-symbol) block has any bit of `flag`.
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn block_mask(block: &[u8], flag: u8) -> u64 {
+    let mut m = 0u64;
+    for (i, &c) in block.iter().enumerate() {
+        m |= ((c & flag != 0) as u64) << i;
+    }
+    m
+}
+
+/// The masks of four flags for one full 64-symbol block.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn block_masks(block: &[u8; 64], flags: [u8; 4]) -> [u64; 4] {
+    use std::arch::x86_64::*;
+    // SAFETY: SSE2 is part of the x86_64 baseline; the loads read 4 x 16 bytes of a 64-byte array.
+    unsafe {
+        let zero = _mm_setzero_si128();
+        let lanes: [__m128i; 4] = std::array::from_fn(|i| _mm_loadu_si128(block.as_ptr().add(16 * i) as *const __m128i));
+        flags.map(|flag| {
+            let f = _mm_set1_epi8(flag as i8);
+            let mut m = 0u64;
+            for (i, lane) in lanes.iter().enumerate() {
+                let clear = _mm_movemask_epi8(_mm_cmpeq_epi8(_mm_and_si128(*lane, f), zero)) as u32;
+                m |= ((!clear & 0xFFFF) as u64) << (16 * i);
+            }
+            m
+        })
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn block_masks(block: &[u8; 64], flags: [u8; 4]) -> [u64; 4] {
+    flags.map(|f| block_mask(block, f))
+}
+
+/// `chain_ends` for every chain whose matches are all kept (a modulus of 1), all chains in one
+/// pass over 64-symbol blocks of white-space bit masks. A word ends at a white-space symbol
+/// after a non-space one; a white-space symbol after another breaks every chain. With G = 1
+/// every word end is a match, so no state is needed; larger G count word ends between breaks.
+/// Raises `out[last_byte(q)]` to each chain's level at its match ends.
+pub fn chain_ends_all_kept(masks: &Masks, chains: &[(usize, u8)], out: &mut [u8], last: &[usize]) {
+    let mut words = vec![0usize; chains.len()];
+    let mut prev_top = 1u64; // the document start behaves like white space: no word before it
+    for (b, &white) in masks.white.iter().enumerate() {
+        let prev_white = (white << 1) | prev_top;
+        prev_top = white >> 63;
+        let word_end = white & !prev_white;
+        let broken = white & prev_white;
+        if word_end == 0 && broken == 0 {
+            continue;
+        }
+        for ((group, level), words) in chains.iter().zip(words.iter_mut()) {
+            let mut hits = if *group == 1 {
+                word_end
+            } else {
+                let mut hits = 0u64;
+                let mut events = word_end | broken;
+                while events != 0 {
+                    let i = events.trailing_zeros();
+                    events &= events - 1;
+                    if broken >> i & 1 != 0 {
+                        *words = 0;
+                    } else {
+                        *words += 1;
+                        if *words == *group {
+                            *words = 0;
+                            hits |= 1 << i;
+                        }
+                    }
+                }
+                hits
+            };
+            while hits != 0 {
+                let q = b * 64 + hits.trailing_zeros() as usize;
+                hits &= hits - 1;
+                let pos = if last.is_empty() { q } else { last[q] };
+                out[pos] = out[pos].max(*level);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,9 +352,15 @@ mod tests {
         out
     }
 
+    fn masked(cls: &[u8]) -> Masks {
+        let mut m = Masks::default();
+        m.build(cls);
+        m
+    }
+
     #[test]
     fn word_start_examples() {
-        let w = |c: &[u8], e: &mut dyn FnMut(usize)| word_starts(c, e);
+        let w = |c: &[u8], e: &mut dyn FnMut(usize)| word_starts(c, &masked(c), e);
         // "The cat sat." -> only the final '.'
         assert_eq!(starts(w, "The cat sat."), vec![11]);
         assert_eq!(starts(w, "12345 x"), vec![0, 3]);

@@ -8,6 +8,13 @@ use crate::scan;
 use crate::strategy::{EndRule, StartRule, Strategy};
 use crate::symbols::{decode_into, Symbols};
 
+/// Per-thread buffers reused from one document to the next.
+#[derive(Default, Debug)]
+pub struct Scratch {
+    symbols: Symbols,
+    masks: scan::Masks,
+}
+
 #[derive(Debug, Clone)]
 pub struct Segmenter {
     strategies: Vec<Strategy>,
@@ -16,6 +23,10 @@ pub struct Segmenter {
     run_start: Vec<bool>,
     run_end: Vec<bool>,
     has_custom: bool,
+    /// (group, level) of the chains whose every match is kept, run together in one pass.
+    fast_chains: Vec<(usize, u8)>,
+    /// Whether a scanner reads the bit masks of the symbol classes.
+    needs_masks: bool,
 }
 
 impl Segmenter {
@@ -34,7 +45,17 @@ impl Segmenter {
             .map(|i| strategies[i].end.is_some() && !deeper_has(i, &|s| s.end == strategies[i].end))
             .collect();
         let has_custom = strategies.iter().any(Strategy::is_custom);
-        Ok(Self { strategies, run_start, run_end, has_custom })
+        let fast_chains: Vec<(usize, u8)> = strategies
+            .iter()
+            .zip(&run_end)
+            .enumerate()
+            .filter_map(|(i, (s, &run))| match &s.end {
+                Some(EndRule::Chain { group, moduli }) if run && moduli.contains(&1) => Some((*group, (i + 1) as u8)),
+                _ => None,
+            })
+            .collect();
+        let needs_masks = !fast_chains.is_empty() || strategies.iter().any(|s| s.start == Some(StartRule::Word));
+        Ok(Self { strategies, run_start, run_end, has_custom, fast_chains, needs_masks })
     }
 
     /// From config-style (key, parameter) pairs, e.g. [("word1", "1@1"), ("word2", "2@1")].
@@ -55,18 +76,22 @@ impl Segmenter {
     }
 
     /// Levels of `bytes` into `out` (same length), reusing `symbols` as scratch.
-    pub fn levels_into(&self, bytes: &[u8], out: &mut [u8], symbols: &mut Symbols) -> Result<()> {
+    pub fn levels_into(&self, bytes: &[u8], out: &mut [u8], scratch: &mut Scratch) -> Result<()> {
         debug_assert_eq!(bytes.len(), out.len());
         out.fill(0);
+        let Scratch { symbols, masks } = scratch;
         decode_into(bytes, symbols);
         let text = self.has_custom.then(|| DecodedText::new(bytes, symbols));
+        if self.needs_masks {
+            masks.build(&symbols.cls);
+        }
         let sym = &*symbols;
         for (i, strategy) in self.strategies.iter().enumerate() {
             let level = (i + 1) as u8;
             let mut mark = |s: usize| out[sym.last_byte(s)] = level;
             if self.run_start[i] {
                 match strategy.start.as_ref().expect("run_start implies a start rule") {
-                    StartRule::Word => scan::word_starts(&sym.cls, &mut mark),
+                    StartRule::Word => scan::word_starts(&sym.cls, masks, &mut mark),
                     StartRule::Pretok => scan::pretok_starts(&sym.cls, &mut mark),
                     StartRule::Punct => scan::punct_starts(&sym.cls, &mut mark),
                     StartRule::Custom(re) => {
@@ -81,6 +106,8 @@ impl Segmenter {
             }
             if self.run_end[i] {
                 match strategy.end.as_ref().expect("run_end implies an end rule") {
+                    // Gathered into one pass below.
+                    EndRule::Chain { moduli, .. } if moduli.contains(&1) => {}
                     EndRule::Chain { group, moduli } => scan::chain_ends(&sym.cls, *group, moduli, &mut mark),
                     EndRule::Custom(re) => {
                         let t = text.as_ref().expect("decoded for custom rules");
@@ -93,12 +120,15 @@ impl Segmenter {
                 }
             }
         }
+        if !self.fast_chains.is_empty() {
+            scan::chain_ends_all_kept(masks, &self.fast_chains, out, &sym.last);
+        }
         Ok(())
     }
 
     pub fn levels(&self, bytes: &[u8]) -> Result<Vec<u8>> {
         let mut out = vec![0; bytes.len()];
-        self.levels_into(bytes, &mut out, &mut Symbols::default())?;
+        self.levels_into(bytes, &mut out, &mut Scratch::default())?;
         Ok(out)
     }
 
@@ -109,7 +139,7 @@ impl Segmenter {
         if bos {
             out[0] = self.depth() as u8;
         }
-        self.levels_into(bytes, &mut out[head..head + bytes.len()], &mut Symbols::default())?;
+        self.levels_into(bytes, &mut out[head..head + bytes.len()], &mut Scratch::default())?;
         Ok(out)
     }
 
@@ -122,10 +152,10 @@ impl Segmenter {
         let mut out = vec![0u8; total];
         let threads = threads.clamp(1, docs.len().max(1));
         if threads == 1 {
-            let mut symbols = Symbols::default();
+            let mut scratch = Scratch::default();
             let mut off = 0;
             for d in docs {
-                self.levels_into(d, &mut out[off..off + d.len()], &mut symbols)?;
+                self.levels_into(d, &mut out[off..off + d.len()], &mut scratch)?;
                 off += d.len();
             }
             return Ok(out);
@@ -150,13 +180,13 @@ impl Segmenter {
         std::thread::scope(|scope| {
             for _ in 0..threads {
                 scope.spawn(|| {
-                    let mut symbols = Symbols::default();
+                    let mut scratch = Scratch::default();
                     loop {
                         let next = queue.lock().unwrap_or_else(|p| p.into_inner()).next();
                         let Some((range, buf)) = next else { return };
                         let mut off = 0;
                         for d in &docs[range] {
-                            if let Err(e) = self.levels_into(d, &mut buf[off..off + d.len()], &mut symbols) {
+                            if let Err(e) = self.levels_into(d, &mut buf[off..off + d.len()], &mut scratch) {
                                 failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
                                 return;
                             }
