@@ -72,6 +72,18 @@ pub fn decode_scalar(seq: &[u8]) -> u32 {
     }
 }
 
+/// Length of a UTF-8 sequence by the high nibble of its first byte; 0 for a continuation byte.
+const UTF8_LEN: [u8; 16] = [1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2, 2, 3, 4];
+/// By length: (mask, value) that the continuation bytes must show in the big-endian word, and
+/// the smallest code point that length may encode (shorter would be overlong).
+const UTF8_CHECKS: [(u32, u32, u32); 5] = [
+    (0, 1, 0),
+    (0, 0, 0),
+    (0x00C0_0000, 0x0080_0000, 0x80),
+    (0x00C0_C000, 0x0080_8000, 0x800),
+    (0x00C0_C0C0, 0x0080_8080, 0x1_0000),
+];
+
 /// Decode `bytes` into `out`, reusing its allocations.
 pub fn decode_into(bytes: &[u8], out: &mut Symbols) {
     let t = table();
@@ -83,7 +95,43 @@ pub fn decode_into(bytes: &[u8], out: &mut Symbols) {
     }
     out.cls.reserve(bytes.len());
     out.last.reserve(bytes.len());
-    let mut i = 0;
+    // Four bytes at a time: the length comes from a table and the code point from whichever
+    // of the four formulas the length selects, so mixed-script text (where the length changes
+    // every few characters) costs no mispredicted branch. A sequence that fails any check of
+    // `utf8_len` (continuation bytes, overlong, surrogate, > U+10FFFF) makes byte i an invalid
+    // symbol, exactly as the careful loop below would. Writes go to pre-sized slices through a
+    // local index, which keeps the vectors' lengths out of the loop.
+    let n = bytes.len();
+    out.cls.resize(n, 0);
+    out.last.resize(n, 0);
+    let (cls, last) = (&mut out.cls[..], &mut out.last[..]);
+    let (mut i, mut k) = (0, 0);
+    while i + 4 <= n {
+        let w = u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+        let len = UTF8_LEN[(w >> 28) as usize] as usize;
+        let b = |k: u32| (w >> (24 - 8 * k)) & 0xFF;
+        let cp = [
+            b(0),
+            b(0),
+            (b(0) & 0x1F) << 6 | (b(1) & 0x3F),
+            (b(0) & 0x0F) << 12 | (b(1) & 0x3F) << 6 | (b(2) & 0x3F),
+            (b(0) & 0x07) << 18 | (b(1) & 0x3F) << 12 | (b(2) & 0x3F) << 6 | (b(3) & 0x3F),
+        ][len];
+        let (cont_mask, cont_value, min_cp) = UTF8_CHECKS[len];
+        let valid = (w & cont_mask == cont_value)
+            & (cp >= min_cp)
+            & (cp <= 0x10FFFF)
+            & !(0xD800..=0xDFFF).contains(&cp)
+            & (b(0) < 0xF8);
+        // Invalid: byte i alone, as an "other" symbol.
+        let step = if valid { len } else { 1 };
+        cls[k] = if valid { t.of(cp.min(0x10FFFF)) } else { OTHER };
+        last[k] = i + step - 1;
+        i += step;
+        k += 1;
+    }
+    out.cls.truncate(k);
+    out.last.truncate(k);
     while i < bytes.len() {
         let b = bytes[i];
         if b < 0x80 {
