@@ -57,6 +57,10 @@ def main(out_dir: Path) -> None:
         "after_checksum": float(after.double().sum()),
     }
     (out_dir / f"rank{rank}.json").write_text(json.dumps(result))
+    # Leave together: a rank that exits while the other still talks to it over gloo can abort
+    # in gloo's C++ threads ("terminate called without an active exception").
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
