@@ -1,7 +1,7 @@
 //! Bytes to symbols: one symbol per code point, or per byte of an invalid or truncated UTF-8
 //! sequence (SPEC section 2), each with its class and the index of its last byte.
 
-use crate::classes::{table, OTHER};
+use crate::classes::{table, ClassTable, OTHER};
 
 /// A decoded document. `last` is empty when every byte is ASCII (symbol index = byte index).
 #[derive(Default, Debug)]
@@ -95,63 +95,74 @@ pub fn decode_into(bytes: &[u8], out: &mut Symbols) {
     }
     out.cls.reserve(bytes.len());
     out.last.reserve(bytes.len());
-    // Four bytes at a time: the length comes from a table and the code point from whichever
-    // of the four formulas the length selects, so mixed-script text (where the length changes
-    // every few characters) costs no mispredicted branch. A sequence that fails any check of
-    // `utf8_len` (continuation bytes, overlong, surrogate, > U+10FFFF) makes byte i an invalid
-    // symbol, exactly as the careful loop below would. Writes go to pre-sized slices through a
-    // local index, which keeps the vectors' lengths out of the loop.
+    // Two lanes decode the two halves in one loop: each character's position depends on the
+    // previous one's length (a chain of loads), so two independent chains run about twice as
+    // fast as one. The halves meet at a byte that is not a continuation byte, where every
+    // decoding (valid or not) has a symbol boundary; the second lane writes its symbols from
+    // index `mid` on (a lane never has more symbols than bytes) and is moved down at the end.
     let n = bytes.len();
     out.cls.resize(n, 0);
     out.last.resize(n, 0);
     let (cls, last) = (&mut out.cls[..], &mut out.last[..]);
-    let (mut i, mut k) = (0, 0);
-    while i + 4 <= n {
-        let w = u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
-        let len = UTF8_LEN[(w >> 28) as usize] as usize;
-        let b = |k: u32| (w >> (24 - 8 * k)) & 0xFF;
-        let cp = [
-            b(0),
-            b(0),
-            (b(0) & 0x1F) << 6 | (b(1) & 0x3F),
-            (b(0) & 0x0F) << 12 | (b(1) & 0x3F) << 6 | (b(2) & 0x3F),
-            (b(0) & 0x07) << 18 | (b(1) & 0x3F) << 12 | (b(2) & 0x3F) << 6 | (b(3) & 0x3F),
-        ][len];
-        let (cont_mask, cont_value, min_cp) = UTF8_CHECKS[len];
-        let valid = (w & cont_mask == cont_value)
-            & (cp >= min_cp)
-            & (cp <= 0x10FFFF)
-            & !(0xD800..=0xDFFF).contains(&cp)
-            & (b(0) < 0xF8);
-        // Invalid: byte i alone, as an "other" symbol.
-        let step = if valid { len } else { 1 };
-        cls[k] = if valid { t.of(cp.min(0x10FFFF)) } else { OTHER };
-        last[k] = i + step - 1;
-        i += step;
-        k += 1;
+    let mid = (n / 2..(n / 2 + 4).min(n)).find(|&m| bytes[m] & 0xC0 != 0x80).unwrap_or(n);
+    let (mut ia, mut ka, mut ib, mut kb) = (0, 0, mid, mid);
+    while ia < mid && ib + 4 <= n {
+        let (c, len) = fast_step(bytes, ia, t);
+        (cls[ka], last[ka]) = (c, ia + len - 1);
+        (ia, ka) = (ia + len, ka + 1);
+        let (c, len) = fast_step(bytes, ib, t);
+        (cls[kb], last[kb]) = (c, ib + len - 1);
+        (ib, kb) = (ib + len, kb + 1);
     }
-    out.cls.truncate(k);
-    out.last.truncate(k);
-    while i < bytes.len() {
-        let b = bytes[i];
-        if b < 0x80 {
-            out.cls.push(t.ascii[b as usize]);
-            out.last.push(i);
-            i += 1;
-            continue;
+    for (i, k, end) in [(&mut ia, &mut ka, mid), (&mut ib, &mut kb, n)] {
+        while *i < end {
+            let (c, len) = if *i + 4 <= n { fast_step(bytes, *i, t) } else { careful_step(&bytes[..end], *i, t) };
+            (cls[*k], last[*k]) = (c, *i + len - 1);
+            (*i, *k) = (*i + len, *k + 1);
         }
-        match utf8_len(&bytes[i..]) {
-            Some(n) => {
-                out.cls.push(t.of(decode_scalar(&bytes[i..i + n])));
-                out.last.push(i + n - 1);
-                i += n;
-            }
-            None => {
-                out.cls.push(OTHER);
-                out.last.push(i);
-                i += 1;
-            }
-        }
+    }
+    cls.copy_within(mid..kb, ka);
+    last.copy_within(mid..kb, ka);
+    out.cls.truncate(ka + kb - mid);
+    out.last.truncate(ka + kb - mid);
+}
+
+/// One symbol from the 4-byte window at `i` (requires i + 4 <= len): its class and length.
+/// The length comes from a table and the code point from whichever formula it selects, so
+/// mixed-script text costs no mispredicted branch. A sequence that fails any check of
+/// `utf8_len` (continuation bytes, overlong, surrogate, > U+10FFFF) makes byte i an invalid
+/// symbol of length 1, exactly as `careful_step` would.
+#[inline(always)]
+fn fast_step(bytes: &[u8], i: usize, t: &ClassTable) -> (u8, usize) {
+    let w = u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    let len = UTF8_LEN[(w >> 28) as usize] as usize;
+    let b = |k: u32| (w >> (24 - 8 * k)) & 0xFF;
+    let cp = [
+        b(0),
+        b(0),
+        (b(0) & 0x1F) << 6 | (b(1) & 0x3F),
+        (b(0) & 0x0F) << 12 | (b(1) & 0x3F) << 6 | (b(2) & 0x3F),
+        (b(0) & 0x07) << 18 | (b(1) & 0x3F) << 12 | (b(2) & 0x3F) << 6 | (b(3) & 0x3F),
+    ][len];
+    let (cont_mask, cont_value, min_cp) = UTF8_CHECKS[len];
+    let valid = (w & cont_mask == cont_value)
+        & (cp >= min_cp)
+        & (cp <= 0x10FFFF)
+        & !(0xD800..=0xDFFF).contains(&cp)
+        & (b(0) < 0xF8);
+    if valid {
+        (t.of(cp.min(0x10FFFF)), len)
+    } else {
+        (OTHER, 1)
+    }
+}
+
+/// One symbol at `i`, checking each byte against the end of `bytes`.
+#[inline]
+fn careful_step(bytes: &[u8], i: usize, t: &ClassTable) -> (u8, usize) {
+    match utf8_len(&bytes[i..]) {
+        Some(n) => (t.of(decode_scalar(&bytes[i..i + n])), n),
+        None => (OTHER, 1),
     }
 }
 
