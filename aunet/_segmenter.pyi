@@ -1,15 +1,19 @@
 """Stubs of the compiled core (checked against the module by tests/test_stubs.py)."""
 
+from typing import final
+
 import numpy as np
 import numpy.typing as npt
 
+__all__ = ["LevelStream", "PRETOK_START", "PUNCT_START", "Segmenter", "WORD_START", "__version__", "class_of"]
 __version__: str
 WORD_START: str
 PRETOK_START: str
 PUNCT_START: str
 
-def class_of(cp: int, /) -> int: ...
+def class_of(cp: int) -> int: ...
 
+@final
 class Segmenter:
     def __new__(cls, pairs: list[tuple[str | None, str | None]], keyed: bool) -> Segmenter: ...
     @property
@@ -21,6 +25,7 @@ class Segmenter:
     ) -> npt.NDArray[np.uint8]: ...
     def stream(self) -> LevelStream: ...
 
+@final
 class LevelStream:
     def push(self, data: bytes) -> npt.NDArray[np.uint8]: ...
     @property

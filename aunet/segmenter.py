@@ -44,7 +44,7 @@ def _as_bytes(doc: object, where: str) -> bytes:
 
 def _pairs(strategy: object) -> tuple[list[tuple[str | None, str | None]], bool]:
     if isinstance(strategy, Mapping):
-        pairs = []
+        pairs: list[tuple[str | None, str | None]] = []
         for key, value in strategy.items():
             if not isinstance(key, str) or not isinstance(value, (str, type(None))):
                 raise TypeError(f"strategy mapping: key {key!r} and value {value!r} must be strings")

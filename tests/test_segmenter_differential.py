@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sysconfig
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -44,9 +45,15 @@ def test_arbitrary_bytes(name, data):
     assert_same(STRATEGY_SETS[name], data)
 
 
+def assigned_only(text: str) -> str:
+    """Custom patterns run on Rust's Unicode tables, the oracle on the regex package's newer
+    ones (a documented gap): keep to code points that every Unicode version since 14 assigns."""
+    return "".join(c if unicodedata.category(c) != "Cn" else "?" for c in text)
+
+
 @pytest.mark.parametrize("spec", CUSTOM, ids=str)
 @settings(max_examples=150, deadline=None)
-@given(text=texts)
+@given(text=texts.map(assigned_only))
 def test_custom_regex_pairs(spec, text):
     assert_same(spec, text.encode("utf-8"))
 
