@@ -1,0 +1,206 @@
+"""One input file -> its shards, resumably: the unit of work of `aunet-segment`.
+
+Input file k (its index in the sorted list of all inputs, shared by every rank) becomes
+`part-{k:06d}-{j:04d}.arrow` for j = 0, 1, ..., a pure function of the file's contents and
+the options. Shards are written under a `.tmp` name and renamed when complete; when all of a
+file's shards are complete, a marker `.progress/{k:06d}.json` (written atomically) records
+them with their checksums. A rerun skips files whose marker matches the current options and
+input, and redoes any other file from scratch, so a run killed at any point and rerun ends
+with the same bytes as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from aunet.segment_readers import Reject, read_batches
+from aunet.segmenter import Segmenter
+from aunet.shards import ShardInfo, sha256_file, shard_schema, write_atomic
+
+PROGRESS_DIR = ".progress"
+REJECTS_DIR = "rejects"
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    strategy: object  # the mapping or list given to Segmenter, stored as-is in the metadata
+    text_field: str | None
+    extra_fields: tuple[str, ...]
+    compression: str  # "none" | "zstd"
+    shard_bytes: int
+    threads: int
+    on_error: str  # "fail" | "skip"
+
+    def fingerprint(self) -> str:
+        """Everything that changes the bytes of the output (threads do not)."""
+        from aunet import __version__
+
+        keys = {k: v for k, v in asdict(self).items() if k not in ("threads", "on_error")}
+        return hashlib.sha256(json.dumps([keys, __version__], sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class FileResult:
+    index: int
+    source: str
+    input_size: int
+    input_mtime_ns: int
+    fingerprint: str
+    shards: list[ShardInfo] = field(default_factory=list)
+    read: int = 0
+    written: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    text_bytes: int = 0
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+
+class RejectedInput(Exception):
+    """`--on-error fail` met a bad document; the message names the file and line/row."""
+
+
+def shard_name(index: int, part: int) -> str:
+    return f"part-{index:06d}-{part:04d}.arrow"
+
+
+def marker_path(out: Path, index: int) -> Path:
+    return out / PROGRESS_DIR / f"{index:06d}.json"
+
+
+def load_done(out: Path, index: int, source: Path, opts: JobOptions) -> FileResult | None:
+    """The finished result of file `index`, if its marker matches this input and these options."""
+    path = marker_path(out, index)
+    try:
+        raw = json.loads(path.read_text())
+        raw["shards"] = [ShardInfo(**s) for s in raw["shards"]]
+        done = FileResult(**raw)
+    except (OSError, ValueError, TypeError):
+        return None
+    st = source.stat()
+    if (done.fingerprint, done.input_size, done.input_mtime_ns) != (opts.fingerprint(), st.st_size, st.st_mtime_ns):
+        return None
+    if not all((out / s.path).is_file() and (out / s.path).stat().st_size == s.file_bytes for s in done.shards):
+        return None
+    return done
+
+
+def _clear_file_outputs(out: Path, index: int) -> None:
+    for stale in out.glob(f"part-{index:06d}-*"):
+        stale.unlink()
+    (out / REJECTS_DIR / f"part-{index:06d}.jsonl").unlink(missing_ok=True)
+    marker = marker_path(out, index)
+    marker.unlink(missing_ok=True)
+    marker.with_name(marker.name + ".tmp").unlink(missing_ok=True)
+
+
+class _ShardWriter:
+    """Writes record batches into numbered shards of about `shard_bytes` text bytes each."""
+
+    def __init__(self, out: Path, index: int, schema: pa.Schema, opts: JobOptions):
+        self.out, self.index, self.schema, self.opts = out, index, schema, opts
+        compression = None if opts.compression == "none" else opts.compression
+        self.write_options = pa.ipc.IpcWriteOptions(compression=compression)
+        self.shards: list[ShardInfo] = []
+        self._writer = None
+        self._tmp: Path | None = None
+        self._docs = self._bytes = 0
+
+    def write(self, batch: pa.RecordBatch, lengths: np.ndarray) -> None:
+        """Write `batch` (whose documents have `lengths` text bytes), closing a shard each time
+        it reaches the target size, so shards stay near the target whatever the batch size."""
+        start = 0
+        while start < batch.num_rows:
+            room = self.opts.shard_bytes - self._bytes
+            cum = np.cumsum(lengths[start:])
+            # Rows up to and including the one that reaches the target go to this shard.
+            take = int(np.searchsorted(cum, room, side="left")) + 1
+            take = min(take, batch.num_rows - start)
+            self._write_slice(batch.slice(start, take), int(cum[take - 1]))
+            start += take
+
+    def _write_slice(self, batch: pa.RecordBatch, text_bytes: int) -> None:
+        if self._writer is None:
+            self._tmp = self.out / (shard_name(self.index, len(self.shards)) + ".tmp")
+            self._writer = pa.ipc.new_file(str(self._tmp), self.schema, options=self.write_options)
+        self._writer.write_batch(batch)
+        self._docs += batch.num_rows
+        self._bytes += text_bytes
+        if self._bytes >= self.opts.shard_bytes:
+            self.close_shard()
+
+    def close_shard(self) -> None:
+        if self._writer is None:
+            return
+        self._writer.close()
+        final = self._tmp.with_suffix("")  # drop ".tmp"
+        with open(self._tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(self._tmp, final)
+        self.shards.append(ShardInfo(final.name, self._docs, self._bytes, final.stat().st_size, sha256_file(final)))
+        self._writer, self._tmp, self._docs, self._bytes = None, None, 0, 0
+
+
+def process_file(
+    out: Path,
+    index: int,
+    source: Path,
+    name: str,
+    opts: JobOptions,
+    progress: Callable[[int, int, int], None] = lambda docs, text_bytes, input_bytes: None,
+) -> FileResult:
+    """Segment one input file into its shards; returns what was read, written and rejected."""
+    _clear_file_outputs(out, index)
+    st = source.stat()
+    result = FileResult(index, name, st.st_size, st.st_mtime_ns, opts.fingerprint())
+    segmenter = Segmenter(opts.strategy)
+    schema = shard_schema(opts.strategy, name, list(opts.extra_fields))
+    writer = _ShardWriter(out, index, schema, opts)
+    rejects: list[Reject] = []
+    reported = 0
+    for batch in read_batches(source, name, opts.text_field, list(opts.extra_fields)):
+        if batch.rejects and opts.on_error == "fail":
+            raise RejectedInput(batch.rejects[0].message())
+        rejects.extend(batch.rejects)
+        result.read += batch.documents + sum(r.count for r in batch.rejects)
+        if batch.documents:
+            masks = segmenter.levels_batch(batch.texts, threads=opts.threads)
+            lengths = pc.binary_length(batch.texts).to_numpy(zero_copy_only=False).astype(np.int64)
+            text_bytes = int(lengths.sum())
+            columns = [batch.texts, masks, pa.array(batch.rows, pa.int64()), *(batch.extra[f] for f in opts.extra_fields)]
+            writer.write(pa.RecordBatch.from_arrays(columns, schema=schema), lengths)
+            result.written += batch.documents
+            result.text_bytes += text_bytes
+            progress(batch.documents, text_bytes, batch.input_bytes)
+        reported += batch.input_bytes
+    writer.close_shard()
+    progress(0, 0, max(0, st.st_size - reported))
+    result.shards = writer.shards
+    by_reason: Counter[str] = Counter()
+    for r in rejects:
+        by_reason[_reason_key(r)] += r.count
+    result.rejected = dict(by_reason)
+    if rejects:
+        lines = "".join(json.dumps({"file": r.file, "location": r.location, "reason": r.reason, "count": r.count}) + "\n" for r in rejects)
+        (out / REJECTS_DIR).mkdir(exist_ok=True)
+        write_atomic(out / REJECTS_DIR / f"part-{index:06d}.jsonl", lines.encode())
+    (out / PROGRESS_DIR).mkdir(exist_ok=True)
+    marker = asdict(result)
+    write_atomic(marker_path(out, index), json.dumps(marker).encode())
+    return result
+
+
+def _reason_key(r: Reject) -> str:
+    """The reason without per-document details (for the summary's counts by reason)."""
+    return r.reason.split(":")[0]

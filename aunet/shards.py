@@ -1,0 +1,137 @@
+"""The shard format of SPEC section 3: Arrow IPC files of bytes + level masks, and a manifest.
+
+A shard is an Arrow IPC *file* (random-access format, so it can be memory-mapped and read
+without a copy when uncompressed) with the columns
+
+- ``text``: large_binary, the document's UTF-8 bytes (no BOS/EOS),
+- ``level_mask``: large_binary, one uint8 level per byte of ``text``,
+- ``row``: int64, the document's line (JSONL, 1-based) or row (Parquet/Arrow, 0-based) in
+  its source file,
+- any carried-through input fields (large_string).
+
+Schema metadata holds the strategy list, the tool version and the source file. The manifest
+(``manifest.json``, written last and atomically) lists every shard with its document and byte
+counts and a SHA-256 checksum.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from aunet import __version__
+
+FORMAT = "aunet-shards/1"
+MANIFEST = "manifest.json"
+META_STRATEGY = b"aunet.strategy"
+META_VERSION = b"aunet.version"
+META_SOURCE = b"aunet.source"
+META_FORMAT = b"aunet.format"
+
+
+def shard_schema(strategy: list[list[str | None]], source: str, extra_fields: list[str]) -> pa.Schema:
+    fields = [
+        pa.field("text", pa.large_binary(), nullable=False),
+        pa.field("level_mask", pa.large_binary(), nullable=False),
+        pa.field("row", pa.int64(), nullable=False),
+    ]
+    fields += [pa.field(name, pa.large_string()) for name in extra_fields]
+    return pa.schema(
+        fields,
+        metadata={
+            META_FORMAT: FORMAT.encode(),
+            META_STRATEGY: json.dumps(strategy).encode(),
+            META_VERSION: __version__.encode(),
+            META_SOURCE: source.encode(),
+        },
+    )
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary name, fsync, rename: a crash leaves the old file or none, never half."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class ShardInfo:
+    path: str  # relative to the output directory
+    documents: int
+    text_bytes: int
+    file_bytes: int
+    sha256: str
+
+
+@dataclass
+class Manifest:
+    format: str
+    version: str
+    strategy: list[list[str | None]]
+    compression: str
+    text_field: str | None
+    extra_fields: list[str]
+    world_size: int
+    ranks: list[int]
+    inputs: list[dict]
+    shards: list[ShardInfo] = field(default_factory=list)
+    documents_read: int = 0
+    documents_written: int = 0
+    documents_rejected: int = 0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=1).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> "Manifest":
+        raw = json.loads(data)
+        raw["shards"] = [ShardInfo(**s) for s in raw["shards"]]
+        return cls(**raw)
+
+    def write(self, directory: Path, name: str = MANIFEST) -> Path:
+        path = directory / name
+        write_atomic(path, self.to_json())
+        return path
+
+
+def read_manifest(directory: Path) -> Manifest:
+    path = directory / MANIFEST
+    if not path.exists():
+        ranks = sorted(directory.glob("manifest.rank*.json"))
+        hint = f" (found {len(ranks)} rank manifests: run `aunet-segment merge {directory}`)" if ranks else ""
+        raise FileNotFoundError(f"{path}: no manifest{hint}")
+    try:
+        return Manifest.from_json(path.read_bytes())
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"{path}: not a valid manifest: {e}") from e
+
+
+def open_shard(path: Path) -> pa.ipc.RecordBatchFileReader:
+    """Open a shard memory-mapped: uncompressed columns are read without a copy."""
+    return pa.ipc.open_file(pa.memory_map(str(path), "r"))
