@@ -12,6 +12,7 @@ with the same bytes as an uninterrupted one.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from collections import Counter
@@ -25,7 +26,7 @@ import pyarrow.compute as pc
 
 from aunet.segment_readers import Reject, read_batches
 from aunet.segmenter import Segmenter
-from aunet.shards import ShardInfo, sha256_file, shard_schema, write_atomic
+from aunet.shards import ShardInfo, shard_schema, write_atomic
 
 PROGRESS_DIR = ".progress"
 REJECTS_DIR = "rejects"
@@ -105,6 +106,31 @@ def _clear_file_outputs(out: Path, index: int) -> None:
     marker.with_name(marker.name + ".tmp").unlink(missing_ok=True)
 
 
+class _HashingFile(io.RawIOBase):
+    """A write-only file that hashes what goes through it, so a shard's checksum costs no
+    second read of the shard."""
+
+    def __init__(self, path: Path):
+        self._f = open(path, "wb")
+        self._hash = hashlib.sha256()
+        self._size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self._hash.update(data)
+        n = self._f.write(data)
+        self._size += n
+        return n
+
+    def finish(self) -> tuple[int, str]:
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        return self._size, self._hash.hexdigest()
+
+
 class _ShardWriter:
     """Writes record batches into numbered shards of about `shard_bytes` text bytes each."""
 
@@ -133,7 +159,8 @@ class _ShardWriter:
     def _write_slice(self, batch: pa.RecordBatch, text_bytes: int) -> None:
         if self._writer is None:
             self._tmp = self.out / (shard_name(self.index, len(self.shards)) + ".tmp")
-            self._writer = pa.ipc.new_file(str(self._tmp), self.schema, options=self.write_options)
+            self._sink = _HashingFile(self._tmp)
+            self._writer = pa.ipc.new_file(pa.PythonFile(self._sink, mode="w"), self.schema, options=self.write_options)
         self._writer.write_batch(batch)
         self._docs += batch.num_rows
         self._bytes += text_bytes
@@ -144,11 +171,10 @@ class _ShardWriter:
         if self._writer is None:
             return
         self._writer.close()
+        size, digest = self._sink.finish()
         final = self._tmp.with_suffix("")  # drop ".tmp"
-        with open(self._tmp, "rb+") as f:
-            os.fsync(f.fileno())
         os.replace(self._tmp, final)
-        self.shards.append(ShardInfo(final.name, self._docs, self._bytes, final.stat().st_size, sha256_file(final)))
+        self.shards.append(ShardInfo(final.name, self._docs, self._bytes, size, digest))
         self._writer, self._tmp, self._docs, self._bytes = None, None, 0, 0
 
 
