@@ -124,9 +124,15 @@ class Progress:
     """A tqdm bar over input bytes (so the ETA is known), with documents/s and text MB/s."""
 
     def __init__(self, total: int, enabled: bool):
+        import shutil
+
         from tqdm import tqdm
 
-        self.bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="segment", disable=not enabled, smoothing=0.1)
+        # A terminal that reports no size (a bare pty) makes tqdm hide the bar (zero rows);
+        # shutil falls back to 80x24 there.
+        size = shutil.get_terminal_size()
+        self.bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="segment", disable=not enabled,
+                        smoothing=0.1, ncols=size.columns, nrows=size.lines)
         self.docs = self.text = 0
         self.start = time.monotonic()
         self.lock = threading.Lock()
@@ -136,7 +142,7 @@ class Progress:
             self.docs += docs
             self.text += text_bytes
             elapsed = max(time.monotonic() - self.start, 1e-9)
-            self.bar.set_postfix_str(f"{self.docs / elapsed:,.0f} docs/s, {self.text / elapsed / 1e6:,.1f} MB/s text", refresh=False)
+            self.bar.set_postfix_str(f"{self.docs / elapsed:,.0f} doc/s, text {self.text / elapsed / 1e6:,.1f} MB/s", refresh=False)
             self.bar.update(input_bytes)
 
     def close(self) -> None:

@@ -1,0 +1,24 @@
+"""The benchmark scripts run (tiny sizes) and write the JSON their README tables come from."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from helpers import REPO_ROOT
+
+
+@pytest.mark.parametrize("script, keys", [
+    ("bench_segment.py", {"rows", "threads"}),
+    ("bench_pipeline.py", {"end_to_end_text_mb_s", "stage_share", "reference_pipeline_text_mb_s"}),
+])
+def test_bench_quick_run_writes_json(tmp_path, script, keys):
+    out = tmp_path / "result.json"
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "benches" / script), "--quick", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert keys <= set(result)
+    if script == "bench_segment.py":
+        assert {r["strategy"] for r in result["rows"]} >= {"word1+word2", "pretok", "punct"}
+        assert all(r["oracle_mb_s"] > 0 and r["ours_1t_mb_s"] > 0 for r in result["rows"])
