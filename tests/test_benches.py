@@ -12,6 +12,7 @@ from helpers import REPO_ROOT
 @pytest.mark.parametrize("script, keys", [
     ("bench_segment.py", {"rows", "threads"}),
     ("bench_pipeline.py", {"end_to_end_text_mb_s", "stage_share", "reference_pipeline_text_mb_s"}),
+    ("bench_loader.py", {"ours_bytes_per_s", "naive_bytes_per_s", "x_paper_consumption_per_gpu"}),
 ])
 def test_bench_quick_run_writes_json(tmp_path, script, keys):
     out = tmp_path / "result.json"

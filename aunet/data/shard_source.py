@@ -1,0 +1,68 @@
+"""One shard directory, memory-mapped: documents by reference, without copies.
+
+A *unit* is one record batch of one shard. Documents are referred to as (unit, row) pairs,
+which is what the loader's state stores, so that a resumed run re-reads exactly the same
+bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from aunet.shards import META_STRATEGY, open_shard, read_manifest
+
+
+class ShardSource:
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise FileNotFoundError(f"data source {self.directory}: no such directory")
+        self.manifest = read_manifest(self.directory)
+        self.strategy = self.manifest.strategy
+        self.depth = len(self.strategy)
+        # Per unit: (text offsets, text bytes, mask offsets, mask bytes) as numpy views of the
+        # mapped file, so a document lookup is two slices and no Arrow call.
+        self._units: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self.unit_rows: list[int] = []
+        for shard in self.manifest.shards:
+            path = self.directory / shard.path
+            try:
+                reader = open_shard(path)
+            except (OSError, pa.ArrowInvalid) as e:
+                raise ValueError(f"data source {self.directory}: shard {path} is unreadable: {e}") from e
+            meta = reader.schema.metadata or {}
+            if json.loads(meta.get(META_STRATEGY, b"null")) != self.strategy:
+                raise ValueError(f"data source {self.directory}: shard {path} has a different strategy from the manifest")
+            for b in range(reader.num_record_batches):
+                batch = reader.get_batch(b)
+                self._units.append((*_buffers(batch.column("text")), *_buffers(batch.column("level_mask"))))
+                self.unit_rows.append(batch.num_rows)
+        self.first_doc = np.concatenate([[0], np.cumsum(self.unit_rows)]).astype(np.int64)
+
+    @property
+    def units(self) -> int:
+        return len(self._units)
+
+    @property
+    def documents(self) -> int:
+        return int(self.first_doc[-1])
+
+    def document(self, unit: int, row: int) -> tuple[np.ndarray, np.ndarray]:
+        """The document's bytes and levels as uint8 views into the mapped shard."""
+        t_off, t_data, m_off, m_data = self._units[unit]
+        return t_data[t_off[row] : t_off[row + 1]], m_data[m_off[row] : m_off[row + 1]]
+
+    def length(self, unit: int, row: int) -> int:
+        t_off = self._units[unit][0]
+        return int(t_off[row + 1] - t_off[row])
+
+
+def _buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Offsets (one per row, plus one) and data of a large_binary array, as numpy views."""
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
+    data = arr.buffers()[2]
+    return offsets, (np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8))

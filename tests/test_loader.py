@@ -1,0 +1,118 @@
+"""The packed loader: windows, alignment, rank split, mixing, exact resume, bad paths."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aunet import Segmenter
+from aunet.data import LoaderArgs, PackedLoader, ShardSource
+from aunet.data.doc_order import DocOrder
+from aunet.data.packing import BOS, EOS
+from segment_fixtures import STRATEGY, STRATEGY_ARGS, sample_texts, write_jsonl
+from test_segment_cli import segment
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("loader")
+    write_jsonl(root / "a.jsonl", sample_texts(400))
+    segment(root / "a.jsonl", "--out", root / "shards", *STRATEGY_ARGS, "--shard-size", "3KB")
+    return root / "shards"
+
+
+def make_source(root: Path, name: str, letter: str, n: int = 200) -> Path:
+    write_jsonl(root / f"{name}.jsonl", [(letter + " ") * (5 + i % 7) for i in range(n)])
+    segment(root / f"{name}.jsonl", "--out", root / name, *STRATEGY_ARGS)
+    return root / name
+
+
+def stream_of(order: DocOrder, docs: int) -> tuple[np.ndarray, np.ndarray]:
+    seg = Segmenter(STRATEGY)
+    tokens, levels = [], []
+    for _ in range(docs):
+        text, mask = order.source.document(*order.next())
+        assert mask.tobytes() == seg.levels(text.tobytes()).tobytes()  # masks aligned with bytes
+        tokens += [BOS, *text.tolist(), EOS]
+        levels += [2, *mask.tolist(), 0]
+    return np.array(tokens), np.array(levels)
+
+
+def test_windows_overlap_by_one_and_rebuild_the_stream(shards):
+    S = 64
+    loader = PackedLoader(LoaderArgs({str(shards): 1.0}, seq_len=S, batch_size=1, shuffle_buffer=1, prefetch=0))
+    windows = [next(loader) for _ in range(40)]
+    tokens = [np.concatenate([w["tokens"][0].numpy(), w["targets"][0, -1:].numpy()]) for w in windows]
+    levels = [np.concatenate([w["levels"][0].numpy(), w["target_levels"][0, -1:].numpy()]) for w in windows]
+    for a, b in zip(tokens, tokens[1:]):
+        assert a[-1] == b[0]  # consecutive windows share one token: no target skipped
+    for w in windows:
+        assert np.array_equal(w["targets"][0, :-1].numpy(), w["tokens"][0, 1:].numpy())
+    stitched = np.concatenate([tokens[0]] + [t[1:] for t in tokens[1:]])
+    stitched_levels = np.concatenate([levels[0]] + [lv[1:] for lv in levels[1:]])
+    expected, expected_levels = stream_of(DocOrder(ShardSource(shards), 0, 1, 777, 1), 200)
+    assert np.array_equal(stitched, expected[: len(stitched)])
+    assert np.array_equal(stitched_levels, expected_levels[: len(stitched)])
+    assert (stitched == BOS).sum() > 5  # documents really were packed across boundaries
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_ranks_are_disjoint_and_complete_over_an_epoch(shards, world):
+    source = ShardSource(shards)
+    seen = []
+    for rank in range(world):
+        order = DocOrder(source, rank, world, seed=5, shuffle_buffer=1)
+        mine = []
+        while True:
+            ref = order.next()
+            if order.epoch > 0:  # that document already belongs to the second epoch
+                break
+            mine.append(ref)
+        seen.append(set(mine))
+        assert len(mine) == len(seen[-1])  # no document twice within an epoch
+    everything = set().union(*seen)
+    assert sum(len(s) for s in seen) == len(everything)  # disjoint
+    assert len(everything) == source.documents  # complete
+    assert max(map(len, seen)) - min(map(len, seen)) <= 1  # balanced
+
+
+def test_mixing_follows_the_weights(tmp_path):
+    a, b = make_source(tmp_path, "a", "a"), make_source(tmp_path, "b", "b")
+    loader = PackedLoader(LoaderArgs({str(a): 3.0, str(b): 1.0}, seq_len=16, batch_size=8, prefetch=2))
+    from_a = total = 0
+    for _ in range(250):
+        batch = next(loader)["tokens"].numpy()
+        from_a += int(((batch == ord("a")).sum(axis=1) > 0).sum())
+        total += batch.shape[0]
+    loader.close()
+    assert abs(from_a / total - 0.75) < 0.04, from_a / total
+
+
+def test_state_restores_exactly_even_with_prefetch(shards, tmp_path):
+    args = dict(sources={str(shards): 1.0}, seq_len=32, batch_size=3, shuffle_buffer=8, prefetch=3)
+    first = PackedLoader(LoaderArgs(**args))
+    for _ in range(7):
+        next(first)
+    state = json.loads(json.dumps(first.state_dict()))  # the state is plain JSON
+    expected = [next(first) for _ in range(6)]
+    first.close()
+    resumed = PackedLoader(LoaderArgs(**args))
+    resumed.load_state_dict(state)
+    got = [next(resumed) for _ in range(6)]
+    resumed.close()
+    for e, g in zip(expected, got):
+        for key in ("tokens", "targets", "levels", "target_levels"):
+            assert np.array_equal(e[key].numpy(), g[key].numpy())
+
+
+def test_bad_paths_and_values_fail_early(tmp_path, shards):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "missing")):
+        PackedLoader(LoaderArgs({str(tmp_path / "missing"): 1.0}))
+    with pytest.raises(ValueError, match=r"data.sources\[.*\]: weight"):
+        LoaderArgs({str(shards): -1})
+    with pytest.raises(ValueError, match="loader state is for"):
+        other = PackedLoader(LoaderArgs({str(shards): 1.0}, rank=1, world_size=2, prefetch=0))
+        PackedLoader(LoaderArgs({str(shards): 1.0}, prefetch=0)).load_state_dict(other.state_dict())
