@@ -1,0 +1,47 @@
+"""Train AU-Net: `deepspeed aunet/train.py --config cfg.yaml [key.sub=value ...]`, or
+`python aunet/train.py ...` for one process. See aunet/trainer.py."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+if __name__ == "__main__" and sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    # Run as a file, Python puts aunet/ itself first on the path, where aunet/data and
+    # aunet/model would shadow unrelated top-level modules of those names.
+    sys.path.pop(0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="YAML config (configs/tiny_aunet3.yaml, ...)")
+    parser.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # set by the DeepSpeed launcher
+    parser.add_argument("--stop-at", type=int, metavar="STEP", help="checkpoint and stop after this step (the schedule still runs to `steps`): for time-limited jobs")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
+    args = parser.parse_args(argv)
+
+    from aunet.config import ConfigError, load_config
+
+    try:
+        cfg, unused = load_config(args.config, args.overrides)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"aunet/train.py: error: {e}", file=sys.stderr)
+        return 2
+    if os.environ.get("WORLD_SIZE") is None:
+        # `python aunet/train.py`: a single process; DeepSpeed still wants a rendezvous.
+        os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"})
+        os.environ.setdefault("MASTER_PORT", "29511")
+    from aunet.trainer import source_paths, train
+
+    try:
+        source_paths(cfg)  # missing data fails before any process group is set up
+    except (FileNotFoundError, ValueError) as e:
+        print(f"aunet/train.py: error: {e}", file=sys.stderr)
+        return 2
+    train(cfg, unused, stop_at=args.stop_at)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

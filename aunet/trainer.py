@@ -1,0 +1,194 @@
+"""The training loop under DeepSpeed (ZeRO-3 by default): the same code on a 2-core CPU box and
+on GPU clusters (SPEC section 6).
+
+Per optimizer step: set the learning rate (warmup + cosine), run `grad_acc_steps` micro-batches
+through the engine, step. Every `logging.freq` steps rank 0 logs loss, bpb, lr, grad norm,
+bytes/s and estimated MFU to the console and to `<dump_dir>/metrics.jsonl`. Every
+`checkpoint.dump.every` steps the DeepSpeed state and every rank's loader state go to
+`<checkpoint dir>/step_N/`, marked complete only once all ranks are done (`aunet.checkpoint`);
+a rerun of the same command resumes from the newest complete checkpoint, batch for batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+from aunet.accelerator import ensure_ds_accelerator
+from aunet.checkpoint import latest_complete, mark_complete, prune, tag_for
+from aunet.config import TrainArgs, to_dict
+from aunet.lr_schedule import lr_factor
+
+# Peak dense bf16 FLOP/s used for MFU on GPUs; on a CPU the figure is only indicative.
+PEAK_FLOPS = {"cuda": 989e12, "cpu": 1e12}
+
+
+def source_paths(cfg: TrainArgs) -> dict[str, float]:
+    root = Path(cfg.data.root_dir) if cfg.data.root_dir else None
+    out = {}
+    for name, weight in cfg.data.sources.items():
+        path = Path(name) if root is None or Path(name).is_absolute() else root / name
+        if not path.is_dir():
+            raise FileNotFoundError(f"data.sources.{name}: {path} is not a directory of shards (run aunet-segment first)")
+        if not (path / "manifest.json").exists():
+            raise FileNotFoundError(f"data.sources.{name}: {path} has no manifest.json (run aunet-segment, or aunet-segment merge)")
+        if weight > 0:
+            out[str(path)] = float(weight)
+    if not out:
+        raise ValueError("data.sources: no source with a positive weight")
+    return out
+
+
+def deepspeed_config(cfg: TrainArgs, on_gpu: bool) -> dict:
+    bf16 = on_gpu and cfg.distributed.model_dtype == "bf16"
+    fp16 = on_gpu and cfg.distributed.model_dtype == "fp16"
+    return {
+        "train_micro_batch_size_per_gpu": cfg.data.batch_size,
+        "gradient_accumulation_steps": cfg.grad_acc_steps,
+        "gradient_clipping": cfg.optim.clip,
+        "zero_optimization": {"stage": cfg.distributed.zero, "stage3_param_persistence_threshold": 0},
+        "bf16": {"enabled": bf16},
+        "fp16": {"enabled": fp16},
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "lr": cfg.optim.lr,
+                "betas": [cfg.optim.beta1, cfg.optim.beta2],
+                "eps": cfg.optim.epsilon,
+                "weight_decay": cfg.optim.weight_decay,
+                # torch's AdamW: no JIT-compiled optimizer op needed on CPUs.
+                "torch_adam": not on_gpu,
+            },
+        },
+        "activation_checkpointing": {"partition_activations": False},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+class MetricsLog:
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        parts = [f"step {record['step']}"] + [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items() if k != "step"]
+        print(" | ".join(parts), flush=True)
+
+
+def train(cfg: TrainArgs, unused: list[str] | None = None, stop_at: int | None = None) -> dict:
+    ensure_ds_accelerator()
+    import deepspeed
+    import torch
+    import torch.distributed as dist
+    from deepspeed.accelerator import get_accelerator
+
+    from aunet.data import LoaderArgs, PackedLoader
+    from aunet.flops import flops_per_byte
+    from aunet.model import HierarchicalTransformer, byte_nats
+
+    deepspeed.init_distributed()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    accel = get_accelerator()
+    on_gpu = accel.device_name() == "cuda"
+    device = torch.device(accel.device_name(), int(os.environ.get("LOCAL_RANK", 0))) if on_gpu else torch.device("cpu")
+    dump = Path(cfg.dump_dir or f"runs/{cfg.name}")
+    ckpt_root = Path(cfg.checkpoint.path) if cfg.checkpoint.path else dump / "checkpoints"
+    if rank == 0:
+        dump.mkdir(parents=True, exist_ok=True)
+        import yaml
+
+        (dump / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        if unused:
+            print(f"config keys not used by this trainer: {', '.join(unused)}", flush=True)
+
+    sources = source_paths(cfg)
+    loader = PackedLoader(
+        LoaderArgs(sources, seq_len=cfg.data.seq_len, batch_size=cfg.data.batch_size, add_bos=cfg.data.add_bos,
+                   add_eos=cfg.data.add_eos, seed=cfg.data.seed, prefetch=cfg.data.prefetch_size if cfg.data.load_async else 0,
+                   rank=rank, world_size=world)
+    )
+    torch.manual_seed(cfg.model.seed if hasattr(cfg.model, "seed") else cfg.seed)
+    model = HierarchicalTransformer(cfg.model)
+    engine, optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=deepspeed_config(cfg, on_gpu))
+    if cfg.distributed.compile:
+        engine.compile()
+
+    start = 0
+    latest = latest_complete(ckpt_root)
+    if latest is not None:
+        engine.load_checkpoint(str(ckpt_root), tag=tag_for(latest), load_lr_scheduler_states=False)
+        state = json.loads((ckpt_root / tag_for(latest) / f"loader_rank{rank}.json").read_text())
+        loader.load_state_dict(state)
+        start = latest
+        if rank == 0:
+            print(f"resumed from {ckpt_root / tag_for(latest)}", flush=True)
+
+    flops = flops_per_byte(cfg.model, cfg.data.seq_len).total
+    peak = PEAK_FLOPS["cuda" if on_gpu else "cpu"] * world
+    log = MetricsLog(dump / "metrics.jsonl", rank == 0)
+    torch.manual_seed(cfg.seed + 1000 * rank + start)
+    tic, window_bytes = time.perf_counter(), 0
+    last = {}
+    end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+    for step in range(start + 1, end + 1):
+        lr = cfg.optim.lr * lr_factor(step, cfg.optim.warmup, cfg.steps, cfg.optim.lr_min_ratio)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        nats = torch.zeros((), dtype=torch.float64)
+        count = torch.zeros((), dtype=torch.float64)
+        for _ in range(cfg.grad_acc_steps):
+            batch = {k: v.to(device, non_blocking=True) for k, v in next(loader).items()}
+            logits, loss = engine(batch["tokens"], batch["levels"], batch["targets"], batch["target_levels"])
+            engine.backward(loss)
+            engine.step()
+            with torch.no_grad():
+                n, c = byte_nats(logits.detach(), batch["targets"])
+            loss_sum += loss.detach().double().cpu()
+            nats += n.double().cpu()
+            count += c.double().cpu()
+            window_bytes += batch["tokens"].numel()
+        if step % cfg.logging.freq == 0 or step == end:
+            totals = torch.stack([loss_sum, nats, count, torch.tensor(float(window_bytes), dtype=torch.float64)])
+            dist.all_reduce(totals)
+            elapsed = time.perf_counter() - tic
+            bytes_per_s = float(totals[3]) / elapsed
+            grad_norm = engine.get_global_grad_norm()
+            last = {
+                "step": step,
+                "loss": float(totals[0]) / (cfg.grad_acc_steps * world),
+                "bpb": float(totals[1] / totals[2].clamp(min=1)) / math.log(2),
+                "lr": lr,
+                "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+                "bytes_per_s": bytes_per_s,
+                "mfu": bytes_per_s * flops / peak,
+            }
+            log.write(last)
+            tic, window_bytes = time.perf_counter(), 0
+        if step % cfg.checkpoint.dump.every == 0 or step == end:
+            save(engine, loader, ckpt_root, step, rank, cfg)
+    loader.close()
+    dist.barrier()
+    dist.destroy_process_group()
+    return last
+
+
+def save(engine, loader, root: Path, step: int, rank: int, cfg: TrainArgs) -> None:
+    import torch.distributed as dist
+
+    tag = tag_for(step)
+    engine.save_checkpoint(str(root), tag=tag)
+    (root / tag).mkdir(parents=True, exist_ok=True)
+    (root / tag / f"loader_rank{rank}.json").write_text(json.dumps(loader.state_dict()))
+    dist.barrier()  # every rank's files are written before the marker says so
+    if rank == 0:
+        mark_complete(root, step, {"name": cfg.name, "world_size": dist.get_world_size(), "config": to_dict(cfg)})
+        prune(root, cfg.checkpoint.dump.keep)
+    dist.barrier()
