@@ -56,9 +56,15 @@ def loader_states(dump: Path, step: int) -> list[dict]:
     return [json.loads((d / f"loader_rank{r}.json").read_text()) for r in range(2)]
 
 
-def test_exact_resume_equals_straight_run(tmp_path, data_root):
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    run(overrides(data_root, straight, 6))
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, data_root) -> Path:
+    dump = tmp_path_factory.mktemp("straight")
+    run(overrides(data_root, dump, 6))
+    return dump
+
+
+def test_exact_resume_equals_straight_run(tmp_path, data_root, straight):
+    resumed = tmp_path / "resumed"
     run(["--stop-at", "4", *overrides(data_root, resumed, 6)])
     assert max(metrics(resumed)) == 4
     out = run(overrides(data_root, resumed, 6))
@@ -98,6 +104,28 @@ def test_sigkilled_rank_resumes_from_last_complete_checkpoint(tmp_path, data_roo
     out = run(args)
     assert f"resumed from {root / f'step_{newest - 2:08d}'}" in out
     assert max(metrics(dump)) == 8
+
+
+def test_export_gives_a_model_that_loads_without_deepspeed(tmp_path, straight, data_root):
+    import numpy as np
+    import torch
+
+    from aunet.data import LoaderArgs, PackedLoader
+    from aunet.export import load_model
+    from aunet.model import HierarchicalTransformer, bpb
+
+    proc = subprocess.run([venv_script("aunet"), "export", "--checkpoints", str(straight / "checkpoints"), "--out", str(tmp_path / "export")],
+                          capture_output=True, text=True, env=cpu_dist_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model, cfg = load_model(tmp_path / "export")
+    fresh = HierarchicalTransformer(cfg.model).eval()
+    batch = next(PackedLoader(LoaderArgs({str(data_root / "stdlib"): 1.0}, seq_len=128, batch_size=4, prefetch=0)))
+    with torch.no_grad():
+        trained_bpb = float(bpb(model(batch["tokens"], batch["levels"])[0], batch["targets"]))
+        fresh_bpb = float(bpb(fresh(batch["tokens"], batch["levels"])[0], batch["targets"]))
+    assert np.isfinite(trained_bpb) and trained_bpb < fresh_bpb
+    missing = subprocess.run([venv_script("aunet"), "export", "--checkpoints", str(tmp_path / "none"), "--out", str(tmp_path / "x")], capture_output=True, text=True)
+    assert missing.returncode == 1 and "no complete checkpoint" in missing.stderr
 
 
 def test_bad_config_and_missing_data_fail_early(tmp_path, data_root):
