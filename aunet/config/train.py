@@ -1,0 +1,242 @@
+"""Training configuration: one dataclass per concern, composed into `TrainArgs`.
+
+The sections and keys are the reference's (lingua's `TrainArgs` and its apps/aunet data
+arguments), so its published configs load unchanged; keys we do not use are reported by the
+loader, not rejected. Checks that span sections live in `TrainArgs.__post_init__`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aunet.config.errors import ConfigError, require
+from aunet.config.model import ModelArgs
+
+FSDP_TO_ZERO = {"full_shard": 3, "shard_grad_op": 2, "no_shard": 0}
+MODEL_DTYPES = ("bf16", "fp16", "fp32")
+
+
+@dataclass
+class TokenizerArgs:
+    name: str = "bytes"
+    """Tokenizer; AU-Net reads bytes (ids 0-255, BOS 256, EOS 257)."""
+    path: str | None = None
+    """Tokenizer file, for tokenizers that need one (not ``bytes``)."""
+
+    def __post_init__(self) -> None:
+        require(bool(self.name), "name", "must not be empty")
+
+
+@dataclass
+class RegexArgs:
+    strategy: dict[str, str | None] = field(default_factory=lambda: {"word1": "1@1"})
+    """Segmentation strategies, one per pooling level, in order: key = kind prefix
+    (``word``, ``pretok``, ``punct``), value = its parameter (SPEC section 2)."""
+
+    def __post_init__(self) -> None:
+        require(len(self.strategy) >= 1, "strategy", "needs at least one strategy")
+        from aunet.segmenter import Segmenter  # the compiled core validates kinds and parameters
+
+        try:
+            Segmenter(self.strategy)
+        except (ValueError, TypeError) as e:
+            raise ConfigError("strategy", str(e)) from None
+
+
+@dataclass
+class DataArgs:
+    root_dir: str | None = None
+    """Directory holding one sub-directory of shards per source."""
+    sources: dict[str, float] = field(default_factory=dict)
+    """Source sub-directory -> sampling weight."""
+    batch_size: int = 2
+    """Sequences per rank and micro-step."""
+    seq_len: int = 2048
+    """Bytes per sequence (windows of seq_len + 1 are packed: inputs and shifted targets)."""
+    n_views: int = 2
+    """Shifted views per window; 2 = inputs and next-byte targets."""
+    seed: int = 42
+    """Seed of the shuffle buffer and of source sampling."""
+    add_bos: bool = True
+    """Prefix every document with BOS (256)."""
+    add_eos: bool = True
+    """Append EOS (257) to every document."""
+    load_async: bool = True
+    """Prepare batches in a background worker."""
+    prefetch_size: int = 64
+    """Batches held by the shuffle buffer."""
+    tokenizer: TokenizerArgs = field(default_factory=TokenizerArgs)
+    regex: RegexArgs | None = field(default_factory=RegexArgs)
+    """Segmentation strategies that produce the level masks; null for a flat model (L = 0)."""
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "seq_len", "prefetch_size"):
+            require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        require(self.n_views >= 2, "n_views", f"must be >= 2 (inputs and targets), got {self.n_views}")
+        for source, weight in self.sources.items():
+            require(weight >= 0, f"sources.{source}", f"weight must be >= 0, got {weight}")
+        require(not self.sources or sum(self.sources.values()) > 0, "sources", "weights sum to 0")
+
+
+@dataclass
+class OptimArgs:
+    lr: float = 3e-4
+    """Peak learning rate."""
+    weight_decay: float = 0.1
+    epsilon: float = 1e-8
+    beta1: float = 0.9
+    beta2: float = 0.95
+    clip: float = 1.0
+    """Gradient clipping by global norm; 0 disables it."""
+    scheduler: str = "cosine"
+    """Learning-rate schedule after warmup: ``cosine`` (to lr * lr_min_ratio), ``linear`` or ``constant``."""
+    warmup: int = 2000
+    """Linear warmup steps."""
+    lr_min_ratio: float = 0.1
+    """Final learning rate as a fraction of lr."""
+
+    def __post_init__(self) -> None:
+        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        require(self.epsilon > 0, "epsilon", f"must be > 0, got {self.epsilon}")
+        for name in ("beta1", "beta2"):
+            require(0 <= getattr(self, name) < 1, name, f"must be in [0, 1), got {getattr(self, name)}")
+        require(self.clip >= 0, "clip", f"must be >= 0, got {self.clip}")
+        require(self.scheduler in ("cosine", "linear", "constant"), "scheduler",
+                f"{self.scheduler!r} is not one of cosine, linear, constant")
+        require(self.warmup >= 0, "warmup", f"must be >= 0, got {self.warmup}")
+        require(0 <= self.lr_min_ratio <= 1, "lr_min_ratio", f"must be in [0, 1], got {self.lr_min_ratio}")
+
+
+@dataclass
+class DistributedArgs:
+    fsdp_type: str = "full_shard"
+    """Sharding, in the reference's FSDP words: ``full_shard`` = DeepSpeed ZeRO-3,
+    ``shard_grad_op`` = ZeRO-2, ``no_shard`` = plain data parallel (ZeRO-0)."""
+    zero_stage: int | None = None
+    """Explicit DeepSpeed ZeRO stage (0-3); overrides fsdp_type when set."""
+    compile: bool = False
+    """torch.compile the model."""
+    model_dtype: str = "bf16"
+    """Training precision on GPUs (``bf16``, ``fp16``, ``fp32``); CPUs always train in fp32."""
+    matmul_allow_tf32: bool = False
+    selective_activation_checkpointing: bool = False
+    """Recompute activations in the backward pass (less memory, more compute)."""
+    tp_size: int = 1
+    """Tensor parallelism is not supported: must be 1."""
+    compile_cache_size_limit: int = 8
+    """torch._dynamo cache size limit."""
+
+    def __post_init__(self) -> None:
+        require(self.fsdp_type in FSDP_TO_ZERO, "fsdp_type",
+                f"{self.fsdp_type!r} is not one of {', '.join(FSDP_TO_ZERO)}")
+        require(self.zero_stage is None or 0 <= self.zero_stage <= 3, "zero_stage",
+                f"must be 0, 1, 2 or 3, got {self.zero_stage}")
+        require(self.model_dtype in MODEL_DTYPES, "model_dtype",
+                f"{self.model_dtype!r} is not one of {', '.join(MODEL_DTYPES)}")
+        require(self.tp_size == 1, "tp_size", f"tensor parallelism is not supported, got {self.tp_size}")
+        require(self.compile_cache_size_limit >= 1, "compile_cache_size_limit",
+                f"must be >= 1, got {self.compile_cache_size_limit}")
+
+    @property
+    def zero(self) -> int:
+        """The DeepSpeed ZeRO stage to run."""
+        return FSDP_TO_ZERO[self.fsdp_type] if self.zero_stage is None else self.zero_stage
+
+
+@dataclass
+class SaveEvery:
+    every: int = 1000
+    """Steps between saves."""
+    keep: int = 0
+    """Saves kept; 0 keeps all."""
+
+    def __post_init__(self) -> None:
+        require(self.every >= 1, "every", f"must be >= 1, got {self.every}")
+        require(self.keep >= 0, "keep", f"must be >= 0, got {self.keep}")
+
+
+@dataclass
+class CheckpointArgs:
+    dump: SaveEvery = field(default_factory=SaveEvery)
+    """Training checkpoints (model, optimizer, data-loader states)."""
+    eval: SaveEvery = field(default_factory=SaveEvery)
+    """Evaluation points (validation bpb)."""
+    path: str | None = None
+    """Checkpoint directory; None means <dump_dir>/checkpoints."""
+    init_ckpt_path: str | None = None
+    """Weights to start from (an exported safetensors file or checkpoint directory)."""
+
+
+@dataclass
+class LoggingArgs:
+    freq: int = 10
+    """Steps between metric logs (console and metrics.jsonl)."""
+
+    def __post_init__(self) -> None:
+        require(self.freq >= 1, "freq", f"must be >= 1, got {self.freq}")
+
+
+@dataclass
+class ValidationArgs:
+    max_steps: int | None = None
+    """Validation batches per evaluation; None means the whole held-out set."""
+
+    def __post_init__(self) -> None:
+        require(self.max_steps is None or self.max_steps >= 1, "max_steps", f"must be >= 1, got {self.max_steps}")
+
+
+@dataclass
+class GeneratorArgs:
+    max_tokens: int = 16384
+    """Longest context + generation, in bytes."""
+    dtype: str = "bf16"
+    """Generation precision on GPUs."""
+
+    def __post_init__(self) -> None:
+        require(self.max_tokens >= 1, "max_tokens", f"must be >= 1, got {self.max_tokens}")
+        require(self.dtype in MODEL_DTYPES, "dtype", f"{self.dtype!r} is not one of {', '.join(MODEL_DTYPES)}")
+
+
+@dataclass
+class EvalArgs:
+    validation: ValidationArgs = field(default_factory=ValidationArgs)
+    generator: GeneratorArgs = field(default_factory=GeneratorArgs)
+
+
+@dataclass
+class TrainArgs:
+    name: str = "aunet"
+    """Run name."""
+    dump_dir: str = ""
+    """Output directory (checkpoints, metrics, the saved config)."""
+    seed: int = 42
+    """Seed of everything but the weight init (model.seed) and the data (data.seed)."""
+    grad_acc_steps: int = 1
+    """Micro-batches per optimizer step."""
+    gc_collect_freq: int = 1000
+    """Steps between manual garbage collections."""
+    steps: int = 1000
+    """Optimizer steps."""
+    data: DataArgs = field(default_factory=DataArgs)
+    optim: OptimArgs = field(default_factory=OptimArgs)
+    model: ModelArgs = field(default_factory=ModelArgs)
+    distributed: DistributedArgs = field(default_factory=DistributedArgs)
+    checkpoint: CheckpointArgs = field(default_factory=CheckpointArgs)
+    logging: LoggingArgs = field(default_factory=LoggingArgs)
+    eval: EvalArgs = field(default_factory=EvalArgs)
+
+    def __post_init__(self) -> None:
+        for name in ("grad_acc_steps", "gc_collect_freq", "steps"):
+            require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        levels = self.model.n_levels
+        strategies = len(self.data.regex.strategy) if self.data.regex is not None else 0
+        require(strategies == levels, "data.regex.strategy",
+                f"has {strategies} strategies but the model has {levels} pooling levels "
+                f"(len(model.dimensions) - 1); they must match")
+        first = self.model.max_seqlens[0]
+        require(first == -1 or first >= self.data.seq_len, "model.max_seqlens",
+                f"max_seqlens[0] = {first} is shorter than data.seq_len = {self.data.seq_len}")
+        if self.data.tokenizer.name == "bytes":
+            require(self.model.vocab_size == 258, "model.vocab_size",
+                    f"the bytes tokenizer has 258 ids, got {self.model.vocab_size}")

@@ -1,0 +1,199 @@
+"""Model speed on the CPU: AU-Net against a flat byte transformer of the same FLOPs per byte, and
+multi-linear upsampling against the reference's per-offset loop.
+
+1. Forward + backward time of the tiny AU-Net-2 and AU-Net-3 (configs/tiny_aunet*.yaml, their
+   batch and sequence length) on Python standard library text with real segmenter levels,
+   against flat byte-level transformers (same blocks, full causal attention) sized to the same
+   training FLOPs per byte. Two flat peers each: matched to the FLOPs the AU-Net executes
+   (stages padded to max_seqlens, the reference's accounting) and to its useful FLOPs (the
+   pooled share of positions measured on this text). `x flat` = AU-Net time / flat time.
+2. The upsampling of one transition, forward + backward: our batched multi-linear map against
+   the reference's loop over the 16 offsets (torch.where, one host sync each), at the tiny
+   size and at the paper's AU-Net-2 size (512 <-> 2048, 2048 bytes).
+
+Timings use one thread by default: on a shared 2-core machine, OpenMP threads that wait on each
+other turn any other load into 10-50x stalls, while one thread degrades gracefully.
+
+    .venv/bin/python benches/bench_model.py [--repeats 5] [--threads 1] [--out FILE] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from corpora import stdlib_docs  # noqa: E402
+
+from aunet import Segmenter  # noqa: E402
+from aunet.config import ModelArgs, Pooling, load_config  # noqa: E402
+from aunet.flops import flops_per_byte, param_count  # noqa: E402
+from aunet.model import HierarchicalTransformer  # noqa: E402
+from aunet.model.pooling import Transition, gather_rows, indexed_up_loop, pool_index  # noqa: E402
+
+CONFIGS = HERE.parent / "configs"
+
+
+def best_times(fns: list, repeats: int) -> list[float]:
+    """Best wall time of each function, timed in interleaved rounds, so that a stall of this
+    shared machine cannot land on one of them only."""
+    for fn in fns:
+        fn()  # warm-up
+    best = [float("inf")] * len(fns)
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            t = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t)
+    return best
+
+
+def text_batch(strategy: dict[str, str], batch: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed windows of BOS + document + EOS with segmenter levels (BOS gets the full depth)."""
+    seg = Segmenter(strategy)
+    toks, levs = [], []
+    for doc in stdlib_docs(batch * seq_len * 2):
+        toks.append(np.concatenate([[256], np.frombuffer(doc, np.uint8), [257]]))
+        levs.append(seg.levels(doc, bos=True, eos=True))
+    t = np.concatenate(toks)[: batch * seq_len].reshape(batch, seq_len)
+    m = np.concatenate(levs)[: batch * seq_len].reshape(batch, seq_len)
+    return torch.from_numpy(t.astype(np.int64)), torch.from_numpy(m.astype(np.int64))
+
+
+def stage_fractions(levels: torch.Tensor, n_levels: int) -> tuple[float, ...]:
+    return tuple(float((levels > i - 1).float().mean()) if i else 1.0 for i in range(n_levels + 1))
+
+
+def flat_peer(target: float, like: ModelArgs, seq_len: int) -> ModelArgs:
+    """The flat transformer closest to `target` FLOPs/byte, with a width between the AU-Net's
+    narrowest and widest stage (a multiple of 16, so matmul shapes are comparable) and 1-24 layers."""
+    best = None
+    for dim in range(like.dimensions[0], like.dimensions[-1] + 1, 16):
+        for layers in range(1, 25):
+            args = ModelArgs(dimensions=[dim], layers=[layers], head_dims=[16], sliding_windows=[-1],
+                             max_seqlens=[-1], residuals=[], block=like.block, pooling_type=like.pooling_type)
+            err = abs(math.log(flops_per_byte(args, seq_len).total / target))
+            if best is None or err < best[0]:
+                best = (err, args)
+    return best[1]
+
+
+def train_step(args: ModelArgs, tokens: torch.Tensor, levels: torch.Tensor):
+    """A forward + backward pass of a fresh model, as a closure."""
+    torch.manual_seed(0)
+    model = HierarchicalTransformer(args)
+    inputs, lv, targets = tokens[:, :-1], levels[:, :-1], tokens[:, 1:]
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        _, loss = model(inputs, lv, targets)
+        loss.backward()
+
+    return step
+
+
+def model_rows(repeats: int) -> list[dict]:
+    rows = []
+    for name in ("tiny_aunet2", "tiny_aunet3"):
+        cfg, _ = load_config(CONFIGS / f"{name}.yaml")
+        m, T, B = cfg.model, cfg.data.seq_len, cfg.data.batch_size
+        tokens, levels = text_batch(cfg.data.regex.strategy, B, T + 1)
+        fractions = stage_fractions(levels, m.n_levels)
+        targets = {"executed": flops_per_byte(m, T, padded=True).total,
+                   "useful": flops_per_byte(m, T, fractions=fractions).total}
+        flats = {kind: flat_peer(target, m, T) for kind, target in targets.items()}
+        t_aunet, *t_flats = best_times([train_step(a, tokens, levels) for a in (m, *flats.values())], repeats)
+        row = {"model": name, "params": param_count(m), "batch": B, "seq_len": T,
+               "stage_fractions": fractions, "stage_lengths": m.stage_lengths(T),
+               "flops_per_byte_executed": targets["executed"], "flops_per_byte_useful": targets["useful"],
+               "seconds": t_aunet, "bytes_per_s": B * T / t_aunet}
+        for (kind, flat), t_flat in zip(flats.items(), t_flats):
+            f_flat = flops_per_byte(flat, T).total
+            row[f"flat_{kind}"] = {
+                "dimensions": flat.dimensions, "layers": flat.layers, "params": param_count(flat),
+                "flops_per_byte": f_flat, "flops_ratio": targets[kind] / f_flat, "seconds": t_flat,
+                "aunet_time_ratio": t_aunet / t_flat,
+            }
+        rows.append(row)
+    return rows
+
+
+def upsample_rows(repeats: int) -> list[dict]:
+    rows = []
+    seg_levels = text_batch({"word1": "1@1"}, 8, 2048)[1]
+    for label, d_in, d_out, B, T, K in (("tiny (64->96)", 64, 96, 8, 512, 192),
+                                        ("AU-Net-2 (512->2048)", 512, 2048, 1, 2048, 800)):
+        torch.manual_seed(0)
+        tr = Transition(d_in, d_out, Pooling.parse("simple_indexed_matmul"), eps=1e-5)
+        index = pool_index(seg_levels[:B, :T], 0, K)
+        z = torch.randn(B, K, d_out, requires_grad=True)
+
+        def batched():
+            tr.zero_grad(set_to_none=True)
+            tr.up(z, index).sum().backward()
+
+        def loop():
+            tr.zero_grad(set_to_none=True)
+            n = gather_rows(tr.up_norm(z), index.up_k)
+            (tr.trans_up(n) + indexed_up_loop(n, tr.indexed_linear.weight, index.offset)).sum().backward()
+
+        t_batched, t_loop = best_times([batched, loop], repeats)
+        rows.append({"size": label, "batch": B, "seq_len": T, "pooled": K, "batched_s": t_batched,
+                     "loop_s": t_loop, "loop_over_batched": t_loop / t_batched})
+    return rows
+
+
+def print_tables(result: dict) -> None:
+    head = f"{'model':<13}{'params':>9}{'flops/B exec':>14}{'flops/B useful':>16}{'ms/step':>9}{'KB/s':>8}"
+    head += f"{'flat (exec) LxD':>17}{'x flat':>8}{'flat (useful) LxD':>19}{'x flat':>8}"
+    print(head)
+    print("-" * len(head))
+    for r in result["models"]:
+        fe, fu = r["flat_executed"], r["flat_useful"]
+        shape_e = f"{fe['layers'][0]}x{fe['dimensions'][0]}"
+        shape_u = f"{fu['layers'][0]}x{fu['dimensions'][0]}"
+        print(f"{r['model']:<13}{r['params']:>9,}{r['flops_per_byte_executed'] / 1e6:>13.2f}M"
+              f"{r['flops_per_byte_useful'] / 1e6:>15.2f}M{r['seconds'] * 1e3:>9.1f}{r['bytes_per_s'] / 1e3:>8.1f}"
+              f"{shape_e:>17}{fe['aunet_time_ratio']:>7.2f}x{shape_u:>19}{fu['aunet_time_ratio']:>7.2f}x")
+    print()
+    head = f"{'upsampling':<22}{'B x T -> K':>16}{'batched ms':>12}{'loop ms':>10}{'loop/batched':>14}"
+    print(head)
+    print("-" * len(head))
+    for r in result["upsampling"]:
+        shape = f"{r['batch']}x{r['seq_len']}->{r['pooled']}"
+        print(f"{r['size']:<22}{shape:>16}{r['batched_s'] * 1e3:>12.1f}{r['loop_s'] * 1e3:>10.1f}"
+              f"{r['loop_over_batched']:>13.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--quick", action="store_true", help="one repeat (a smoke run)")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "bench_model.json")
+    args = parser.parse_args()
+    repeats = 1 if args.quick else args.repeats
+    torch.set_num_threads(args.threads)
+    result = {
+        "threads": torch.get_num_threads(), "machine": platform.machine(), "python": platform.python_version(),
+        "torch": torch.__version__, "models": model_rows(repeats), "upsampling": upsample_rows(repeats),
+        "command": " ".join(["benches/bench_model.py", *sys.argv[1:]]),
+    }
+    print_tables(result)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Tiny model configurations shared by the model tests."""
+
+from __future__ import annotations
+
+import torch
+
+from aunet import Segmenter
+from aunet.config import BlockArgs, ModelArgs
+
+POOLING_TYPES = ["simple", "simple_repeat", "simple_indexed_matmul", "simple_non_param"]
+POOLING_COMBOS = ["simple_non_param_repeat", "simple_non_param_indexed_matmul", "simple_repeat_indexed_matmul"]
+STRATEGIES = [{"word1": "1@1"}, {"word1": "1@1", "word2": "2@1"}, {"word1": "1@1", "word2": "2@1", "word4": "4@1"}]
+
+TEXT = (
+    "The cat sat on the mat. It looked at the dog, and the dog looked back; nobody moved.\n"
+    "def pool(levels, stage):\n    return [p for p, m in enumerate(levels) if m > stage]\n"
+)
+
+
+def tiny_args(levels: int, pooling_type: str = "simple_indexed_matmul", **overrides) -> ModelArgs:
+    """A model with `levels` pooling levels, widths doubling per stage (so non_param works),
+    small windows (so the banded and masked attention paths both run)."""
+    n = levels + 1
+    kw = dict(
+        dimensions=[16 * 2**i for i in range(n)],
+        layers=[1] * n,
+        head_dims=[8] * n,
+        sliding_windows=[8] * n,
+        max_seqlens=[-1] * n,
+        pooling_type=pooling_type,
+        block=BlockArgs(multiple_of=16, rope_theta=10000.0),
+    )
+    kw.update(overrides)
+    return ModelArgs(**kw)
+
+
+def text_batch(levels: int, length: int, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens and segmenter levels of `TEXT` windows (BOS first), as [batch, length]."""
+    seg = Segmenter(STRATEGIES[levels - 1])
+    data = TEXT.encode() * (1 + (length * batch) // len(TEXT))
+    toks, levs = [], []
+    for b in range(batch):
+        doc = data[b * 7: b * 7 + length - 1]
+        toks.append([256, *doc])
+        levs.append(seg.levels(doc, bos=True).tolist())
+    return torch.tensor(toks), torch.tensor(levs)

@@ -1,0 +1,143 @@
+"""Pooling and upsampling against direct, per-position implementations of SPEC section 4."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from aunet.config import MAX_OFFSET, Pooling
+from aunet.model import HierarchicalTransformer
+from aunet.model.pooling import Transition, gather_rows, indexed_up_loop, pool_index
+from model_helpers import POOLING_COMBOS, POOLING_TYPES, tiny_args
+
+
+def naive_pool(levels: list[int], stage: int, out_len: int):
+    pooled = [j for j, m in enumerate(levels) if m > stage][:out_len]
+    idx = pooled + [len(levels) - 1] * (out_len - len(pooled))
+    up_k = [max(k for k, p in enumerate(pooled) if p <= j) for j in range(len(levels))]
+    offset = [j - pooled[k] for j, k in enumerate(up_k)]
+    nxt = [levels[p] for p in pooled] + [0] * (out_len - len(pooled))
+    return idx, [k < len(pooled) for k in range(out_len)], up_k, offset, nxt
+
+
+@pytest.mark.parametrize("stage,out_len", [(0, 60), (0, 7), (1, 30), (1, 3), (2, 1)])
+def test_pool_index_matches_the_definition(stage, out_len):
+    gen = torch.Generator().manual_seed(stage * 10 + out_len)
+    levels = torch.randint(0, 4, (3, 60), generator=gen)
+    levels[:, 0] = 3
+    got = pool_index(levels, stage, out_len)
+    for b in range(3):
+        idx, valid, up_k, offset, nxt = naive_pool(levels[b].tolist(), stage, out_len)
+        assert got.idx[b].tolist() == idx
+        assert got.valid[b].tolist() == valid
+        assert got.up_k[b].tolist() == up_k
+        assert got.offset[b].tolist() == offset
+        assert got.levels[b].tolist() == nxt
+
+
+def naive_up(tr: Transition, z: torch.Tensor, up_k: list[int], offset: list[int]) -> torch.Tensor:
+    """Up_i(z[k], o) one position at a time, in the reference's order of operations."""
+    p = tr.pooling
+
+    def fold(v):  # the non-parametric up: average each group of d_out / d_in features
+        return v.view(tr.d_in, -1).mean(-1)
+
+    rows = []
+    for k, o in zip(up_k, offset):
+        v = z[k]
+        if not p.non_param:
+            v = tr.up_norm(v)
+        shared = fold if p.non_param else tr.trans_up
+        if p.indexed_matmul:
+            n = tr.indexed_norm(z[k]) if p.non_param else v
+            rows.append(shared(v) + tr.indexed_linear.weight[o % MAX_OFFSET] @ n)
+        elif p.repeat:
+            rows.append(shared(v + tr.pos_encoding.weight[o % MAX_OFFSET]))
+        else:
+            rows.append(shared(v) if o == 0 else torch.zeros(tr.d_in))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("pooling_type", POOLING_TYPES + POOLING_COMBOS)
+def test_upsampling_matches_the_per_position_definition(pooling_type):
+    torch.manual_seed(0)
+    tr = Transition(8, 16, Pooling.parse(pooling_type), eps=1e-5)
+    levels = torch.zeros(2, 50, dtype=torch.long)
+    levels[:, [0, 3, 4, 30]] = 1  # a 26-byte segment: offsets past 16 wrap around
+    levels[1, 45] = 1
+    index = pool_index(levels, 0, 4)  # the pooled position 45 of row 1 is cut off
+    z = torch.randn(2, 4, 16)
+    got = tr.up(z, index)
+    for b in range(2):
+        want = naive_up(tr, z[b], index.up_k[b].tolist(), index.offset[b].tolist())
+        torch.testing.assert_close(got[b], want, atol=1e-5, rtol=1e-5)
+
+
+def test_multilinear_upsampling_values_and_gradients_match_the_offset_loop():
+    torch.manual_seed(0)
+    # float64, so that the two summation orders agree to rounding.
+    tr = Transition(12, 20, Pooling.parse("simple_indexed_matmul"), eps=1e-5).double()
+    gen = torch.Generator().manual_seed(1)
+    levels = (torch.rand(3, 200, generator=gen) < 0.08).long()
+    levels[:, 0] = 1
+    index = pool_index(levels, 0, 24)
+    assert index.offset.max() >= MAX_OFFSET  # wrap-around is exercised
+    z = torch.randn(3, 24, 20, dtype=torch.float64, requires_grad=True)
+    wrt = [z, tr.up_norm.weight, tr.trans_up.weight, tr.indexed_linear.weight]
+    fast = tr.up(z, index)
+    grads_fast = torch.autograd.grad((fast * torch.linspace(-1, 1, 12, dtype=torch.float64)).sum(), wrt)
+
+    n = gather_rows(tr.up_norm(z), index.up_k)
+    slow = tr.trans_up(n) + indexed_up_loop(n, tr.indexed_linear.weight, index.offset)
+    grads_slow = torch.autograd.grad((slow * torch.linspace(-1, 1, 12, dtype=torch.float64)).sum(), wrt)
+    torch.testing.assert_close(fast, slow, atol=1e-12, rtol=1e-10)
+    for a, b in zip(grads_fast, grads_slow):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+
+
+def test_non_parametric_down_is_the_reference_interpolation():
+    torch.manual_seed(0)
+    d_in, r = 6, 3
+    tr = Transition(d_in, d_in * r, Pooling.parse("simple_non_param"), eps=1e-5)
+    assert not list(tr.parameters())
+    levels = torch.tensor([[1, 0, 1, 1, 0]])
+    index = pool_index(levels, 0, 3)
+    x = torch.randn(1, 5, d_in)
+    got = tr.down(x, index)
+    # The reference: x[..., expand_idx] * w + x[..., expand_idx].roll(r) * (1 - w).
+    expand_idx = torch.arange(d_in).repeat_interleave(r)
+    w = (torch.arange(1, r + 1) / r).repeat(d_in)
+    xs = x[:, [0, 2, 3]]
+    want = xs[..., expand_idx] * w + xs[..., expand_idx].roll(r, -1) * (1 - w)
+    torch.testing.assert_close(got, want)
+    # Up averages the copies back: down then up is not the identity, but a constant vector is kept.
+    const = torch.full((1, 3, d_in * r), 2.0)
+    assert torch.allclose(tr.up(const, index)[0, [0, 2, 3]], torch.full((3, d_in), 2.0))
+
+
+def test_pooled_sequence_is_padded_to_a_static_length():
+    model = HierarchicalTransformer(tiny_args(2, max_seqlens=[-1, 12, 5]))
+    seen = []
+    model.trunk.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape))
+    for density in (0.05, 0.9):
+        levels = (torch.rand(2, 40) < density).long() * 2
+        model(torch.randint(0, 256, (2, 40)), levels)
+    assert seen == [torch.Size([2, 5, 64])] * 2
+
+
+def test_whole_forward_traces_into_one_graph():
+    """No data-dependent shapes or host syncs anywhere in the forward pass: torch.compile
+    captures it as one graph (fullgraph fails on either). The reference's per-offset loop
+    does not."""
+    torch.manual_seed(0)
+    model = HierarchicalTransformer(tiny_args(2, max_seqlens=[-1, 16, 8], lambda_level=0.5))
+    tokens = torch.randint(0, 258, (2, 40))
+    levels = torch.randint(0, 3, (2, 40))
+    compiled = torch.compile(model, fullgraph=True, backend="eager", dynamic=False)
+    out, loss = compiled(tokens, levels, tokens, levels)
+    ref, ref_loss = model(tokens, levels, tokens, levels)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(loss, ref_loss)
+    loop = torch.compile(indexed_up_loop, fullgraph=True, backend="eager", dynamic=False)
+    with pytest.raises(Exception):
+        loop(torch.randn(2, 10, 8), torch.randn(16, 4, 8), torch.randint(0, 20, (2, 10)))
