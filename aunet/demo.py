@@ -80,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     dump = work / "run"
     run([str(bin_dir / "deepspeed"), "--num_gpus", str(args.ranks), str(REPO / "aunet" / "train.py"), "--config", str(CONFIG),
          f"data.root_dir={work / 'data'}", f"dump_dir={dump}", f"steps={args.steps}", "logging.freq=20",
-         f"checkpoint.dump.every={max(1, args.steps // 2)}"], env=env)
-    log = [json.loads(line) for line in (dump / "metrics.jsonl").read_text().splitlines()]
+         f"checkpoint.dump.every={max(1, args.steps // 2)}", "eval.validation.sources.heldout=1.0",
+         f"checkpoint.eval.every={max(1, args.steps // 4)}"], env=env)
+    log = [r for r in map(json.loads, (dump / "metrics.jsonl").read_text().splitlines()) if "bpb" in r]
     print(f"training bpb: {log[0]['bpb']:.3f} at step {log[0]['step']} -> {log[-1]['bpb']:.3f} at step {log[-1]['step']}")
 
     banner("4. export, evaluate held-out bpb, generate")

@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         source_paths(cfg)  # missing data fails before any process group is set up
+        source_paths(cfg, "eval.validation.sources")
     except (FileNotFoundError, ValueError) as e:
         print(f"aunet/train.py: error: {e}", file=sys.stderr)
         return 2

@@ -26,18 +26,20 @@ from aunet.lr_schedule import lr_factor
 PEAK_FLOPS = {"cuda": 989e12, "cpu": 1e12}
 
 
-def source_paths(cfg: TrainArgs) -> dict[str, float]:
+def source_paths(cfg: TrainArgs, key: str = "data.sources") -> dict[str, float]:
+    """Shard directories of `data.sources` (or `eval.validation.sources`) under data.root_dir."""
+    sources = cfg.data.sources if key == "data.sources" else cfg.eval.validation.sources
     root = Path(cfg.data.root_dir) if cfg.data.root_dir else None
     out = {}
-    for name, weight in cfg.data.sources.items():
+    for name, weight in sources.items():
         path = Path(name) if root is None or Path(name).is_absolute() else root / name
         if not path.is_dir():
-            raise FileNotFoundError(f"data.sources.{name}: {path} is not a directory of shards (run aunet-segment first)")
+            raise FileNotFoundError(f"{key}.{name}: {path} is not a directory of shards (run aunet-segment first)")
         if not (path / "manifest.json").exists():
-            raise FileNotFoundError(f"data.sources.{name}: {path} has no manifest.json (run aunet-segment, or aunet-segment merge)")
+            raise FileNotFoundError(f"{key}.{name}: {path} has no manifest.json (run aunet-segment, or aunet-segment merge)")
         if weight > 0:
             out[str(path)] = float(weight)
-    if not out:
+    if not out and key == "data.sources":
         raise ValueError("data.sources: no source with a positive weight")
     return out
 
@@ -109,6 +111,7 @@ def train(cfg: TrainArgs, unused: list[str] | None = None, stop_at: int | None =
             print(f"config keys not used by this trainer: {', '.join(unused)}", flush=True)
 
     sources = source_paths(cfg)
+    validation = source_paths(cfg, "eval.validation.sources")
     loader = PackedLoader(
         LoaderArgs(sources, seq_len=cfg.data.seq_len, batch_size=cfg.data.batch_size, add_bos=cfg.data.add_bos,
                    add_eos=cfg.data.add_eos, seed=cfg.data.seed, prefetch=cfg.data.prefetch_size if cfg.data.load_async else 0,
@@ -172,6 +175,12 @@ def train(cfg: TrainArgs, unused: list[str] | None = None, stop_at: int | None =
             }
             log.write(last)
             tic, window_bytes = time.perf_counter(), 0
+        if validation and (step % cfg.checkpoint.eval.every == 0 or step == end):
+            from aunet.evaluate import heldout_bpb
+
+            val = heldout_bpb(engine, validation, cfg.data.seq_len, cfg.data.batch_size, cfg.eval.validation.max_steps,
+                              rank, world, device, reduce=dist.all_reduce)
+            log.write({"step": step, "val_bpb": val["bpb"], "val_bytes": val["bytes"]})
         if step % cfg.checkpoint.dump.every == 0 or step == end:
             save(engine, loader, ckpt_root, step, rank, cfg)
     loader.close()

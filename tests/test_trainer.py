@@ -27,6 +27,8 @@ def data_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("train-data")
     write_jsonl(root / "a.jsonl", sample_texts(3000))
     segment(root / "a.jsonl", "--out", root / "stdlib", *STRATEGY_ARGS)
+    write_jsonl(root / "b.jsonl", sample_texts(300, seed=7))
+    segment(root / "b.jsonl", "--out", root / "heldout", *STRATEGY_ARGS)
     return root
 
 
@@ -48,7 +50,12 @@ def run(args: list[str]) -> str:
 
 
 def metrics(dump: Path) -> dict[int, dict]:
-    return {r["step"]: r for r in map(json.loads, (dump / "metrics.jsonl").read_text().splitlines())}
+    """Training records by step (validation records, which carry val_bpb, are left out)."""
+    return {r["step"]: r for r in map(json.loads, (dump / "metrics.jsonl").read_text().splitlines()) if "loss" in r}
+
+
+def validation(dump: Path) -> dict[int, dict]:
+    return {r["step"]: r for r in map(json.loads, (dump / "metrics.jsonl").read_text().splitlines()) if "val_bpb" in r}
 
 
 def loader_states(dump: Path, step: int) -> list[dict]:
@@ -59,8 +66,14 @@ def loader_states(dump: Path, step: int) -> list[dict]:
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory, data_root) -> Path:
     dump = tmp_path_factory.mktemp("straight")
-    run(overrides(data_root, dump, 6))
+    run([*overrides(data_root, dump, 6), "eval.validation.sources.heldout=1.0", "eval.validation.max_steps=3", "checkpoint.eval.every=3"])
     return dump
+
+
+def test_validation_bpb_is_logged_at_eval_steps(straight):
+    val = validation(straight)
+    assert sorted(val) == [3, 6]
+    assert all(0 < v["val_bpb"] < 10 and v["val_bytes"] > 0 for v in val.values())
 
 
 def test_exact_resume_equals_straight_run(tmp_path, data_root, straight):

@@ -181,9 +181,14 @@ class LoggingArgs:
 class ValidationArgs:
     max_steps: int | None = None
     """Validation batches per evaluation; None means the whole held-out set."""
+    sources: dict[str, float] = field(default_factory=dict)
+    """Held-out shard directories (under data.root_dir, like data.sources) -> weight; their bpb
+    is logged as val_bpb every checkpoint.eval.every steps. Empty: no validation."""
 
     def __post_init__(self) -> None:
         require(self.max_steps is None or self.max_steps >= 1, "max_steps", f"must be >= 1, got {self.max_steps}")
+        for source, weight in self.sources.items():
+            require(weight > 0, f"sources.{source}", f"weight must be > 0, got {weight}")
 
 
 @dataclass
