@@ -57,7 +57,7 @@ def run(cmd: list[str], env: dict | None = None) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workdir", type=Path, default=Path("runs/demo"))
-    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--steps", type=int, default=800)
     p.add_argument("--ranks", type=int, default=2)
     p.add_argument("--train-mb", type=float, default=8.0)
     args = p.parse_args(argv)
