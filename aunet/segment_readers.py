@@ -47,6 +47,11 @@ class Batch:
     def documents(self) -> int:
         return len(self.rows)
 
+    @classmethod
+    def rejected(cls, reject: Reject, input_bytes: int = 0) -> "Batch":
+        """A batch holding no document, only a rejection (a file or part that is unreadable)."""
+        return cls(np.zeros(0, np.int64), pa.array([], pa.large_binary()), rejects=[reject], input_bytes=input_bytes)
+
 
 def detect_format(path: Path) -> str | None:
     suffixes = [s.lower() for s in path.suffixes[-2:]]
@@ -77,7 +82,7 @@ def read_batches(path: Path, name: str, text_field: str | None, extra_fields: li
         else:
             raise ValueError(f"{name}: unsupported input format (expected one of {', '.join(FORMATS)})")
     except OSError as e:
-        yield Batch(np.zeros(0, np.int64), pa.array([], pa.large_binary()), rejects=[Reject(name, "file", f"unreadable: {e.strerror or e}")])
+        yield Batch.rejected(Reject(name, "file", f"unreadable: {e.strerror or e}"))
 
 
 # ---------------------------------------------------------------- JSONL
@@ -127,6 +132,27 @@ def _pick_text(obj: dict, text_field: str | None) -> tuple[str | None, object]:
     return None, None
 
 
+class _Problem:
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+def _parse_line(line: bytes, text_field: str | None, wanted: str) -> tuple[dict | None, str | _Problem]:
+    """(the JSON object, its text) or (None, why the line is rejected)."""
+    try:
+        obj = json.loads(line)
+    except ValueError as e:
+        return None, _Problem(f"malformed JSON: {e}")
+    if not isinstance(obj, dict):
+        return None, _Problem(f"not a JSON object but {type(obj).__name__}")
+    key, value = _pick_text(obj, text_field)
+    if key is None:
+        return None, _Problem(f"missing text field ({wanted})")
+    if not isinstance(value, str):
+        return None, _Problem(f"text field {key!r} is {type(value).__name__}, not a string")
+    return obj, value
+
+
 def _extra_value(value: object) -> str | None:
     if value is None or isinstance(value, str):
         return value
@@ -161,20 +187,9 @@ def _jsonl(path: Path, name: str, fmt: str, text_field: str | None, extra_fields
                 line_no += 1
                 if not line.strip():
                     continue  # blank lines hold no document
-                try:
-                    obj = json.loads(line)
-                except ValueError as e:
-                    rejects.append(Reject(name, f"line {line_no}", f"malformed JSON: {e}"))
-                    continue
-                if not isinstance(obj, dict):
-                    rejects.append(Reject(name, f"line {line_no}", f"not a JSON object but {type(obj).__name__}"))
-                    continue
-                key, value = _pick_text(obj, text_field)
-                if key is None:
-                    rejects.append(Reject(name, f"line {line_no}", f"missing text field ({wanted})"))
-                    continue
-                if not isinstance(value, str):
-                    rejects.append(Reject(name, f"line {line_no}", f"text field {key!r} is {type(value).__name__}, not a string"))
+                obj, value = _parse_line(line, text_field, wanted)
+                if isinstance(value, _Problem):
+                    rejects.append(Reject(name, f"line {line_no}", value.reason))
                     continue
                 # surrogatepass keeps lone surrogates from JSON escapes, as invalid UTF-8 bytes.
                 data = value.encode("utf-8", "surrogatepass")
@@ -233,7 +248,7 @@ def _parquet(path: Path, name: str, text_field: str | None, extra_fields: list[s
     try:
         pf = pq.ParquetFile(path)
     except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
-        yield Batch(np.zeros(0, np.int64), pa.array([], pa.large_binary()), rejects=[Reject(name, "file", f"corrupt Parquet file: {e}")], input_bytes=size)
+        yield Batch.rejected(Reject(name, "file", f"corrupt Parquet file: {e}"), size)
         return
     column = _choose_column(pf.schema_arrow, text_field)
     columns = [c for c in [column, *extra_fields] if c is not None and c in pf.schema_arrow.names]
@@ -254,7 +269,7 @@ def _parquet(path: Path, name: str, text_field: str | None, extra_fields: list[s
     try:
         yield from _table_batches(batches(), pf.schema_arrow, pf.metadata.num_rows, name, text_field, extra_fields, size)
     except _CorruptGroup as e:
-        yield Batch(np.zeros(0, np.int64), pa.array([], pa.large_binary()), rejects=[Reject(name, f"rows {e.start}-{pf.metadata.num_rows - 1}", f"corrupt Parquet data: {e.error}", pf.metadata.num_rows - e.start)])
+        yield Batch.rejected(Reject(name, f"rows {e.start}-{pf.metadata.num_rows - 1}", f"corrupt Parquet data: {e.error}", pf.metadata.num_rows - e.start))
 
 
 class _CorruptGroup(Exception):
@@ -276,7 +291,7 @@ def _arrow(path: Path, name: str, text_field: str | None, extra_fields: list[str
             stream = pa.ipc.open_stream(source)
             schema, num_rows, batches = stream.schema, None, iter(stream)
         except pa.ArrowInvalid as e:
-            yield Batch(np.zeros(0, np.int64), pa.array([], pa.large_binary()), rejects=[Reject(name, "file", f"corrupt Arrow IPC file: {e}")], input_bytes=size)
+            yield Batch.rejected(Reject(name, "file", f"corrupt Arrow IPC file: {e}"), size)
             return
     read = 0
 
@@ -290,4 +305,4 @@ def _arrow(path: Path, name: str, text_field: str | None, extra_fields: list[str
         yield from _table_batches(counted(), schema, num_rows, name, text_field, extra_fields, 0)
     except (pa.ArrowInvalid, OSError) as e:
         where = f"after row {read - 1}" if read else "file"
-        yield Batch(np.zeros(0, np.int64), pa.array([], pa.large_binary()), rejects=[Reject(name, where, f"corrupt Arrow IPC file: {e}")], input_bytes=size)
+        yield Batch.rejected(Reject(name, where, f"corrupt Arrow IPC file: {e}"), size)
