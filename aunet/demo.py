@@ -83,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
          f"checkpoint.dump.every={max(1, args.steps // 2)}", "eval.validation.sources.heldout=1.0",
          f"checkpoint.eval.every={max(1, args.steps // 4)}"], env=env)
     log = [r for r in map(json.loads, (dump / "metrics.jsonl").read_text().splitlines()) if "bpb" in r]
-    print(f"training bpb: {log[0]['bpb']:.3f} at step {log[0]['step']} -> {log[-1]['bpb']:.3f} at step {log[-1]['step']}")
+    tail = log[-5:]  # one logging window is noisy: average the last five
+    print(f"training bpb: {log[0]['bpb']:.3f} at step {log[0]['step']} -> {sum(r['bpb'] for r in tail) / len(tail):.3f} "
+          f"(mean of steps {tail[0]['step']}-{tail[-1]['step']})")
 
     banner("4. export, evaluate held-out bpb, generate")
     run([str(bin_dir / "aunet"), "export", "--checkpoints", str(dump / "checkpoints"), "--out", str(work / "export")], env=env)
