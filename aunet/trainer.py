@@ -119,6 +119,7 @@ def train(cfg: TrainArgs, unused: list[str] | None = None, stop_at: int | None =
     )
     torch.manual_seed(cfg.model.seed if hasattr(cfg.model, "seed") else cfg.seed)
     model = HierarchicalTransformer(cfg.model)
+    model.set_activation_checkpointing(cfg.distributed.selective_activation_checkpointing)
     engine, optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=deepspeed_config(cfg, on_gpu))
     if cfg.distributed.compile:
         engine.compile()

@@ -121,3 +121,33 @@ def test_aunet2_is_in_the_1b_class_and_aunet3_in_the_2b_class():
     assert n2 == 1_324_203_008 and 1.0e9 <= n2 < 1.5e9
     assert n3 == 2_503_624_064 and 2.0e9 <= n3 < 3.0e9
     assert ModelArgs() == aunet2.model  # the defaults are AU-Net-2
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients():
+    import torch
+
+    from aunet.config import ModelArgs
+    from aunet.model import HierarchicalTransformer
+
+    args = ModelArgs(dimensions=[32, 48], layers=[1, 2], head_dims=[16, 16], residuals=[True], sliding_windows=[64, 64], max_seqlens=[-1, 32])
+    torch.manual_seed(0)
+    tokens = torch.randint(0, 256, (2, 64))
+    levels = (torch.rand(2, 64) < 0.2).long()
+    from aunet.model.layers import Block
+
+    grads, calls = [], []
+    for enabled in (False, True):
+        torch.manual_seed(1)
+        model = HierarchicalTransformer(args)
+        model.set_activation_checkpointing(enabled)
+        count = [0]
+        for m in model.modules():
+            if isinstance(m, Block):
+                m.register_forward_hook(lambda *_: count.__setitem__(0, count[0] + 1))
+        _, loss = model(tokens, levels, tokens.roll(-1, 1))
+        loss.backward()
+        grads.append((loss.item(), [p.grad.clone() for p in model.parameters()]))
+        calls.append(count[0])
+    assert calls[1] == 2 * calls[0]  # every block ran again in the backward pass
+    assert grads[0][0] == grads[1][0]
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads[0][1], grads[1][1]))

@@ -63,6 +63,12 @@ class HierarchicalTransformer(nn.Module):
                 if module is not self and hasattr(module, "reset_parameters"):
                     module.reset_parameters()
 
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        """Recompute block activations in the backward pass (`distributed.selective_activation_checkpointing`)."""
+        for module in self.modules():
+            if hasattr(module, "checkpointing"):
+                module.checkpointing = enabled
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 

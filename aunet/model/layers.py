@@ -9,6 +9,7 @@ parameters as soon as its constructor returns, still yields initialised weights.
 from __future__ import annotations
 
 import torch
+import torch.utils.checkpoint
 import torch.nn.functional as F
 from torch import nn
 
@@ -171,11 +172,16 @@ class Stack(nn.Module):
         super().__init__()
         self.dim, self.head_dim, self.window, self.rope_theta = dim, head_dim, window, args.rope_theta
         self.layers = nn.ModuleList(Block(dim, head_dim, n_kv_heads, args, i, n_layers) for i in range(n_layers))
+        self.checkpointing = False
+        """Recompute each block's activations in the backward pass (less memory, more compute)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not len(self.layers):
             return x
         rope = rope_tables(x.shape[1], self.head_dim, self.rope_theta, x.device)
         for layer in self.layers:
-            x = layer(x, rope, self.window)
+            if self.checkpointing and self.training and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(layer, x, rope, self.window, use_reentrant=False)
+            else:
+                x = layer(x, rope, self.window)
         return x
