@@ -32,11 +32,11 @@ def main(argv: list[str] | None = None) -> int:
         # `python aunet/train.py`: a single process; DeepSpeed still wants a rendezvous.
         os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"})
         os.environ.setdefault("MASTER_PORT", "29511")
-    from aunet.trainer import source_paths, train
+    from aunet.trainer import resolve_sources, train
 
     try:
-        source_paths(cfg)  # missing data fails before any process group is set up
-        source_paths(cfg, "eval.validation.sources")
+        resolve_sources(cfg)  # missing data fails before any process group is set up
+        resolve_sources(cfg, "eval.validation.sources")
     except (FileNotFoundError, ValueError) as e:
         print(f"aunet/train.py: error: {e}", file=sys.stderr)
         return 2

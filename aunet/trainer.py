@@ -26,21 +26,58 @@ from aunet.lr_schedule import lr_factor
 PEAK_FLOPS = {"cuda": 989e12, "cpu": 1e12}
 
 
-def source_paths(cfg: TrainArgs, key: str = "data.sources") -> dict[str, float]:
-    """Shard directories of `data.sources` (or `eval.validation.sources`) under data.root_dir."""
+def resolve_sources(cfg: TrainArgs, key: str = "data.sources") -> list[tuple[str, Path, float, list[str] | None]]:
+    """Each source of `data.sources` (or `eval.validation.sources`), under data.root_dir, as
+    (name, path, weight, raw inputs): raw inputs is None for a shard directory made by
+    aunet-segment, else the JSONL/.gz/.zst/Parquet/Arrow files to segment first."""
+    from aunet.segment_cli import UsageError, expand_inputs
+
     sources = cfg.data.sources if key == "data.sources" else cfg.eval.validation.sources
     root = Path(cfg.data.root_dir) if cfg.data.root_dir else None
-    out = {}
+    out: list[tuple[str, Path, float, list[str] | None]] = []
     for name, weight in sources.items():
+        if weight <= 0:
+            continue
         path = Path(name) if root is None or Path(name).is_absolute() else root / name
-        if not path.is_dir():
-            raise FileNotFoundError(f"{key}.{name}: {path} is not a directory of shards (run aunet-segment first)")
-        if not (path / "manifest.json").exists():
-            raise FileNotFoundError(f"{key}.{name}: {path} has no manifest.json (run aunet-segment, or aunet-segment merge)")
-        if weight > 0:
-            out[str(path)] = float(weight)
+        if (path / "manifest.json").is_file():
+            out.append((name, path, float(weight), None))
+            continue
+        try:
+            raw = expand_inputs([str(path)], raw_cache(cfg, key, name))
+        except UsageError as e:
+            raise FileNotFoundError(f"{key}.{name}: {path} is neither a shard directory (with manifest.json) nor raw text input: {e}") from None
+        out.append((name, path, float(weight), [str(f) for f in raw]))
     if not out and key == "data.sources":
         raise ValueError("data.sources: no source with a positive weight")
+    return out
+
+
+def raw_cache(cfg: TrainArgs, key: str, name: str) -> Path:
+    """Where raw-text source `name` is segmented: <dump_dir>/segmented/<key>/<name>."""
+    safe = name.strip("/").replace("/", "_") or "source"
+    return Path(cfg.dump_dir or f"runs/{cfg.name}") / "segmented" / key.split(".")[0] / safe
+
+
+def source_paths(cfg: TrainArgs, key: str = "data.sources", rank: int = 0, barrier=None) -> dict[str, float]:
+    """Shard directories to read. Raw-text sources are segmented first (on rank 0, with the
+    aunet-segment machinery: resumable, rejects recorded), the other ranks waiting at `barrier`."""
+    from aunet.segment_cli import run as segment
+
+    strategy = cfg.data.regex.strategy if cfg.data.regex is not None else {}
+    out = {}
+    for name, path, weight, raw in resolve_sources(cfg, key):
+        if raw is None:
+            out[str(path)] = weight
+            continue
+        cache = raw_cache(cfg, key, name)
+        if rank == 0:
+            args = [*raw, "--out", str(cache), "--no-progress", "--on-error", "skip"]
+            args += [a for k, v in strategy.items() for a in ("--strategy", f"{k}={v}")]
+            if segment(args) not in (0, 3):
+                raise RuntimeError(f"{key}.{name}: segmenting {path} into {cache} failed")
+        if barrier is not None:
+            barrier()
+        out[str(cache)] = weight
     return out
 
 
@@ -110,8 +147,8 @@ def train(cfg: TrainArgs, unused: list[str] | None = None, stop_at: int | None =
         if unused:
             print(f"config keys not used by this trainer: {', '.join(unused)}", flush=True)
 
-    sources = source_paths(cfg)
-    validation = source_paths(cfg, "eval.validation.sources")
+    sources = source_paths(cfg, rank=rank, barrier=dist.barrier)
+    validation = source_paths(cfg, "eval.validation.sources", rank=rank, barrier=dist.barrier)
     loader = PackedLoader(
         LoaderArgs(sources, seq_len=cfg.data.seq_len, batch_size=cfg.data.batch_size, add_bos=cfg.data.add_bos,
                    add_eos=cfg.data.add_eos, seed=cfg.data.seed, prefetch=cfg.data.prefetch_size if cfg.data.load_async else 0,

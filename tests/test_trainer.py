@@ -141,6 +141,20 @@ def test_export_gives_a_model_that_loads_without_deepspeed(tmp_path, straight, d
     assert missing.returncode == 1 and "no complete checkpoint" in missing.stderr
 
 
+def test_raw_text_sources_are_segmented_then_trained_on(tmp_path, data_root):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_jsonl(raw / "part0.jsonl.zst", sample_texts(400, seed=3))
+    write_jsonl(raw / "part1.jsonl", sample_texts(400, seed=4))
+    dump = tmp_path / "run"
+    args = [*overrides(tmp_path, dump, 2), "data.sources={raw: 1.0}"]
+    run(args)
+    cache = dump / "segmented" / "data" / "raw"
+    manifest = json.loads((cache / "manifest.json").read_text())
+    assert manifest["documents_written"] == 800 and manifest["strategy"] == {"word1": "1@1", "word2": "2@1"}
+    assert max(metrics(dump)) == 2
+
+
 def test_bad_config_and_missing_data_fail_early(tmp_path, data_root):
     env = cpu_dist_env()
     bad = subprocess.run([sys.executable, TRAIN, "--config", CONFIG, "optim.lr=-1"], capture_output=True, text=True, env=env, cwd=REPO_ROOT)
