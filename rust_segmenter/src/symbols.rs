@@ -72,6 +72,43 @@ pub fn decode_scalar(seq: &[u8]) -> u32 {
     }
 }
 
+/// Two lanes decode the two halves in one loop: each character's position depends on the
+/// previous one's length (a chain of loads), so two independent chains run faster than one.
+/// The halves meet at a byte that is not a continuation byte, where every decoding (valid or
+/// not) has a symbol boundary; the second lane writes its symbols from index `mid` on (a lane
+/// never has more symbols than bytes) and is moved down at the end. `$step` decodes one symbol
+/// from a 4-byte window; the last bytes of each lane go through `careful_step`.
+macro_rules! two_lanes_body {
+    ($bytes:expr, $t:expr, $out:expr, $step:ident) => {{
+        let (bytes, t, out): (&[u8], &ClassTable, &mut Symbols) = ($bytes, $t, $out);
+        let n = bytes.len();
+        out.cls.resize(n, 0);
+        out.last.resize(n, 0);
+        let (cls, last) = (&mut out.cls[..], &mut out.last[..]);
+        let mid = (n / 2..(n / 2 + 4).min(n)).find(|&m| bytes[m] & 0xC0 != 0x80).unwrap_or(n);
+        let (mut ia, mut ka, mut ib, mut kb) = (0, 0, mid, mid);
+        while ia < mid && ib + 4 <= n {
+            let (c, len) = $step!(bytes, ia, t);
+            (cls[ka], last[ka]) = (c, ia + len - 1);
+            (ia, ka) = (ia + len, ka + 1);
+            let (c, len) = $step!(bytes, ib, t);
+            (cls[kb], last[kb]) = (c, ib + len - 1);
+            (ib, kb) = (ib + len, kb + 1);
+        }
+        for (i, k, end) in [(&mut ia, &mut ka, mid), (&mut ib, &mut kb, n)] {
+            while *i < end {
+                let (c, len) = if *i + 4 <= n { $step!(bytes, *i, t) } else { careful_step(&bytes[..end], *i, t) };
+                (cls[*k], last[*k]) = (c, *i + len - 1);
+                (*i, *k) = (*i + len, *k + 1);
+            }
+        }
+        cls.copy_within(mid..kb, ka);
+        last.copy_within(mid..kb, ka);
+        out.cls.truncate(ka + kb - mid);
+        out.last.truncate(ka + kb - mid);
+    }};
+}
+
 /// Length of a UTF-8 sequence by the high nibble of its first byte; 0 for a continuation byte.
 const UTF8_LEN: [u8; 16] = [1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2, 2, 3, 4];
 /// By length: (mask, value) that the continuation bytes must show in the big-endian word, and
@@ -113,16 +150,29 @@ pub fn decode_into(bytes: &[u8], out: &mut Symbols) {
 /// PEXT masks selecting the payload bits of a 1-4 byte sequence in a big-endian 4-byte word.
 const PAYLOAD: [u32; 5] = [0x7F00_0000, 0x7F00_0000, 0x1F3F_0000, 0x0F3F_3F00, 0x073F_3F3F];
 
+/// `valid_step` with one PEXT for the code point; a macro so that it expands inside the bmi2
+/// function (a bmi2 `fn` is not inlined into it: measured, it stayed a call per character).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "bmi2")]
-unsafe fn decode_valid_bmi2(bytes: &[u8], t: &ClassTable, out: &mut Symbols) {
-    two_lanes(bytes, t, out, |bytes, i, t| {
+macro_rules! pext_step {
+    ($bytes:expr, $i:expr, $t:expr) => {{
+        let (bytes, i): (&[u8], usize) = ($bytes, $i);
         let w = u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
         let len = UTF8_LEN[(w >> 28) as usize] as usize;
         let cp = std::arch::x86_64::_pext_u32(w, PAYLOAD[len]);
-        (t.of(cp), len.max(1))
-    })
+        ($t.of(cp), len.max(1))
+    }};
 }
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "bmi2")]
+unsafe fn decode_valid_bmi2(bytes: &[u8], t: &ClassTable, out: &mut Symbols) {
+    // The lane driver is expanded here (a macro, not a generic call), so that the PEXT step,
+    // a bmi2 function, is inlined: it could not be into a driver compiled without bmi2.
+    two_lanes_body!(bytes, t, out, pext_step)
+}
+
+
+
 
 /// One character of valid UTF-8 from the 4-byte window at `i` (no checks needed).
 #[inline(always)]
@@ -146,33 +196,13 @@ fn valid_step(bytes: &[u8], i: usize, t: &ClassTable) -> (u8, usize) {
 /// not) has a symbol boundary; the second lane writes its symbols from index `mid` on (a lane
 /// never has more symbols than bytes) and is moved down at the end. `step` decodes one symbol
 /// from a 4-byte window; the last bytes of each lane go through `careful_step`.
-#[inline(always)]
 fn two_lanes(bytes: &[u8], t: &ClassTable, out: &mut Symbols, step: impl Fn(&[u8], usize, &ClassTable) -> (u8, usize)) {
-    let n = bytes.len();
-    out.cls.resize(n, 0);
-    out.last.resize(n, 0);
-    let (cls, last) = (&mut out.cls[..], &mut out.last[..]);
-    let mid = (n / 2..(n / 2 + 4).min(n)).find(|&m| bytes[m] & 0xC0 != 0x80).unwrap_or(n);
-    let (mut ia, mut ka, mut ib, mut kb) = (0, 0, mid, mid);
-    while ia < mid && ib + 4 <= n {
-        let (c, len) = step(bytes, ia, t);
-        (cls[ka], last[ka]) = (c, ia + len - 1);
-        (ia, ka) = (ia + len, ka + 1);
-        let (c, len) = step(bytes, ib, t);
-        (cls[kb], last[kb]) = (c, ib + len - 1);
-        (ib, kb) = (ib + len, kb + 1);
+    macro_rules! generic_step {
+        ($bytes:expr, $i:expr, $t:expr) => {
+            step($bytes, $i, $t)
+        };
     }
-    for (i, k, end) in [(&mut ia, &mut ka, mid), (&mut ib, &mut kb, n)] {
-        while *i < end {
-            let (c, len) = if *i + 4 <= n { step(bytes, *i, t) } else { careful_step(&bytes[..end], *i, t) };
-            (cls[*k], last[*k]) = (c, *i + len - 1);
-            (*i, *k) = (*i + len, *k + 1);
-        }
-    }
-    cls.copy_within(mid..kb, ka);
-    last.copy_within(mid..kb, ka);
-    out.cls.truncate(ka + kb - mid);
-    out.last.truncate(ka + kb - mid);
+    two_lanes_body!(bytes, t, out, generic_step)
 }
 
 /// One symbol from the 4-byte window at `i` (requires i + 4 <= len): its class and length.
