@@ -298,7 +298,7 @@ fn block_masks(block: &[u8; 64], flags: [u8; 4]) -> [u64; 4] {
 /// after a non-space one; a white-space symbol after another breaks every chain. With G = 1
 /// every word end is a match, so no state is needed; larger G count word ends between breaks.
 /// Raises `out[last_byte(q)]` to each chain's level at its match ends.
-pub fn chain_ends_all_kept(masks: &Masks, chains: &[(usize, u8)], out: &mut [u8], last: &[usize]) {
+pub fn chain_ends_all_kept(masks: &Masks, chains: &[(usize, u8)], out: &mut [u8], symbols: &crate::symbols::Symbols) {
     let mut words = vec![0usize; chains.len()];
     let mut prev_top = 1u64; // the document start behaves like white space: no word before it
     for (b, &white) in masks.white.iter().enumerate() {
@@ -333,7 +333,7 @@ pub fn chain_ends_all_kept(masks: &Masks, chains: &[(usize, u8)], out: &mut [u8]
             while hits != 0 {
                 let q = b * 64 + hits.trailing_zeros() as usize;
                 hits &= hits - 1;
-                let pos = if last.is_empty() { q } else { last[q] };
+                let pos = symbols.last_byte(q);
                 out[pos] = out[pos].max(*level);
             }
         }

@@ -77,8 +77,13 @@ impl Segmenter {
 
     /// Levels of `bytes` into `out` (same length), reusing `symbols` as scratch.
     pub fn levels_into(&self, bytes: &[u8], out: &mut [u8], scratch: &mut Scratch) -> Result<()> {
-        debug_assert_eq!(bytes.len(), out.len());
         out.fill(0);
+        self.levels_into_zeroed(bytes, out, scratch)
+    }
+
+    /// `levels_into` for an `out` that is already all zeros (a fresh batch buffer).
+    fn levels_into_zeroed(&self, bytes: &[u8], out: &mut [u8], scratch: &mut Scratch) -> Result<()> {
+        debug_assert_eq!(bytes.len(), out.len());
         let Scratch { symbols, masks } = scratch;
         decode_into(bytes, symbols);
         let text = self.has_custom.then(|| DecodedText::new(bytes, symbols));
@@ -121,14 +126,14 @@ impl Segmenter {
             }
         }
         if !self.fast_chains.is_empty() {
-            scan::chain_ends_all_kept(masks, &self.fast_chains, out, &sym.last);
+            scan::chain_ends_all_kept(masks, &self.fast_chains, out, sym);
         }
         Ok(())
     }
 
     pub fn levels(&self, bytes: &[u8]) -> Result<Vec<u8>> {
         let mut out = vec![0; bytes.len()];
-        self.levels_into(bytes, &mut out, &mut Scratch::default())?;
+        self.levels_into_zeroed(bytes, &mut out, &mut Scratch::default())?;
         Ok(out)
     }
 
@@ -139,7 +144,7 @@ impl Segmenter {
         if bos {
             out[0] = self.depth() as u8;
         }
-        self.levels_into(bytes, &mut out[head..head + bytes.len()], &mut Scratch::default())?;
+        self.levels_into_zeroed(bytes, &mut out[head..head + bytes.len()], &mut Scratch::default())?;
         Ok(out)
     }
 
@@ -155,7 +160,7 @@ impl Segmenter {
             let mut scratch = Scratch::default();
             let mut off = 0;
             for d in docs {
-                self.levels_into(d, &mut out[off..off + d.len()], &mut scratch)?;
+                self.levels_into_zeroed(d, &mut out[off..off + d.len()], &mut scratch)?;
                 off += d.len();
             }
             return Ok(out);
@@ -186,7 +191,7 @@ impl Segmenter {
                         let Some((range, buf)) = next else { return };
                         let mut off = 0;
                         for d in &docs[range] {
-                            if let Err(e) = self.levels_into(d, &mut buf[off..off + d.len()], &mut scratch) {
+                            if let Err(e) = self.levels_into_zeroed(d, &mut buf[off..off + d.len()], &mut scratch) {
                                 failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
                                 return;
                             }
