@@ -91,15 +91,15 @@ def main(argv: list[str] | None = None) -> int:
     run([str(bin_dir / "aunet"), "export", "--checkpoints", str(dump / "checkpoints"), "--out", str(work / "export")], env=env)
     from aunet.evaluate import heldout_bpb
     from aunet.export import load_model
-    from aunet.sampling import sample
+    from aunet.generate import Generator, decode_utf8
 
     model, cfg = load_model(work / "export")
     result = heldout_bpb(model, {str(work / "data" / "heldout"): 1.0}, cfg.data.seq_len, cfg.data.batch_size, max_batches=40)
     print(f"held-out bpb: {result['bpb']:.3f} over {result['bytes']:,} bytes")
     prompt = b"def "
-    text = sample(model, cfg.data.regex.strategy, prompt, max_bytes=200, temperature=0.7, top_k=20, seed=0)
-    print("sample (prompt 'def ', 200 bytes, temperature 0.7, top-k 20):")
-    print((prompt + text).decode("utf-8", "replace"))
+    (text,) = Generator(model, cfg.data.regex.strategy).generate([prompt], max_bytes=200, temperature=0.7, top_k=20, seed=0)
+    print("sample (cached generator; prompt 'def ', 200 bytes, temperature 0.7, top-k 20):")
+    print(decode_utf8(prompt + text))
     print(f"\ndemo finished in {time.monotonic() - started:.0f} s; everything is under {work}")
     return 0
 
