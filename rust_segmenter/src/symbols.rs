@@ -185,12 +185,11 @@ unsafe fn decode_valid_bmi2(bytes: &[u8], t: &ClassTable, out: &mut Symbols) {
     two_lanes_body!(bytes, t, out, pext_step)
 }
 
-
-
-
-/// One character of valid UTF-8 from the 4-byte window at `i` (no checks needed).
+/// The 4-byte window at `i` (big-endian), the sequence length its first byte announces (0 for
+/// a continuation byte) and the code point that length decodes to, without any checks. The
+/// length picks one of the formulas, so mixed-script text costs no mispredicted branch.
 #[inline(always)]
-fn valid_step(bytes: &[u8], i: usize, t: &ClassTable) -> (u8, usize) {
+fn window(bytes: &[u8], i: usize) -> (u32, usize, u32) {
     let w = u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
     let len = UTF8_LEN[(w >> 28) as usize] as usize;
     let b = |k: u32| (w >> (24 - 8 * k)) & 0xFF;
@@ -201,15 +200,17 @@ fn valid_step(bytes: &[u8], i: usize, t: &ClassTable) -> (u8, usize) {
         (b(0) & 0x0F) << 12 | (b(1) & 0x3F) << 6 | (b(2) & 0x3F),
         (b(0) & 0x07) << 18 | (b(1) & 0x3F) << 12 | (b(2) & 0x3F) << 6 | (b(3) & 0x3F),
     ][len];
+    (w, len, cp)
+}
+
+/// One character of valid UTF-8 from the 4-byte window at `i` (no checks needed).
+#[inline(always)]
+fn valid_step(bytes: &[u8], i: usize, t: &ClassTable) -> (u8, usize) {
+    let (_, len, cp) = window(bytes, i);
     (t.of(cp), len.max(1))
 }
 
-/// Two lanes decode the two halves in one loop: each character's position depends on the
-/// previous one's length (a chain of loads), so two independent chains run faster than one.
-/// The halves meet at a byte that is not a continuation byte, where every decoding (valid or
-/// not) has a symbol boundary; the second lane writes its symbols from index `mid` on (a lane
-/// never has more symbols than bytes) and is moved down at the end. `step` decodes one symbol
-/// from a 4-byte window; the last bytes of each lane go through `careful_step`.
+/// `two_lanes_body!` with a plain (non-bmi2) step function.
 fn two_lanes(bytes: &[u8], t: &ClassTable, out: &mut Symbols, step: impl Fn(&[u8], usize, &ClassTable) -> (u8, usize)) {
     macro_rules! generic_step {
         ($bytes:expr, $i:expr, $t:expr) => {
@@ -219,29 +220,20 @@ fn two_lanes(bytes: &[u8], t: &ClassTable, out: &mut Symbols, step: impl Fn(&[u8
     two_lanes_body!(bytes, t, out, generic_step)
 }
 
-/// One symbol from the 4-byte window at `i` (requires i + 4 <= len): its class and length.
-/// The length comes from a table and the code point from whichever formula it selects, so
-/// mixed-script text costs no mispredicted branch. A sequence that fails any check of
-/// `utf8_len` (continuation bytes, overlong, surrogate, > U+10FFFF) makes byte i an invalid
-/// symbol of length 1, exactly as `careful_step` would.
+/// One symbol from the 4-byte window at `i` (requires i + 4 <= len), for text that may be
+/// invalid: a sequence that fails any check of `utf8_len` (continuation bytes, overlong,
+/// surrogate, > U+10FFFF) makes byte i an invalid symbol of length 1, exactly as
+/// `careful_step` would.
 #[inline(always)]
 fn fast_step(bytes: &[u8], i: usize, t: &ClassTable) -> (u8, usize) {
-    let w = u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
-    let len = UTF8_LEN[(w >> 28) as usize] as usize;
-    let b = |k: u32| (w >> (24 - 8 * k)) & 0xFF;
-    let cp = [
-        b(0),
-        b(0),
-        (b(0) & 0x1F) << 6 | (b(1) & 0x3F),
-        (b(0) & 0x0F) << 12 | (b(1) & 0x3F) << 6 | (b(2) & 0x3F),
-        (b(0) & 0x07) << 18 | (b(1) & 0x3F) << 12 | (b(2) & 0x3F) << 6 | (b(3) & 0x3F),
-    ][len];
+    let (w, len, cp) = window(bytes, i);
+    let b0 = w >> 24;
     let (cont_mask, cont_value, min_cp) = UTF8_CHECKS[len];
     let valid = (w & cont_mask == cont_value)
         & (cp >= min_cp)
         & (cp <= 0x10FFFF)
         & !(0xD800..=0xDFFF).contains(&cp)
-        & (b(0) < 0xF8);
+        & (b0 < 0xF8);
     if valid {
         (t.of(cp.min(0x10FFFF)), len)
     } else {
