@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import queue
 import sys
 import threading
 import time
@@ -152,9 +153,9 @@ class Progress:
 _QUEUE = None
 
 
-def _init_worker(queue) -> None:
+def _init_worker(progress_queue) -> None:
     global _QUEUE
-    _QUEUE = queue
+    _QUEUE = progress_queue
 
 
 def _worker(out: Path, index: int, source: Path, name: str, opts: JobOptions) -> FileResult:
@@ -237,21 +238,21 @@ def _run_parallel(out: Path, pending, opts: JobOptions, workers: int, progress: 
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")  # no state inherited from a parent that may hold threads
-    queue = ctx.Queue()
+    progress_queue = ctx.Queue()
     stop = threading.Event()
 
     def pump() -> None:
-        while not stop.is_set() or not queue.empty():
+        while not stop.is_set() or not progress_queue.empty():
             try:
-                progress(*queue.get(timeout=0.1))
-            except Exception:  # queue.Empty
+                progress(*progress_queue.get(timeout=0.1))
+            except queue.Empty:
                 continue
 
     pumper = threading.Thread(target=pump, daemon=True)
     pumper.start()
     results = {}
     try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(queue,)) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(progress_queue,)) as pool:
             futures = {pool.submit(_worker, out, k, f, str(f), opts): k for k, f in pending}
             done, not_done = wait(futures, return_when=FIRST_EXCEPTION)
             for fut in not_done:

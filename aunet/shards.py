@@ -34,7 +34,7 @@ META_SOURCE = b"aunet.source"
 META_FORMAT = b"aunet.format"
 
 
-def shard_schema(strategy: list[list[str | None]], source: str, extra_fields: list[str]) -> pa.Schema:
+def shard_schema(strategy: dict[str, str] | list, source: str, extra_fields: list[str]) -> pa.Schema:
     fields = [
         pa.field("text", pa.large_binary(), nullable=False),
         pa.field("level_mask", pa.large_binary(), nullable=False),
@@ -92,7 +92,7 @@ class ShardInfo:
 class Manifest:
     format: str
     version: str
-    strategy: list[list[str | None]]
+    strategy: dict[str, str] | list  # as given to Segmenter: the config mapping or a list of pairs
     compression: str
     text_field: str | None
     extra_fields: list[str]

@@ -102,7 +102,6 @@ def deepspeed_config(cfg: TrainArgs, on_gpu: bool) -> dict:
                 "torch_adam": not on_gpu,
             },
         },
-        "activation_checkpointing": {"partition_activations": False},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
@@ -154,7 +153,7 @@ def train(cfg: TrainArgs, unused: list[str] | None = None, stop_at: int | None =
                    add_eos=cfg.data.add_eos, seed=cfg.data.seed, prefetch=cfg.data.prefetch_size if cfg.data.load_async else 0,
                    rank=rank, world_size=world)
     )
-    torch.manual_seed(cfg.model.seed if hasattr(cfg.model, "seed") else cfg.seed)
+    torch.manual_seed(cfg.model.seed)
     model = HierarchicalTransformer(cfg.model)
     model.set_activation_checkpointing(cfg.distributed.selective_activation_checkpointing)
     engine, optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=deepspeed_config(cfg, on_gpu))
@@ -179,7 +178,7 @@ def train(cfg: TrainArgs, unused: list[str] | None = None, stop_at: int | None =
     last = {}
     end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
     for step in range(start + 1, end + 1):
-        lr = cfg.optim.lr * lr_factor(step, cfg.optim.warmup, cfg.steps, cfg.optim.lr_min_ratio)
+        lr = cfg.optim.lr * lr_factor(step, cfg.optim.warmup, cfg.steps, cfg.optim.lr_min_ratio, cfg.optim.scheduler)
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss_sum = torch.zeros((), dtype=torch.float64)

@@ -15,7 +15,6 @@ when both use causal levels.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -25,11 +24,13 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
 from aunet.config import load_config  # noqa: E402
 from aunet.generate import Generator  # noqa: E402
 from aunet.model import HierarchicalTransformer  # noqa: E402
 from aunet.sampling import sample  # noqa: E402
+from report import save  # noqa: E402
 
 STRATEGY = {"word1": "1@1", "word2": "2@1"}
 PROMPT = b"def pool(levels, stage):\n    "
@@ -92,9 +93,7 @@ def main() -> None:
         "torch": torch.__version__,
         "machine": platform.platform(),
     }
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {a.out}")
+    save(a.out, result)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from report import save  # noqa: E402
 from corpora import multilingual_docs, stdlib_docs  # noqa: E402
 
 from aunet.data import LoaderArgs, PackedLoader  # noqa: E402
@@ -95,9 +96,7 @@ def main() -> None:
     print(f"{'ours (prefetch 4)':<28}{fast / 1e6:>14.1f}{fast / PAPER_BYTES_PER_S_PER_GPU:>16.0f}x")
     print(f"{'naive Python packing':<28}{slow / 1e6:>14.1f}{slow / PAPER_BYTES_PER_S_PER_GPU:>16.0f}x")
     print(f"ours / naive: {fast / slow:.1f}x")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"\nwrote {args.out}")
+    save(args.out, result)
 
 
 if __name__ == "__main__":

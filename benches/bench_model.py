@@ -20,7 +20,6 @@ other turn any other load into 10-50x stalls, while one thread degrades graceful
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import sys
@@ -33,6 +32,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from report import save  # noqa: E402
 from corpora import stdlib_docs  # noqa: E402
 
 from aunet import Segmenter  # noqa: E402
@@ -190,9 +190,7 @@ def main() -> None:
         "command": " ".join(["benches/bench_model.py", *sys.argv[1:]]),
     }
     print_tables(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"\nwrote {args.out}")
+    save(args.out, result)
 
 
 if __name__ == "__main__":

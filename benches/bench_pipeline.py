@@ -29,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+from report import save  # noqa: E402
 from corpora import multilingual_docs, stdlib_docs  # noqa: E402
 from oracle import OracleSegmenter  # noqa: E402
 
@@ -159,9 +160,7 @@ def main() -> None:
     print(f"{'one worker vs reference pipeline':<44}{r['speedup_vs_reference_pipeline_1w']:>11.0f}x")
     for stage, share in r["stage_share"].items():
         print(f"{'  share of time: ' + stage:<44}{share:>11.0%}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(r, indent=2))
-    print(f"\nwrote {args.out}")
+    save(args.out, r)
 
 
 if __name__ == "__main__":

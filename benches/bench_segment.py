@@ -10,7 +10,6 @@ of bytes whose causal (streaming) level differs from the full-document level.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -23,6 +22,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+from report import save  # noqa: E402
 from corpora import multilingual_docs, stdlib_docs  # noqa: E402
 from oracle import OracleSegmenter  # noqa: E402
 
@@ -136,9 +136,7 @@ def main() -> None:
     result = run(args.mb, args.oracle_mb, args.repeats)
     result["command"] = " ".join(["benches/bench_segment.py", *sys.argv[1:]])
     print_table(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"\nwrote {args.out}")
+    save(args.out, result)
 
 
 if __name__ == "__main__":

@@ -42,3 +42,10 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
     assert all(a >= b for a, b in zip(f[9:], f[10:]))  # monotone decay after warmup
     assert abs(f[-1] - 0.01) < 1e-12
     assert abs(lr_factor(60, 10, 110, 0.01) - (0.01 + 0.99 * 0.5)) < 1e-12  # halfway: the mean
+
+
+def test_linear_and_constant_schedules():
+    linear = [lr_factor(s, 10, 110, 0.1, "linear") for s in (10, 60, 110)]
+    assert all(abs(a - b) < 1e-12 for a, b in zip(linear, [1.0, 0.55, 0.1]))
+    assert lr_factor(100, 10, 110, 0.1, "constant") == 1.0
+    assert lr_factor(5, 10, 110, 0.1, "constant") == 0.5  # warmup still applies

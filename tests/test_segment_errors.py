@@ -85,12 +85,17 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_fail_mode_names_file_and_location(tmp_path, case):
-    make, where, _, _ = CASES[case]
+def inputs_for(tmp_path: Path, case: str) -> Path:
     inputs = tmp_path / "in"
     inputs.mkdir()
-    make(inputs)
+    CASES[case][0](inputs)
+    return inputs
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_fail_mode_names_file_and_location(tmp_path, case):
+    where = CASES[case][1]
+    inputs = inputs_for(tmp_path, case)
     proc = segment(inputs, "--out", tmp_path / "out", *STRATEGY_ARGS, check=1)
     assert where in proc.stderr
     assert not (tmp_path / "out" / "manifest.json").exists()
@@ -98,10 +103,8 @@ def test_fail_mode_names_file_and_location(tmp_path, case):
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_skip_mode_records_every_rejected_document(tmp_path, case):
-    make, where, written, rejected = CASES[case]
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    make(inputs)
+    _, where, written, rejected = CASES[case]
+    inputs = inputs_for(tmp_path, case)
     out = tmp_path / "out"
     proc = segment(inputs, "--out", out, *STRATEGY_ARGS, "--on-error", "skip", check=3)
     m = read_manifest(out)

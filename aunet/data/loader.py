@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -29,7 +29,6 @@ class LoaderArgs:
     """Batches prepared ahead on a background thread (0 = produce on the caller's thread)."""
     rank: int = 0
     world_size: int = 1
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if not self.sources:
