@@ -4,6 +4,7 @@
     aunet generate --model DIR --prompt TEXT [--max-bytes N] [--temperature T] [--top-k K] [--top-p P] [--stop S] [--seed S]
     aunet eval --model DIR --data SHARD_DIR_OR_FILES... [--max-batches N] [--out FILE]
     aunet sample ...   (the uncached sampler, for comparison)
+    aunet lm-eval ARGS...   lm-evaluation-harness's own command line, with `--model aunet`
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["lm-eval"]:
+        # Every further argument belongs to the harness (its own parser, subcommands and help).
+        from aunet.lm_eval_adapter import main as lm_eval_main
+
+        return lm_eval_main(argv[1:])
     p = argparse.ArgumentParser(prog="aunet", description="Commands on trained AU-Net models.")
     sub = p.add_subparsers(dest="command", required=True)
     e = sub.add_parser("export", help="ZeRO checkpoint -> model.safetensors + config.yaml")
@@ -42,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--temperature", type=float, default=0.8)
     s.add_argument("--top-k", type=int, default=0)
     s.add_argument("--seed", type=int, default=0)
+    sub.add_parser("lm-eval", help="run EleutherAI's lm-evaluation-harness with the model name 'aunet' registered",
+                   add_help=False)
     args = p.parse_args(argv)
     try:
         if args.command == "export":

@@ -1,0 +1,238 @@
+"""AU-Net as a model of EleutherAI's lm-evaluation-harness (SPEC section 7).
+
+    aunet lm-eval run --model aunet --model_args path=EXPORT_DIR --tasks hellaswag ...
+
+or from Python, after `import aunet.lm_eval_adapter` (which registers the name "aunet"):
+
+    lm_eval.simple_evaluate(model="aunet", model_args="path=EXPORT_DIR", tasks=[...])
+    lm_eval.simple_evaluate(model=AUNetLM(path=...), tasks=[...])
+
+The stock `lm_eval` command cannot find the model by itself: the harness has no plug-in
+discovery for models, only the `register_model` decorator, which runs when this module is
+imported. `aunet lm-eval ...` imports it and then hands every argument to the harness's own
+command line, so its options and subcommands are the harness's.
+
+Choices the harness leaves to the model:
+- Tokens are bytes: a request's context and continuation are UTF-8 encoded and scored byte by
+  byte after a BOS, so `loglikelihood_rolling` sums over exactly the document's bytes and the
+  harness's `bits_per_byte` is the model's bpb on that text.
+- Levels are causal by default (`levels=causal`): each byte's level is its level in the mask of
+  the prefix that ends at it, what the generator sees, so a score never depends on a byte that
+  comes after it. `levels=full` uses the whole window's mask, as training and `aunet eval` do.
+- Text longer than `max_length` bytes (default: the training `data.seq_len`) is scored in
+  windows of BOS + up to `max_length - 1` bytes: the first window is filled, later ones predict
+  half a window each and keep the other half as context (see `plan_windows`).
+- Requests are sorted by length and scored `batch_size` at a time in one forward pass, right
+  padded (every stage is causal, so padding changes no earlier logit).
+- `generate_until` uses the cached generator (greedy unless `do_sample` with a temperature);
+  the output is cut before the first `until` string; `max_gen_toks` counts bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+
+from aunet.config.model import BOS_ID, EOS_ID
+
+DEFAULT_BATCH = 16
+DEFAULT_GEN_BYTES = 256
+
+
+def plan_windows(n: int, first: int, width: int) -> Iterator[tuple[int, int, int]]:
+    """Windows (start, first_target, end) that score bytes [first, n) of an n-byte text exactly
+    once, each window holding bytes [start, end) with end - start <= width. The first window
+    is as full as possible; later ones predict width // 2 new bytes after width - width // 2
+    bytes of context."""
+    if width < 2:
+        raise ValueError(f"window width must be at least 2 bytes, got {width}")
+    stride = width // 2
+    pos = first
+    while pos < n:
+        end = min(n, max(pos + stride, width))
+        yield max(0, end - width), pos, end
+        pos = end
+
+
+@register_model("aunet")
+class AUNetLM(LM):
+    def __init__(
+        self,
+        path: str | None = None,
+        model=None,
+        config=None,
+        batch_size: int | str = DEFAULT_BATCH,
+        max_batch_size: int | None = None,
+        max_length: int | None = None,
+        levels: str = "causal",
+        device: str | None = None,
+        dtype: str = "float32",
+    ) -> None:
+        """Either `path` (an `aunet export` directory) or an in-memory `model` and its `config`."""
+        super().__init__()
+        if (path is None) == (model is None):
+            raise ValueError("aunet lm-eval: give model_args path=EXPORT_DIR (or, from Python, model= and config=)")
+        if path is not None:
+            from aunet.export import load_model
+
+            model, config = load_model(Path(path), device="cpu")
+        if levels not in ("causal", "full"):
+            raise ValueError(f"aunet lm-eval: levels must be 'causal' or 'full', got {levels!r}")
+        if not hasattr(torch, str(dtype)) or not isinstance(getattr(torch, str(dtype)), torch.dtype):
+            raise ValueError(f"aunet lm-eval: unknown dtype {dtype!r} (float32, bfloat16, float16)")
+        self.device_ = _pick_device(device)
+        self.model = model.to(self.device_, getattr(torch, str(dtype))).eval()
+        self.config = config
+        self.levels_mode = levels
+        self.batch_size = int(batch_size) if not str(batch_size).startswith("auto") else DEFAULT_BATCH
+        if max_batch_size is not None:
+            self.batch_size = min(self.batch_size, int(max_batch_size))
+        limit = self.model.args.max_seqlens[0]
+        self.max_length = int(max_length) if max_length is not None else int(config.data.seq_len)
+        if limit != -1:
+            self.max_length = min(self.max_length, limit)
+        if self.max_length < 2:
+            raise ValueError(f"aunet lm-eval: max_length must be at least 2, got {self.max_length}")
+        regex = config.data.regex
+        self.strategy = regex.strategy if regex is not None and self.model.n_levels > 0 else None
+        self.segmenter = None
+        if self.strategy is not None:
+            from aunet.segmenter import Segmenter
+
+            self.segmenter = Segmenter(self.strategy)
+
+    @property
+    def device(self):
+        return self.device_
+
+    # --- scoring -------------------------------------------------------------------------
+
+    def window_levels(self, data: bytes) -> list[int]:
+        """Levels of [BOS] + data (BOS opens a segment at every stage)."""
+        depth = self.model.n_levels
+        if self.segmenter is None or depth == 0:
+            return [depth] + [0] * len(data)
+        if self.levels_mode == "full":
+            return self.segmenter.levels(data, bos=True).tolist()
+        return [depth] + self.segmenter.stream().push(data).tolist()
+
+    def score(self, texts: list[tuple[bytes, bytes]]) -> list[tuple[float, bool]]:
+        """(sum of log-probabilities in nats, whether every byte was the argmax) of each
+        continuation given its context."""
+        width = self.max_length - 1  # bytes per window after BOS
+        windows = []  # (request index, window bytes, number of scored bytes at its end)
+        for i, (context, continuation) in enumerate(texts):
+            data = context + continuation
+            for start, first, end in plan_windows(len(data), len(context), width):
+                windows.append((i, data[start:end], end - first))
+        totals = [0.0] * len(texts)
+        greedy = [True] * len(texts)
+        order = sorted(range(len(windows)), key=lambda w: -len(windows[w][1]))
+        for b in range(0, len(order), self.batch_size):
+            chunk = [windows[w] for w in order[b:b + self.batch_size]]
+            for (i, _, _), (logprob, is_greedy) in zip(chunk, self._score_batch([(d, k) for _, d, k in chunk])):
+                totals[i] += logprob
+                greedy[i] = greedy[i] and is_greedy
+        return list(zip(totals, greedy))
+
+    @torch.no_grad()
+    def _score_batch(self, batch: list[tuple[bytes, int]]) -> list[tuple[float, bool]]:
+        T = 1 + max(len(d) for d, _ in batch)
+        tokens = torch.full((len(batch), T), EOS_ID, dtype=torch.long)
+        levels = torch.zeros((len(batch), T), dtype=torch.long)
+        for j, (data, _) in enumerate(batch):
+            tokens[j, 0] = BOS_ID
+            tokens[j, 1:1 + len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8).long() if data else 0
+            levels[j, :1 + len(data)] = torch.tensor(self.window_levels(data))
+        logits, _ = self.model(tokens.to(self.device_), levels.to(self.device_))
+        logprobs = logits.float().log_softmax(-1).cpu()
+        results = []
+        for j, (data, k) in enumerate(batch):
+            n = 1 + len(data)
+            if k == 0:
+                results.append((0.0, True))
+                continue
+            lp = logprobs[j, n - k - 1:n - 1]
+            target = tokens[j, n - k:n]
+            results.append((float(lp.gather(-1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all())))
+        return results
+
+    # --- the harness's interface ------------------------------------------------------------
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        pairs = [(_utf8(r.args[0]), _utf8(r.args[1])) for r in requests]
+        results = self.score(pairs)
+        for r, res in zip(requests, results):
+            self.cache_hook.add_partial("loglikelihood", r.args, res)
+        return results
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        results = [logprob for logprob, _ in self.score([(b"", _utf8(r.args[0])) for r in requests])]
+        for r, res in zip(requests, results):
+            self.cache_hook.add_partial("loglikelihood_rolling", r.args, res)
+        return results
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        from aunet.generate import Generator, decode_utf8
+
+        generator = Generator(self.model, self.strategy)
+        results = []
+        for r in requests:
+            context, kwargs = r.args[0], dict(r.args[1] or {})
+            until = kwargs.pop("until", None) or []
+            until = [until] if isinstance(until, str) else list(until)
+            max_bytes = int(kwargs.pop("max_gen_toks", DEFAULT_GEN_BYTES))
+            temperature = float(kwargs.pop("temperature", 0.0)) if kwargs.pop("do_sample", False) else 0.0
+            top_k = int(kwargs.pop("top_k", 0) or 0)
+            top_p = float(kwargs.pop("top_p", 1.0) or 1.0)
+            seed = int(kwargs.pop("seed", 0))
+            prompt = _utf8(context)
+            room = self.max_length - 1 - max_bytes
+            if room < len(prompt):
+                prompt = prompt[len(prompt) - max(room, 0):] if room > 0 else b""
+            (out,) = generator.generate([prompt], max_bytes, temperature, top_k, top_p, until, seed)
+            text = decode_utf8(out)
+            cut = min((text.find(s) for s in until if s and s in text), default=len(text))
+            results.append(text[:cut])
+            self.cache_hook.add_partial("generate_until", r.args, text[:cut])
+        return results
+
+
+def _pick_device(device: str | None) -> torch.device:
+    """The harness's command line passes device="cuda" unless told otherwise; on a machine
+    without a GPU that means the CPU (with a warning), not a crash."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    chosen = torch.device(device)
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        import warnings
+
+        warnings.warn(f"aunet lm-eval: device {device!r} asked for, but no GPU is available: using the CPU", stacklevel=3)
+        return torch.device("cpu")
+    return chosen
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The harness's command line with the "aunet" model registered."""
+    import sys
+
+    from lm_eval._cli import HarnessCLI
+    from lm_eval.utils import setup_logging
+
+    sys.argv = ["aunet lm-eval", *(sys.argv[1:] if argv is None else argv)]
+    setup_logging()
+    parser = HarnessCLI()
+    parser.execute(parser.parse_args())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,192 @@
+"""The lm-evaluation-harness adapter on tasks written here (local JSON files, no download)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+
+import pytest
+import torch
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+from safetensors.torch import save_file
+
+from aunet import Segmenter
+from aunet.config import load_config, to_dict
+from aunet.generate import Generator, decode_utf8
+from aunet.lm_eval_adapter import AUNetLM, plan_windows
+from aunet.model import HierarchicalTransformer
+from helpers import REPO_ROOT, venv_script
+
+QUESTIONS = [
+    {"question": "The capital of France is", "choices": [" Paris", " a fish", " blue"], "answer": 0},
+    {"question": "def add(a, b):\n    return", "choices": [" a + b", " 42", " None  # é"], "answer": 0},
+    {"question": "Counting: one, two,", "choices": [" three", " seven"], "answer": 0},
+]
+DOCUMENTS = [
+    {"text": "The cat sat on the mat. It looked at the dog, and the dog looked back."},
+    {"text": "Ünïcödé bytes count as bytes: naïve café, 東京, and emoji 🙂 too.\n" * 3},
+    {"text": "import os\nprint(os.getcwd())\n" * 12},  # longer than max_length=256 in the harness run
+]
+PROMPTS = [{"prompt": "Once upon a time", "target": "x"}, {"prompt": "def f(x):\n", "target": "y"}]
+
+TASKS = {
+    "aunet_toy_choice": {
+        "output_type": "multiple_choice", "doc_to_text": "{{question}}", "doc_to_choice": "{{choices}}",
+        "doc_to_target": "{{answer}}", "metric_list": [{"metric": "acc"}], "data": QUESTIONS,
+    },
+    "aunet_toy_rolling": {
+        "output_type": "loglikelihood_rolling", "doc_to_text": "", "doc_to_target": "{{text}}",
+        "metric_list": [{"metric": "bits_per_byte"}, {"metric": "byte_perplexity"}], "data": DOCUMENTS,
+    },
+    "aunet_toy_generate": {
+        "output_type": "generate_until", "doc_to_text": "{{prompt}}", "doc_to_target": "{{target}}",
+        "generation_kwargs": {"until": ["\n\n", "."], "max_gen_toks": 24, "do_sample": False},
+        "metric_list": [{"metric": "exact_match"}], "data": PROMPTS,
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lm-eval")
+    cfg, _ = load_config(REPO_ROOT / "configs" / "tiny_aunet3.yaml", ["data.seq_len=256"])
+    torch.manual_seed(0)
+    model = HierarchicalTransformer(cfg.model)
+    (root / "export").mkdir()
+    save_file(model.state_dict(), str(root / "export" / "model.safetensors"))
+    (root / "export" / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
+    tasks = root / "tasks"
+    tasks.mkdir()
+    for name, spec in TASKS.items():
+        spec = dict(spec)
+        data = tasks / f"{name}.jsonl"
+        data.write_text("".join(json.dumps(row) + "\n" for row in spec.pop("data")))
+        (tasks / f"{name}.yaml").write_text(yaml.safe_dump({
+            "task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data)}},
+            "test_split": "test", **spec,
+        }))
+    return root, model.eval(), cfg
+
+
+def direct_logprob(model, strategy, context: bytes, continuation: bytes) -> float:
+    """Sum of log p(continuation | BOS + context), one forward pass, causal levels."""
+    data = context + continuation
+    levels = [model.n_levels] + Segmenter(strategy).stream().push(data).tolist()
+    with torch.no_grad():
+        logits, _ = model(torch.tensor([[256, *data]]), torch.tensor([levels]))
+    logprobs = logits[0].float().log_softmax(-1)
+    return sum(float(logprobs[p - 1, data[p - 1]]) for p in range(1 + len(context), 1 + len(data)))
+
+
+def test_loglikelihood_equals_a_direct_forward_pass(setup):
+    root, model, cfg = setup
+    lm = AUNetLM(path=str(root / "export"), batch_size=3)
+    pairs = [(q["question"].encode(), c.encode()) for q in QUESTIONS for c in q["choices"]]
+    got = lm.score(pairs)
+    for (context, continuation), (logprob, _) in zip(pairs, got):
+        assert logprob == pytest.approx(direct_logprob(model, cfg.data.regex.strategy, context, continuation), abs=1e-4)
+    # Batching (sorted, right-padded) changes nothing.
+    one_by_one = AUNetLM(path=str(root / "export"), batch_size=1).score(pairs)
+    assert [g[0] for g in got] == pytest.approx([o[0] for o in one_by_one], abs=1e-4)
+
+
+def test_is_greedy_reports_whether_every_byte_is_the_argmax(setup):
+    root, model, cfg = setup
+    lm = AUNetLM(path=str(root / "export"))
+    out = Generator(model, cfg.data.regex.strategy).generate([b"The cat"], 12)[0]
+    assert lm.score([(b"The cat", out)]) [0][1] is True
+    flipped = bytes([out[0] ^ 1]) + out[1:]
+    assert lm.score([(b"The cat", flipped)])[0][1] is False
+
+
+def test_full_levels_use_the_whole_window_mask(setup):
+    root, model, cfg = setup
+    lm = AUNetLM(path=str(root / "export"), levels="full")
+    data = b"3.14159 is pi; 2,718 is e."
+    levels = Segmenter(cfg.data.regex.strategy).levels(data, bos=True).tolist()
+    with torch.no_grad():
+        logits, _ = model(torch.tensor([[256, *data]]), torch.tensor([levels]))
+    lp = logits[0].log_softmax(-1)
+    expected = sum(float(lp[p, data[p]]) for p in range(len(data)))
+    assert lm.score([(b"", data)])[0][0] == pytest.approx(expected, abs=1e-4)
+
+
+@given(n=st.integers(0, 300), first=st.integers(0, 300), width=st.integers(2, 64))
+def test_windows_score_every_byte_once_within_the_width(n, first, width):
+    first = min(first, n)
+    windows = list(plan_windows(n, first, width))
+    covered = [p for _, lo, hi in windows for p in range(lo, hi)]
+    assert covered == list(range(first, n))
+    for start, lo, end in windows:
+        assert 0 <= start <= lo < end <= start + width
+        # As much context as fits, and at least width // 2 bytes of it in windows after the first.
+        assert start == max(0, end - width)
+
+
+def test_long_text_is_scored_in_windows(setup):
+    root, model, cfg = setup
+    text = ("import os\nprint(os.getcwd())\n" * 12).encode()
+    lm = AUNetLM(path=str(root / "export"), max_length=64)
+    expected = 0.0
+    for start, first, end in plan_windows(len(text), 0, 63):
+        expected += direct_logprob(model, cfg.data.regex.strategy, text[start:first], text[first:end])
+    assert lm.score([(b"", text)])[0][0] == pytest.approx(expected, abs=1e-3)
+    with pytest.raises(ValueError, match="levels must be"):
+        AUNetLM(path=str(root / "export"), levels="sometimes")
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        AUNetLM(path=str(root))
+
+
+def test_harness_runs_end_to_end_from_python(setup, monkeypatch):
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    root, model, cfg = setup
+    results = lm_eval.simple_evaluate(
+        model="aunet", model_args=f"path={root / 'export'}", tasks=list(TASKS), batch_size=4,
+        task_manager=TaskManager(include_path=str(root / "tasks")),
+    )["results"]
+    strategy = cfg.data.regex.strategy
+    # Multiple choice: the harness picks the choice with the highest loglikelihood we return.
+    hits = [max(range(len(q["choices"])), key=lambda c: direct_logprob(model, strategy, q["question"].encode(), q["choices"][c].encode())) == q["answer"]
+            for q in QUESTIONS]
+    assert results["aunet_toy_choice"]["acc,none"] == pytest.approx(sum(hits) / len(hits))
+    # Rolling: the harness's bits_per_byte is our bpb over the documents' bytes (windows of 255 bytes).
+    nats = 0.0
+    for doc in DOCUMENTS:
+        data = doc["text"].encode()
+        nats += sum(direct_logprob(model, strategy, data[s:f], data[f:e]) for s, f, e in plan_windows(len(data), 0, 255))
+    n_bytes = sum(len(d["text"].encode()) for d in DOCUMENTS)
+    assert results["aunet_toy_rolling"]["bits_per_byte,none"] == pytest.approx(-nats / n_bytes / math.log(2), rel=1e-5)
+    assert 0.0 <= results["aunet_toy_generate"]["exact_match,none"] <= 1.0
+
+
+def test_generate_until_is_the_generator_output_cut_at_the_stop_string(setup):
+    from lm_eval.api.instance import Instance
+
+    root, model, cfg = setup
+    lm = AUNetLM(path=str(root / "export"))
+    kwargs = {"until": ["e"], "max_gen_toks": 40, "do_sample": False}
+    requests = [Instance("generate_until", {}, (p["prompt"], kwargs), 0) for p in PROMPTS]
+    got = lm.generate_until(requests)
+    for p, text in zip(PROMPTS, got):
+        full = decode_utf8(Generator(model, cfg.data.regex.strategy).generate([p["prompt"].encode()], 40)[0])
+        assert text == full.split("e")[0]
+        assert "e" not in text
+
+
+def test_aunet_lm_eval_command_writes_results(setup, tmp_path):
+    root, _, _ = setup
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [venv_script("aunet"), "lm-eval", "run", "--model", "aunet", "--model_args", f"path={root / 'export'}",
+         "--tasks", "aunet_toy_choice", "--include_path", str(root / "tasks"), "--output_path", str(tmp_path / "out")],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (results,) = list((tmp_path / "out").rglob("results_*.json"))
+    assert "acc,none" in json.loads(results.read_text())["results"]["aunet_toy_choice"]
