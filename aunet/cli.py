@@ -67,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
             from aunet.sampling import sample
 
             model, cfg = load_model(args.model)
-            text = sample(model, cfg.data.regex.strategy, args.prompt.encode(), args.max_bytes, args.temperature, args.top_k, args.seed)
+            require_bytes(cfg, "sample")
+            strategy = cfg.data.regex.strategy if cfg.data.regex is not None else None
+            text = sample(model, strategy, args.prompt.encode(), args.max_bytes, args.temperature, args.top_k, args.seed)
             sys.stdout.write(args.prompt + text.decode("utf-8", "replace") + "\n")
     except (FileNotFoundError, ValueError) as err:
         print(f"aunet {args.command}: error: {err}", file=sys.stderr)
@@ -86,6 +88,7 @@ def generate(args) -> int:
     from aunet.generate import Generator, sample_byte
 
     model, cfg = load_model(args.model)
+    require_bytes(cfg, "generate")
     gen = Generator(model, cfg.data.regex.strategy if cfg.data.regex is not None else None)
     prompt = args.prompt.encode()
     (logits,) = gen.prefill([prompt])
@@ -107,6 +110,12 @@ def generate(args) -> int:
             logits = gen.push(state, b)
     sys.stdout.write(decoder.decode(b"", final=True) + "\n")
     return 0
+
+
+def require_bytes(cfg, command: str) -> None:
+    if cfg.data.tokenizer.name != "bytes":
+        raise ValueError(f"{command} works on byte-level models; this one reads {cfg.data.tokenizer.name} tokens "
+                         "(a comparison baseline: evaluate it with `aunet eval`)")
 
 
 def evaluate(args) -> int:
@@ -142,7 +151,8 @@ def evaluate(args) -> int:
                 if code not in (0, 3):
                     raise ValueError(f"{item}: could not be segmented")
                 path = shard_dir
-            r = heldout_bpb(model, {str(path): 1.0}, cfg.data.seq_len, args.batch_size, args.max_batches)
+            tokenizer = cfg.data.tokenizer.path if cfg.data.tokenizer.name == "bpe" else None
+            r = heldout_bpb(model, {str(path): 1.0}, cfg.data.seq_len, args.batch_size, args.max_batches, tokenizer=tokenizer)
             results[item] = r
     total_bytes = sum(r["bytes"] for r in results.values())
     overall = sum(r["bpb"] * r["bytes"] for r in results.values()) / max(total_bytes, 1)

@@ -80,6 +80,8 @@ class AUNetLM(LM):
             from aunet.export import load_model
 
             model, config = load_model(Path(path), device="cpu")
+        if config.data.tokenizer.name != "bytes":
+            raise ValueError(f"aunet lm-eval: byte-level models only; this one reads {config.data.tokenizer.name} tokens")
         if levels not in ("causal", "full"):
             raise ValueError(f"aunet lm-eval: levels must be 'causal' or 'full', got {levels!r}")
         if not hasattr(torch, str(dtype)) or not isinstance(getattr(torch, str(dtype)), torch.dtype):

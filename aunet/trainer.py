@@ -63,7 +63,8 @@ def source_paths(cfg: TrainArgs, key: str = "data.sources", rank: int = 0, barri
     aunet-segment machinery: resumable, rejects recorded), the other ranks waiting at `barrier`."""
     from aunet.segment_cli import run as segment
 
-    strategy = cfg.data.regex.strategy if cfg.data.regex is not None else {}
+    # A flat model (no pooling levels) ignores the masks, but shards always carry one.
+    strategy = cfg.data.regex.strategy if cfg.data.regex is not None else {"word1": "1@1"}
     out = {}
     for name, path, weight, raw in resolve_sources(cfg, key):
         if raw is None:
@@ -79,6 +80,11 @@ def source_paths(cfg: TrainArgs, key: str = "data.sources", rank: int = 0, barri
             barrier()
         out[str(cache)] = weight
     return out
+
+
+def tokenizer_path(cfg: TrainArgs) -> str | None:
+    """The BPE tokenizer file of a BPE baseline; None for byte-level models."""
+    return cfg.data.tokenizer.path if cfg.data.tokenizer.name == "bpe" else None
 
 
 def deepspeed_config(cfg: TrainArgs, on_gpu: bool) -> dict:
@@ -151,8 +157,10 @@ def train(cfg: TrainArgs, unused: list[str] | None = None, stop_at: int | None =
     loader = PackedLoader(
         LoaderArgs(sources, seq_len=cfg.data.seq_len, batch_size=cfg.data.batch_size, add_bos=cfg.data.add_bos,
                    add_eos=cfg.data.add_eos, seed=cfg.data.seed, prefetch=cfg.data.prefetch_size if cfg.data.load_async else 0,
-                   rank=rank, world_size=world)
+                   rank=rank, world_size=world, tokenizer=tokenizer_path(cfg))
     )
+    if len(loader.token_bytes) > cfg.model.vocab_size:
+        raise ValueError(f"model.vocab_size = {cfg.model.vocab_size} is smaller than the tokenizer's {len(loader.token_bytes)} ids")
     torch.manual_seed(cfg.model.seed)
     model = HierarchicalTransformer(cfg.model)
     model.set_activation_checkpointing(cfg.distributed.selective_activation_checkpointing)
@@ -170,11 +178,11 @@ def train(cfg: TrainArgs, unused: list[str] | None = None, stop_at: int | None =
         if rank == 0:
             print(f"resumed from {ckpt_root / tag_for(latest)}", flush=True)
 
-    flops = flops_per_byte(cfg.model, cfg.data.seq_len).total
+    flops = flops_per_byte(cfg.model, cfg.data.seq_len).total  # per input position: a byte, or a BPE token
     peak = PEAK_FLOPS["cuda" if on_gpu else "cpu"] * world
     log = MetricsLog(dump / "metrics.jsonl", rank == 0)
     torch.manual_seed(cfg.seed + 1000 * rank + start)
-    tic, window_bytes = time.perf_counter(), 0
+    tic, window_bytes, window_tokens = time.perf_counter(), 0, 0
     last = {}
     end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
     for step in range(start + 1, end + 1):
@@ -190,16 +198,19 @@ def train(cfg: TrainArgs, unused: list[str] | None = None, stop_at: int | None =
             engine.backward(loss)
             engine.step()
             with torch.no_grad():
-                n, c = byte_nats(logits.detach(), batch["targets"])
+                n, c = byte_nats(logits.detach(), batch["targets"], batch["target_bytes"])
             loss_sum += loss.detach().double().cpu()
             nats += n.double().cpu()
             count += c.double().cpu()
-            window_bytes += batch["tokens"].numel()
+            window_bytes += int(batch["target_bytes"].sum())
+            window_tokens += batch["tokens"].numel()
         if step % cfg.logging.freq == 0 or step == end:
-            totals = torch.stack([loss_sum, nats, count, torch.tensor(float(window_bytes), dtype=torch.float64)])
+            totals = torch.tensor([float(loss_sum), float(nats), float(count), float(window_bytes), float(window_tokens)],
+                                  dtype=torch.float64)
             dist.all_reduce(totals)
             elapsed = time.perf_counter() - tic
             bytes_per_s = float(totals[3]) / elapsed
+            tokens_per_s = float(totals[4]) / elapsed
             grad_norm = engine.get_global_grad_norm()
             last = {
                 "step": step,
@@ -208,15 +219,16 @@ def train(cfg: TrainArgs, unused: list[str] | None = None, stop_at: int | None =
                 "lr": lr,
                 "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
                 "bytes_per_s": bytes_per_s,
-                "mfu": bytes_per_s * flops / peak,
+                "tokens_per_s": tokens_per_s,
+                "mfu": tokens_per_s * flops / peak,
             }
             log.write(last)
-            tic, window_bytes = time.perf_counter(), 0
+            tic, window_bytes, window_tokens = time.perf_counter(), 0, 0
         if validation and (step % cfg.checkpoint.eval.every == 0 or step == end):
             from aunet.evaluate import heldout_bpb
 
             val = heldout_bpb(engine, validation, cfg.data.seq_len, cfg.data.batch_size, cfg.eval.validation.max_steps,
-                              rank, world, device, reduce=dist.all_reduce)
+                              rank, world, device, reduce=dist.all_reduce, tokenizer=tokenizer_path(cfg))
             log.write({"step": step, "val_bpb": val["bpb"], "val_bytes": val["bytes"]})
         if step % cfg.checkpoint.dump.every == 0 or step == end:
             save(engine, loader, ckpt_root, step, rank, cfg)

@@ -11,7 +11,7 @@ import pytest
 from aunet import Segmenter
 from aunet.data import LoaderArgs, PackedLoader, ShardSource
 from aunet.data.doc_order import DocOrder
-from aunet.data.packing import BOS, EOS
+from aunet.config.model import BOS_ID as BOS, EOS_ID as EOS
 from segment_fixtures import STRATEGY, STRATEGY_ARGS, sample_texts, write_jsonl
 from test_segment_cli import segment
 

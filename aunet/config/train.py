@@ -19,12 +19,14 @@ MODEL_DTYPES = ("bf16", "fp16", "fp32")
 @dataclass
 class TokenizerArgs:
     name: str = "bytes"
-    """Tokenizer; AU-Net reads bytes (ids 0-255, BOS 256, EOS 257)."""
+    """``bytes``: AU-Net reads bytes (ids 0-255, BOS 256, EOS 257). ``bpe``: a byte-level BPE
+    file made by `aunet.bpe.train_bpe` (the BPE baseline of benches/compare.py; flat models only)."""
     path: str | None = None
-    """Tokenizer file, for tokenizers that need one (not ``bytes``)."""
+    """Tokenizer file, for ``bpe``."""
 
     def __post_init__(self) -> None:
-        require(bool(self.name), "name", "must not be empty")
+        require(self.name in ("bytes", "bpe"), "name", f"must be 'bytes' or 'bpe', got {self.name!r}")
+        require(self.name != "bpe" or bool(self.path), "path", "the bpe tokenizer needs its file (data.tokenizer.path)")
 
 
 @dataclass
@@ -242,6 +244,9 @@ class TrainArgs:
         first = self.model.max_seqlens[0]
         require(first == -1 or first >= self.data.seq_len, "model.max_seqlens",
                 f"max_seqlens[0] = {first} is shorter than data.seq_len = {self.data.seq_len}")
+        if self.data.tokenizer.name == "bpe":
+            require(levels == 0, "data.tokenizer.name",
+                    f"bpe feeds a flat transformer (model.dimensions with one stage), not {levels} pooling levels")
         if self.data.tokenizer.name == "bytes":
             require(self.model.vocab_size == 258, "model.vocab_size",
                     f"the bytes tokenizer has 258 ids, got {self.model.vocab_size}")

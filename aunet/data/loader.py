@@ -29,6 +29,8 @@ class LoaderArgs:
     """Batches prepared ahead on a background thread (0 = produce on the caller's thread)."""
     rank: int = 0
     world_size: int = 1
+    tokenizer: str | None = None
+    """A BPE tokenizer file (`aunet.bpe`): documents are read as its token ids (the BPE baseline)."""
 
     def __post_init__(self):
         if not self.sources:
@@ -43,14 +45,22 @@ class LoaderArgs:
 
 
 class PackedLoader:
-    """Iterates batches: dicts of `tokens`, `targets` (int64 [B, S]) and `levels`,
-    `target_levels` (uint8 [B, S]). `state_dict()` describes the position after the last
+    """Iterates batches: dicts of `tokens`, `targets` (int64 [B, S]), `levels`,
+    `target_levels` (uint8 [B, S]) and `target_bytes` (int32 [B, S]: bytes of text each target
+    stands for; 0 for BOS/EOS). `state_dict()` describes the position after the last
     batch handed out (not the last one prefetched), so a restored loader continues with
     exactly the next batch."""
 
     def __init__(self, args: LoaderArgs):
         self.args = args
         self.sources = [ShardSource(path) for path in args.sources]
+        if args.tokenizer is not None:
+            from aunet.bpe import load_bpe
+            from aunet.data.tokenized_source import TokenizedSource
+
+            bpe = load_bpe(args.tokenizer)
+            self.sources = [TokenizedSource(src, bpe) for src in self.sources]
+        self.token_bytes = torch.from_numpy(self.sources[0].token_bytes)
         depths = {s.depth for s in self.sources}
         if len(depths) != 1:
             raise ValueError(f"data.sources: the shard directories were segmented with different strategy depths {sorted(depths)}")
@@ -86,6 +96,7 @@ class PackedLoader:
             "targets": torch.from_numpy(tokens[:, 1:]),
             "levels": torch.from_numpy(levels[:, :-1]),
             "target_levels": torch.from_numpy(levels[:, 1:]),
+            "target_bytes": self.token_bytes[torch.from_numpy(tokens[:, 1:])],
         }
         return batch, self._snapshot()
 

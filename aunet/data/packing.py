@@ -1,7 +1,7 @@
 """Documents into fixed windows of seq_len + 1 tokens (SPEC section 6).
 
 The token stream of one source on one rank is the concatenation of [BOS] + bytes + [EOS] per
-document, with levels [depth] + mask + [0]. Window k is stream[k*S : k*S + S + 1]: consecutive
+document, with levels [depth] + mask + [0] (for a tokenized source: its token ids, BOS and EOS). Window k is stream[k*S : k*S + S + 1]: consecutive
 windows share one token, so input = window[:-1] and target = window[1:] skip no target.
 The state is the list of drawn documents that the next window still needs, with the offset
 into the first: small, and enough to rebuild the stream exactly.
@@ -13,13 +13,11 @@ import numpy as np
 
 from aunet.data.doc_order import DocOrder
 
-BOS, EOS = 256, 257
-
-
 class Packer:
     def __init__(self, order: DocOrder, seq_len: int, add_bos: bool, add_eos: bool):
         self.order, self.seq_len, self.add_bos, self.add_eos = order, seq_len, add_bos, add_eos
         self.depth = order.source.depth
+        self.bos, self.eos = order.source.bos_id, order.source.eos_id
         self.pending: list[tuple[int, int]] = []  # documents drawn and not yet fully emitted
         self.offset = 0  # tokens of pending[0] already behind the next window's start
 
@@ -32,7 +30,7 @@ class Packer:
         head = int(self.add_bos)
         end = start + take
         if head and start == 0:
-            tokens[at], levels[at] = BOS, self.depth
+            tokens[at], levels[at] = self.bos, self.depth
             at, start = at + 1, 1
         lo, hi = start - head, min(end - head, len(text))
         if hi > lo:
@@ -40,7 +38,7 @@ class Packer:
             levels[at : at + hi - lo] = mask[lo:hi]
             at += hi - lo
         if self.add_eos and end == len(text) + head + 1:
-            tokens[at], levels[at] = EOS, 0
+            tokens[at], levels[at] = self.eos, 0
 
     def next_window(self) -> tuple[np.ndarray, np.ndarray]:
         """Tokens and levels of the next window (seq_len + 1 each)."""

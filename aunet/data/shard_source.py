@@ -16,7 +16,13 @@ import pyarrow as pa
 from aunet.shards import META_STRATEGY, open_shard, read_manifest
 
 
+#: Bytes of text each id stands for: 1 per byte, 0 for BOS (256) and EOS (257).
+BYTE_TOKEN_BYTES = np.array([1] * 256 + [0, 0], dtype=np.int32)
+
+
 class ShardSource:
+    bos_id, eos_id, token_bytes = 256, 257, BYTE_TOKEN_BYTES
+
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
         if not self.directory.is_dir():
@@ -50,6 +56,10 @@ class ShardSource:
     @property
     def documents(self) -> int:
         return int(self.first_doc[-1])
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(s.text_bytes for s in self.manifest.shards)
 
     def document(self, unit: int, row: int) -> tuple[np.ndarray, np.ndarray]:
         """The document's bytes and levels as uint8 views into the mapped shard."""

@@ -1,0 +1,51 @@
+"""A shard directory read through a BPE tokenizer: the BPE baseline's training data.
+
+Same interface as `ShardSource` (documents by (unit, row), so the loader's order, packing and
+exact resume are shared), but a document is its token ids and its levels are all 0 (a flat
+model has no pooling). Every document is tokenized once, when the source opens, and kept in
+memory: fine for the comparison runs it exists for, not for web-scale corpora.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from aunet.bpe import BPE
+from aunet.data.shard_source import ShardSource
+
+ENCODE_BATCH = 512
+
+
+class TokenizedSource:
+    depth = 0
+
+    def __init__(self, source: ShardSource, bpe: BPE):
+        self.source = source
+        self.directory, self.manifest = source.directory, source.manifest
+        self.units, self.unit_rows, self.first_doc = source.units, source.unit_rows, source.first_doc
+        self.bos_id, self.eos_id, self.token_bytes = bpe.bos_id, bpe.eos_id, bpe.token_bytes
+        refs = [(u, r) for u in range(source.units) for r in range(source.unit_rows[u])]
+        pieces = []
+        for i in range(0, len(refs), ENCODE_BATCH):
+            pieces += bpe.encode_batch([source.document(u, r)[0].tobytes() for u, r in refs[i:i + ENCODE_BATCH]])
+        self.offsets = np.zeros(len(refs) + 1, dtype=np.int64)
+        np.cumsum([len(p) for p in pieces], out=self.offsets[1:])
+        self.tokens = np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
+        self._zeros = np.zeros(int(np.diff(self.offsets).max(initial=0)), dtype=np.uint8)
+
+    @property
+    def documents(self) -> int:
+        return self.source.documents
+
+    @property
+    def total_tokens(self) -> int:
+        return len(self.tokens)
+
+    def document(self, unit: int, row: int) -> tuple[np.ndarray, np.ndarray]:
+        i = int(self.first_doc[unit]) + row
+        a, b = self.offsets[i], self.offsets[i + 1]
+        return self.tokens[a:b], self._zeros[: b - a]
+
+    def length(self, unit: int, row: int) -> int:
+        i = int(self.first_doc[unit]) + row
+        return int(self.offsets[i + 1] - self.offsets[i])
