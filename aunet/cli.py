@@ -152,7 +152,8 @@ def evaluate(args) -> int:
                     raise ValueError(f"{item}: could not be segmented")
                 path = shard_dir
             tokenizer = cfg.data.tokenizer.path if cfg.data.tokenizer.name == "bpe" else None
-            r = heldout_bpb(model, {str(path): 1.0}, cfg.data.seq_len, args.batch_size, args.max_batches, tokenizer=tokenizer)
+            r = heldout_bpb(model, {str(path): 1.0}, cfg.data.seq_len, args.batch_size, args.max_batches, tokenizer=tokenizer,
+                            add_bos=cfg.data.add_bos, add_eos=cfg.data.add_eos)
             results[item] = r
     total_bytes = sum(r["bytes"] for r in results.values())
     overall = sum(r["bpb"] * r["bytes"] for r in results.values()) / max(total_bytes, 1)

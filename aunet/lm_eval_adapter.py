@@ -24,8 +24,9 @@ Choices the harness leaves to the model:
   half a window each and keep the other half as context (see `plan_windows`).
 - Requests are sorted by length and scored `batch_size` at a time in one forward pass, right
   padded (every stage is causal, so padding changes no earlier logit).
-- `generate_until` uses the cached generator (greedy unless `do_sample` with a temperature);
-  the output is cut before the first `until` string; `max_gen_toks` counts bytes.
+- `generate_until` uses the cached generator (greedy unless `do_sample`); the output is cut
+  before the first `until` string; `max_gen_toks` counts bytes. A prompt longer than
+  `prompt_room` keeps its last bytes, with a warning.
 """
 
 from __future__ import annotations
@@ -163,6 +164,16 @@ class AUNetLM(LM):
             results.append((float(lp.gather(-1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all())))
         return results
 
+    def _fit_prompt(self, prompt: bytes, max_bytes: int) -> bytes:
+        room = prompt_room(self.max_length, max_bytes)
+        if len(prompt) <= room:
+            return prompt
+        import warnings
+
+        warnings.warn(f"aunet lm-eval: a {len(prompt)}-byte prompt keeps its last {room} bytes "
+                      f"(max_length {self.max_length}, max_gen_toks {max_bytes})", stacklevel=3)
+        return prompt[len(prompt) - room:]
+
     # --- the harness's interface ------------------------------------------------------------
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
@@ -188,20 +199,26 @@ class AUNetLM(LM):
             until = kwargs.pop("until", None) or []
             until = [until] if isinstance(until, str) else list(until)
             max_bytes = int(kwargs.pop("max_gen_toks", DEFAULT_GEN_BYTES))
-            temperature = float(kwargs.pop("temperature", 0.0)) if kwargs.pop("do_sample", False) else 0.0
+            # As HF models do: sampling without a temperature samples at 1.0.
+            temperature = float(kwargs.pop("temperature", 1.0)) if kwargs.pop("do_sample", False) else 0.0
             top_k = int(kwargs.pop("top_k", 0) or 0)
             top_p = float(kwargs.pop("top_p", 1.0) or 1.0)
             seed = int(kwargs.pop("seed", 0))
-            prompt = _utf8(context)
-            room = self.max_length - 1 - max_bytes
-            if room < len(prompt):
-                prompt = prompt[len(prompt) - max(room, 0):] if room > 0 else b""
+            prompt = self._fit_prompt(_utf8(context), max_bytes)
             (out,) = generator.generate([prompt], max_bytes, temperature, top_k, top_p, until, seed)
             text = decode_utf8(out)
             cut = min((text.find(s) for s in until if s and s in text), default=len(text))
             results.append(text[:cut])
             self.cache_hook.add_partial("generate_until", r.args, text[:cut])
         return results
+
+
+def prompt_room(max_length: int, max_bytes: int) -> int:
+    """Prompt bytes kept for generation: what leaves room for `max_bytes` new bytes inside
+    `max_length` (BOS included), but never less than half of `max_length`, so that a large
+    `max_gen_toks` (the harness's default is 256) cannot starve the prompt; generation may then
+    run past `max_length` (the cached generator's windows allow it)."""
+    return max(max_length - 1 - max_bytes, max_length // 2)
 
 
 def _pick_device(device: str | None) -> torch.device:

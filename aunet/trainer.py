@@ -228,7 +228,8 @@ def train(cfg: TrainArgs, unused: list[str] | None = None, stop_at: int | None =
             from aunet.evaluate import heldout_bpb
 
             val = heldout_bpb(engine, validation, cfg.data.seq_len, cfg.data.batch_size, cfg.eval.validation.max_steps,
-                              rank, world, device, reduce=dist.all_reduce, tokenizer=tokenizer_path(cfg))
+                              rank, world, device, reduce=dist.all_reduce, tokenizer=tokenizer_path(cfg),
+                              add_bos=cfg.data.add_bos, add_eos=cfg.data.add_eos)
             log.write({"step": step, "val_bpb": val["bpb"], "val_bytes": val["bytes"]})
         if step % cfg.checkpoint.dump.every == 0 or step == end:
             save(engine, loader, ckpt_root, step, rank, cfg)

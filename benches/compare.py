@@ -72,6 +72,21 @@ def build_corpus(work: Path, texts: list[Path], train_bytes: int, val_bytes: int
     return work / "train.jsonl", work / "val.jsonl", sizes[0]
 
 
+def forget_other_corpus(work: Path, train_jsonl: Path, val_jsonl: Path) -> None:
+    """Shards, tokenizer and runs are reused only for the corpus they were made from: when the
+    corpus differs (other --text, sizes, Python version), they are deleted."""
+    import hashlib
+    import shutil
+
+    digest = hashlib.sha256(train_jsonl.read_bytes() + b"\0" + val_jsonl.read_bytes()).hexdigest()
+    stamp = work / "corpus" / "fingerprint"
+    if stamp.is_file() and stamp.read_text().strip() != digest:
+        print("the corpus changed since the last run here: its shards, tokenizer and runs are rebuilt")
+        for name in ("data", "bpe", "runs"):
+            shutil.rmtree(work / name, ignore_errors=True)
+    stamp.write_text(digest + "\n")
+
+
 def segment(inputs: Path, out: Path, strategy: dict[str, str]) -> Path:
     from aunet.segment_cli import run
 
@@ -263,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
 
     train_jsonl, val_jsonl, _ = build_corpus(args.workdir / "corpus", args.text, int(args.train_mb * 1e6), int(args.val_mb * 1e6))
+    forget_other_corpus(args.workdir, train_jsonl, val_jsonl)
     # Shards per strategy list (flat models read the word1 shards and ignore their masks).
     root = args.workdir / "data"
     shards = {}

@@ -181,3 +181,19 @@ def test_aunet_eval_scores_a_bpe_export_and_generate_refuses_it(data, tmp_path):
     assert got["bytes"] == direct["bytes"] and got["bpb"] == pytest.approx(direct["bpb"], rel=1e-6)
     proc = subprocess.run([venv_script("aunet"), "generate", "--model", str(tmp_path), "--prompt", "x"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "byte-level models" in proc.stderr
+
+
+def test_invalid_utf8_is_reported_not_hidden(tmp_path, data):
+    from aunet.data import ShardSource
+    from aunet.data.tokenized_source import TokenizedSource
+
+    # An Arrow input with a binary text column carries the invalid bytes into the shards.
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    table = pa.table({"text": pa.array([b"ok text", b"bad \xff\xfe bytes", b"more"], pa.large_binary())})
+    with ipc.new_file(str(tmp_path / "docs.arrow"), table.schema) as w:
+        w.write_table(table)
+    segment(tmp_path / "docs.arrow", "--out", tmp_path / "shards", *STRATEGY_ARGS)
+    with pytest.warns(UserWarning, match=r"1 documents are not valid UTF-8 \(first: unit 0, row 1\)"):
+        TokenizedSource(ShardSource(tmp_path / "shards"), load_bpe(data / "bpe400.json"))

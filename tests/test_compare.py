@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from helpers import REPO_ROOT, free_port
 
@@ -30,6 +31,12 @@ def test_compare_trains_four_models_to_the_same_budget(tmp_path):
         assert len(r["curve"]) >= 2 and r["curve"][-1]["step"] == r["steps"]
         assert math.isfinite(r["val_bpb"]) and 0 < r["val_bpb"] < 12
         assert r["train_bytes_per_s"] > 0
+        # The trainer really took that many batches of that shape (so the FLOPs above are spent).
+        run = tmp_path / "work" / "runs" / name
+        state = json.loads(next((run / "checkpoints").glob("step_*/loader_rank0.json")).read_text())
+        assert state["batches"] == r["steps"]
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        assert (cfg["data"]["seq_len"], cfg["data"]["batch_size"], cfg["grad_acc_steps"]) == (r["seq_len"], 2, 1)
     assert result["models"]["aunet3"]["dimensions"].__len__() == 3
     assert 2.0 < result["bpe_bytes_per_token"] < 6.0
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -190,3 +190,20 @@ def test_aunet_lm_eval_command_writes_results(setup, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     (results,) = list((tmp_path / "out").rglob("results_*.json"))
     assert "acc,none" in json.loads(results.read_text())["results"]["aunet_toy_choice"]
+
+
+def test_long_prompts_keep_their_end_and_a_large_max_gen_toks_cannot_empty_them(setup):
+    from lm_eval.api.instance import Instance
+
+    from aunet.lm_eval_adapter import prompt_room
+
+    root, model, cfg = setup
+    lm = AUNetLM(path=str(root / "export"))  # max_length = data.seq_len = 256
+    assert prompt_room(256, 40) == 215 and prompt_room(256, 256) == 128 and prompt_room(256, 1000) == 128
+    context = "".join(f"line {i}\n" for i in range(60))  # 410 bytes
+    request = Instance("generate_until", {}, (context, {"until": ["\n\n"]}), 0)  # the harness's default 256 bytes
+    with pytest.warns(UserWarning, match="keeps its last 128 bytes"):
+        (got,) = lm.generate_until([request])
+    kept = context.encode()[-128:]
+    expected = decode_utf8(Generator(model, cfg.data.regex.strategy).generate([kept], 256, stop=[b"\n\n"])[0])
+    assert got == expected.split("\n\n")[0]

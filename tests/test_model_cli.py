@@ -12,7 +12,6 @@ import yaml
 from safetensors.torch import save_file
 
 from aunet.config import load_config, to_dict
-from aunet.data import LoaderArgs, PackedLoader
 from aunet.export import load_model
 from aunet.generate import Generator
 from aunet.model import HierarchicalTransformer, byte_nats
@@ -35,6 +34,20 @@ def exported(tmp_path_factory):
     return root
 
 
+def manifest_stream(shards) -> tuple[list[int], list[int]]:
+    """[BOS] + bytes + [EOS] of every document in manifest order, and their levels."""
+    from aunet.data import ShardSource
+
+    src = ShardSource(shards)
+    tokens, levels = [], []
+    for unit in range(src.units):
+        for row in range(src.unit_rows[unit]):
+            text, mask = src.document(unit, row)
+            tokens += [256, *text.tolist(), 257]
+            levels += [src.depth, *mask.tolist(), 0]
+    return tokens, levels
+
+
 def test_eval_bpb_equals_the_training_loss_computation(exported):
     out = exported / "eval.json"
     proc = subprocess.run([venv_script("aunet"), "eval", "--model", str(exported / "export"), "--data", str(exported / "shards"),
@@ -43,17 +56,41 @@ def test_eval_bpb_equals_the_training_loss_computation(exported):
     report = json.loads(out.read_text())
     assert json.loads(proc.stdout) == report
     model, cfg = load_model(exported / "export")
-    loader = PackedLoader(LoaderArgs({str(exported / "shards"): 1.0}, seq_len=cfg.data.seq_len, batch_size=2, shuffle_buffer=1, prefetch=0, seed=0))
-    nats = count = 0.0
+    # The first 6 windows of the held-out stream, overlapping by one token, as training packs them.
+    S = cfg.data.seq_len
+    tokens, levels = manifest_stream(exported / "shards")
+    windows = torch.tensor([tokens[k * S: k * S + S + 1] for k in range(6)])
+    window_levels = torch.tensor([levels[k * S: k * S + S + 1] for k in range(6)])
     with torch.no_grad():
-        for _ in range(3):
-            batch = next(loader)
-            n, c = byte_nats(model(batch["tokens"], batch["levels"])[0], batch["targets"])
-            nats, count = nats + float(n), count + float(c)
-    expected = nats / count / math.log(2)
+        logits, _ = model(windows[:, :-1], window_levels[:, :-1])
+        nats, count = byte_nats(logits, windows[:, 1:])
+    expected = float(nats) / float(count) / math.log(2)
     got = report["sources"][str(exported / "shards")]["bpb"]
-    assert abs(got - expected) < 1e-9 * expected
+    assert abs(got - expected) < 1e-6 * expected
     assert report["overall"]["bytes"] == int(count)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_heldout_bpb_scores_every_byte_exactly_once(exported, world):
+    from aunet.data import ShardSource
+    from aunet.evaluate import heldout_bpb
+
+    model, cfg = load_model(exported / "export")
+    src = ShardSource(exported / "shards")
+    text_bytes = sum(s.text_bytes for s in src.manifest.shards)
+    results = [heldout_bpb(model, {str(exported / "shards"): 1.0}, 96, 3, None, rank=r, world_size=world) for r in range(world)]
+    assert sum(r["bytes"] for r in results) == text_bytes
+    if world == 1:
+        # One window at a time over the whole stream, the last one partial: the same nats.
+        tokens, levels = manifest_stream(exported / "shards")
+        nats = 0.0
+        with torch.no_grad():
+            for start in range(0, len(tokens) - 1, 96):
+                w = torch.tensor([tokens[start: start + 97]])
+                lv = torch.tensor([levels[start: start + 97]])
+                n, _ = byte_nats(model(w[:, :-1], lv[:, :-1])[0], w[:, 1:])
+                nats += float(n)
+        assert results[0]["bpb"] == pytest.approx(nats / text_bytes / math.log(2), rel=1e-5)
 
 
 def test_eval_accepts_raw_text_files(exported, tmp_path):

@@ -25,9 +25,17 @@ class TokenizedSource:
         self.units, self.unit_rows, self.first_doc = source.units, source.unit_rows, source.first_doc
         self.bos_id, self.eos_id, self.token_bytes = bpe.bos_id, bpe.eos_id, bpe.token_bytes
         refs = [(u, r) for u in range(source.units) for r in range(source.unit_rows[u])]
-        pieces = []
+        pieces, invalid = [], []
         for i in range(0, len(refs), ENCODE_BATCH):
-            pieces += bpe.encode_batch([source.document(u, r)[0].tobytes() for u, r in refs[i:i + ENCODE_BATCH]])
+            docs = [source.document(u, r)[0].tobytes() for u, r in refs[i:i + ENCODE_BATCH]]
+            invalid += [ref for ref, doc in zip(refs[i:i + ENCODE_BATCH], docs) if not _is_utf8(doc)]
+            pieces += bpe.encode_batch(docs)
+        if invalid:
+            import warnings
+
+            unit, row = invalid[0]
+            warnings.warn(f"data source {source.directory}: {len(invalid)} documents are not valid UTF-8 (first: unit {unit}, "
+                          f"row {row}); the BPE tokenizer reads each bad byte as U+FFFD, which counts 3 bytes in bpb", stacklevel=2)
         self.offsets = np.zeros(len(refs) + 1, dtype=np.int64)
         np.cumsum([len(p) for p in pieces], out=self.offsets[1:])
         self.tokens = np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
@@ -49,3 +57,11 @@ class TokenizedSource:
     def length(self, unit: int, row: int) -> int:
         i = int(self.first_doc[unit]) + row
         return int(self.offsets[i + 1] - self.offsets[i])
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
