@@ -19,8 +19,13 @@ def ensure_ds_accelerator() -> str:
     shared-memory collective just in time and looks for ``ninja`` there, which a virtual
     environment that was not activated would otherwise hide.
 
+    The compiled op goes to ``<environment>/torch_extensions`` unless ``TORCH_EXTENSIONS_DIR``
+    says otherwise: the default, one folder per user under ~/.cache, is shared by every checkout,
+    and two environments then rebuild it over each other (minutes per launch on a small CPU).
+
     Returns the accelerator name in force.
     """
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
     scripts = str(Path(sys.executable).parent)
     if scripts not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")

@@ -139,7 +139,8 @@ def train(name: str, raw: dict, args) -> float:
     dump = Path(raw["dump_dir"])
     saved = dump / "compare_config.yaml"
     same = saved.is_file() and yaml.safe_load(saved.read_text()) == raw
-    if same and latest_complete(dump / "checkpoints") == raw["steps"] and not args.fresh:
+    finished = latest_complete(dump / "checkpoints") == raw["steps"] and (dump / "wall_seconds").is_file()
+    if same and finished and not args.fresh:
         print(f"{name}: reusing the finished run in {dump}")
         return float((dump / "wall_seconds").read_text())
     if dump.exists():
