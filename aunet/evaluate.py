@@ -21,21 +21,16 @@ import torch
 IGNORE = -100
 
 
-def rank_documents(source, rank: int, world_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(tokens, levels) of documents rank, rank + W, ... of a ShardSource or TokenizedSource."""
+def rank_refs(source, rank: int, world_size: int) -> Iterator[tuple[int, int]]:
+    """(unit, row) of documents rank, rank + W, ... of a ShardSource or TokenizedSource."""
     first = np.asarray(source.first_doc)
     for d in range(rank, source.documents, world_size):
         unit = int(np.searchsorted(first, d, side="right")) - 1
-        yield source.document(unit, d - int(first[unit]))
+        yield unit, d - int(first[unit])
 
 
 def rank_stream_length(source, rank: int, world_size: int, add_bos: bool, add_eos: bool) -> int:
-    first = np.asarray(source.first_doc)
-    total = 0
-    for d in range(rank, source.documents, world_size):
-        unit = int(np.searchsorted(first, d, side="right")) - 1
-        total += source.length(unit, d - int(first[unit])) + int(add_bos) + int(add_eos)
-    return total
+    return sum(source.length(*ref) + int(add_bos) + int(add_eos) for ref in rank_refs(source, rank, world_size))
 
 
 def eval_windows(source, rank: int, world_size: int, seq_len: int, add_bos: bool = True,
@@ -44,7 +39,8 @@ def eval_windows(source, rank: int, world_size: int, seq_len: int, add_bos: bool
     bos = (np.array([source.bos_id], np.int64), np.array([source.depth], np.uint8))
     eos = (np.array([source.eos_id], np.int64), np.array([0], np.uint8))
     tokens, levels = np.zeros(0, np.int64), np.zeros(0, np.uint8)
-    for text, mask in rank_documents(source, rank, world_size):
+    for ref in rank_refs(source, rank, world_size):
+        text, mask = source.document(*ref)
         parts = [(tokens, levels)] + [bos] * add_bos + [(text.astype(np.int64), mask)] + [eos] * add_eos
         tokens, levels = np.concatenate([t for t, _ in parts]), np.concatenate([lv for _, lv in parts])
         while len(tokens) >= seq_len + 1:
@@ -91,19 +87,6 @@ def _empty_batch(batch_size: int, seq_len: int) -> dict:
             "target_bytes": zeros.to(torch.int32)}
 
 
-def open_sources(paths, tokenizer: str | None = None) -> list:
-    from aunet.data import ShardSource
-
-    sources = [ShardSource(p) for p in paths]
-    if tokenizer is not None:
-        from aunet.bpe import load_bpe
-        from aunet.data.tokenized_source import TokenizedSource
-
-        bpe = load_bpe(tokenizer)
-        sources = [TokenizedSource(s, bpe) for s in sources]
-    return sources
-
-
 @torch.no_grad()
 def heldout_bpb(model, sources: dict[str, float], seq_len: int, batch_size: int, max_batches: int | None,
                 rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu", reduce=None,
@@ -112,6 +95,7 @@ def heldout_bpb(model, sources: dict[str, float], seq_len: int, batch_size: int,
     are ignored). `reduce` is torch.distributed.all_reduce when several ranks evaluate
     together. `tokenizer`: a BPE model's tokenizer file (bpb then counts the bytes its tokens
     stand for)."""
+    from aunet.data.tokenized_source import open_sources
     from aunet.model import byte_nats
 
     opened = open_sources(sources, tokenizer)

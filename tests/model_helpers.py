@@ -6,6 +6,7 @@ import torch
 
 from aunet import Segmenter
 from aunet.config import BlockArgs, ModelArgs
+from aunet.model import HierarchicalTransformer
 
 POOLING_TYPES = ["simple", "simple_repeat", "simple_indexed_matmul", "simple_non_param"]
 POOLING_COMBOS = ["simple_non_param_repeat", "simple_non_param_indexed_matmul", "simple_repeat_indexed_matmul"]
@@ -44,3 +45,19 @@ def text_batch(levels: int, length: int, batch: int = 2) -> tuple[torch.Tensor, 
         toks.append([256, *doc])
         levs.append(seg.levels(doc, bos=True).tolist())
     return torch.tensor(toks), torch.tensor(levs)
+
+
+def export_random_model(directory, cfg, seed: int = 0) -> HierarchicalTransformer:
+    """A randomly initialised model of the training config `cfg`, written as `aunet export`
+    writes one (model.safetensors + config.yaml)."""
+    import yaml
+    from safetensors.torch import save_file
+
+    from aunet.config import to_dict
+
+    torch.manual_seed(seed)
+    model = HierarchicalTransformer(cfg.model)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(model.state_dict(), str(directory / "model.safetensors"))
+    (directory / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
+    return model

@@ -159,20 +159,14 @@ def test_tokenized_source_lengths_agree(data):
 def test_aunet_eval_scores_a_bpe_export_and_generate_refuses_it(data, tmp_path):
     import subprocess
 
-    import yaml
-    from safetensors.torch import save_file
-
-    from aunet.config import to_dict
     from helpers import venv_script
+    from model_helpers import export_random_model
 
     cfg, _ = load_config(REPO_ROOT / "configs" / "tiny_aunet3.yaml", [
         "model.dimensions=[32]", "model.layers=[1]", "model.head_dims=[16]", "model.residuals=[]",
         "model.sliding_windows=[64]", "model.max_seqlens=[-1]", "model.vocab_size=400", "data.regex=null",
         "data.seq_len=64", "data.tokenizer.name=bpe", f"data.tokenizer.path={data / 'bpe400.json'}"])
-    torch.manual_seed(0)
-    model = HierarchicalTransformer(cfg.model).eval()
-    save_file(model.state_dict(), str(tmp_path / "model.safetensors"))
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
+    model = export_random_model(tmp_path, cfg).eval()
     proc = subprocess.run([venv_script("aunet"), "eval", "--model", str(tmp_path), "--data", str(data / "shards"), "--batch-size", "4"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

@@ -12,13 +12,12 @@ import torch
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
-from safetensors.torch import save_file
 
 from aunet import Segmenter
-from aunet.config import load_config, to_dict
+from aunet.config import load_config
 from aunet.generate import Generator, decode_utf8
 from aunet.lm_eval_adapter import AUNetLM, plan_windows
-from aunet.model import HierarchicalTransformer
+from model_helpers import export_random_model
 from helpers import REPO_ROOT, venv_script
 
 QUESTIONS = [
@@ -54,11 +53,7 @@ TASKS = {
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("lm-eval")
     cfg, _ = load_config(REPO_ROOT / "configs" / "tiny_aunet3.yaml", ["data.seq_len=256"])
-    torch.manual_seed(0)
-    model = HierarchicalTransformer(cfg.model)
-    (root / "export").mkdir()
-    save_file(model.state_dict(), str(root / "export" / "model.safetensors"))
-    (root / "export" / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
+    model = export_random_model(root / "export", cfg)
     tasks = root / "tasks"
     tasks.mkdir()
     for name, spec in TASKS.items():

@@ -8,13 +8,12 @@ import subprocess
 
 import pytest
 import torch
-import yaml
-from safetensors.torch import save_file
 
-from aunet.config import load_config, to_dict
+from aunet.config import load_config
 from aunet.export import load_model
 from aunet.generate import Generator
-from aunet.model import HierarchicalTransformer, byte_nats
+from aunet.model import byte_nats
+from model_helpers import export_random_model
 from helpers import REPO_ROOT, venv_script
 from segment_fixtures import STRATEGY_ARGS, sample_texts, write_jsonl
 from test_segment_cli import segment
@@ -24,11 +23,7 @@ from test_segment_cli import segment
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("model-cli")
     cfg, _ = load_config(REPO_ROOT / "configs" / "tiny_aunet3.yaml", ["data.seq_len=256"])
-    torch.manual_seed(0)
-    model = HierarchicalTransformer(cfg.model)
-    (root / "export").mkdir()
-    save_file(model.state_dict(), str(root / "export" / "model.safetensors"))
-    (root / "export" / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
+    export_random_model(root / "export", cfg)
     write_jsonl(root / "a.jsonl", sample_texts(300))
     segment(root / "a.jsonl", "--out", root / "shards", *STRATEGY_ARGS)
     return root

@@ -11,7 +11,7 @@ import torch
 
 from aunet.data.doc_order import DocOrder
 from aunet.data.packing import Packer
-from aunet.data.shard_source import ShardSource
+from aunet.data.tokenized_source import open_sources
 
 
 @dataclass
@@ -53,13 +53,7 @@ class PackedLoader:
 
     def __init__(self, args: LoaderArgs):
         self.args = args
-        self.sources = [ShardSource(path) for path in args.sources]
-        if args.tokenizer is not None:
-            from aunet.bpe import load_bpe
-            from aunet.data.tokenized_source import TokenizedSource
-
-            bpe = load_bpe(args.tokenizer)
-            self.sources = [TokenizedSource(src, bpe) for src in self.sources]
+        self.sources = open_sources(args.sources, args.tokenizer)
         self.token_bytes = torch.from_numpy(self.sources[0].token_bytes)
         depths = {s.depth for s in self.sources}
         if len(depths) != 1:

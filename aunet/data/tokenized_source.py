@@ -65,3 +65,14 @@ def _is_utf8(data: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+def open_sources(paths, tokenizer: str | None = None) -> list:
+    """ShardSources for `paths`, read through the BPE tokenizer file when one is given."""
+    sources = [ShardSource(p) for p in paths]
+    if tokenizer is None:
+        return sources
+    from aunet.bpe import load_bpe
+
+    bpe = load_bpe(tokenizer)
+    return [TokenizedSource(s, bpe) for s in sources]
