@@ -17,7 +17,7 @@ import os
 import time
 from pathlib import Path
 
-from aunet.accelerator import ensure_ds_accelerator
+from aunet.accelerator import ensure_ds_accelerator, init_distributed
 from aunet.checkpoint import latest_complete, mark_complete, prune, tag_for
 from aunet.config import TrainArgs, to_dict
 from aunet.lr_schedule import lr_factor
@@ -137,7 +137,7 @@ def train(cfg: TrainArgs, unused: list[str] | None = None, stop_at: int | None =
     from aunet.flops import flops_per_byte
     from aunet.model import HierarchicalTransformer, byte_nats
 
-    deepspeed.init_distributed()
+    init_distributed()
     rank, world = dist.get_rank(), dist.get_world_size()
     accel = get_accelerator()
     on_gpu = accel.device_name() == "cuda"

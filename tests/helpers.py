@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -32,13 +33,38 @@ def cpu_dist_env() -> dict[str, str]:
     return env
 
 
-def run_deepspeed(script: Path, *args: str, ranks: int = 2, timeout: float = 600) -> subprocess.CompletedProcess:
+def communicate_or_kill(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    """`proc.communicate`, killing `proc`'s whole session if it times out or the test is interrupted.
+
+    `proc` must have been started with ``start_new_session=True``. The DeepSpeed launcher's ranks
+    are its grandchildren: killing only the launcher (what ``subprocess.run`` does) leaves them
+    running, and a hung pair then spins on both cores for the rest of the test session.
+    """
+    try:
+        return proc.communicate(timeout=timeout)
+    except BaseException:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.communicate()
+        raise
+
+
+def run_in_session(cmd: list[str], timeout: float, **kw) -> subprocess.CompletedProcess:
+    """`subprocess.run(cmd, capture_output=True, text=True)`, killing every descendant on timeout."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kw)
+    out, err = communicate_or_kill(proc, timeout)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def run_deepspeed(script: Path, *args: str, ranks: int = 2, timeout: float = 600, port: int | None = None) -> subprocess.CompletedProcess:
     """Run `script` under the real DeepSpeed launcher with `ranks` local CPU processes."""
     cmd = [
         venv_script("deepspeed"),
         "--num_gpus", str(ranks),
-        "--master_port", str(free_port()),
+        "--master_port", str(port or free_port()),
         str(script),
         *args,
     ]
-    return subprocess.run(cmd, env=cpu_dist_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+    return run_in_session(cmd, timeout, env=cpu_dist_env(), cwd=REPO_ROOT)

@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-from helpers import REPO_ROOT, free_port
+from helpers import REPO_ROOT, free_port, run_in_session
 
 
 @pytest.mark.distributed
@@ -20,7 +20,7 @@ def test_compare_trains_four_models_to_the_same_budget(tmp_path):
     cmd = [sys.executable, str(REPO_ROOT / "benches" / "compare.py"), "--budget", str(budget), "--train-bytes", "3e4",
            "--train-mb", "0.3", "--val-mb", "0.03", "--bpe-vocab", "400", "--evals", "2", "--batch-size", "2",
            "--seq-len", "128", "--workdir", str(tmp_path / "work"), "--out", str(out), "--port", str(free_port())]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    proc = run_in_session(cmd, 900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert set(result["models"]) == {"aunet2", "aunet3", "bytes", "bpe"}
@@ -42,7 +42,7 @@ def test_compare_trains_four_models_to_the_same_budget(tmp_path):
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| AU-Net-3 |" in proc.stdout and "| BPE transformer |" in proc.stdout
     # A rerun reuses the finished runs instead of training again.
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    again = run_in_session(cmd, 300)
     assert again.returncode == 0 and again.stdout.count("reusing the finished run") == 4
     assert json.loads(out.read_text())["models"]["bpe"]["val_bpb"] == result["models"]["bpe"]["val_bpb"]
     combined = subprocess.run([sys.executable, str(REPO_ROOT / "benches" / "compare.py"), "--combine", str(out),

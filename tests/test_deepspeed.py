@@ -1,16 +1,22 @@
 """The distributed stack works here: DeepSpeed ZeRO-3 on 2 CPU ranks over gloo."""
 
 import json
+from pathlib import Path
 
 import pytest
 
-from helpers import REPO_ROOT, run_deepspeed
+from helpers import REPO_ROOT, free_port, run_deepspeed
 
 
 @pytest.mark.distributed
 def test_zero3_one_optimizer_step_on_two_cpu_ranks(tmp_path):
-    proc = run_deepspeed(REPO_ROOT / "tests" / "distributed" / "zero3_toy_step.py", str(tmp_path))
+    port = free_port()
+    proc = run_deepspeed(REPO_ROOT / "tests" / "distributed" / "zero3_toy_step.py", str(tmp_path), port=port)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    # DeepSpeed's CPU shared-memory collective is not started (aunet.accelerator.init_distributed):
+    # it would leave two 69 MB buffers per rank in /dev/shm, named after the port, after every run.
+    assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
+    assert "deepspeed_shm_comm" not in proc.stdout + proc.stderr
 
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for r, seen in enumerate(ranks):

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from aunet.checkpoint import latest_complete
-from helpers import REPO_ROOT, cpu_dist_env, free_port, venv_script
+from helpers import REPO_ROOT, communicate_or_kill, cpu_dist_env, free_port, venv_script
 from segment_fixtures import STRATEGY_ARGS, sample_texts, write_jsonl
 from test_segment_cli import segment
 
@@ -37,14 +37,15 @@ def overrides(data_root: Path, dump: Path, steps: int) -> list[str]:
             "model.max_seqlens=[-1,64,48]", "logging.freq=1", "checkpoint.dump.every=2", "checkpoint.dump.keep=0", "optim.warmup=2"]
 
 
-def launch(args: list[str], **kw) -> subprocess.Popen:
+def launch(args: list[str]) -> subprocess.Popen:
     cmd = [venv_script("deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), TRAIN, "--config", CONFIG, *args]
-    return subprocess.Popen(cmd, env=cpu_dist_env(), cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+    return subprocess.Popen(cmd, env=cpu_dist_env(), cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
 
 
 def run(args: list[str]) -> str:
     proc = launch(args)
-    out, _ = proc.communicate(timeout=600)
+    out, _ = communicate_or_kill(proc, 600)
     assert proc.returncode == 0, out[-4000:]
     return out
 
@@ -94,7 +95,7 @@ def test_exact_resume_equals_straight_run(tmp_path, data_root, straight):
 def test_sigkilled_rank_resumes_from_last_complete_checkpoint(tmp_path, data_root):
     dump = tmp_path / "run"
     args = [*overrides(data_root, dump, 8), "optim.lr=1e-3"]
-    proc = launch(args, start_new_session=True)
+    proc = launch(args)
     marker = dump / "checkpoints" / "step_00000004" / "COMPLETE.json"
     deadline = time.monotonic() + 300
     while not marker.exists():
@@ -105,7 +106,7 @@ def test_sigkilled_rank_resumes_from_last_complete_checkpoint(tmp_path, data_roo
     ranks = [p for p in psutil.Process(proc.pid).children(recursive=True) if any(a.startswith("--local_rank=") for a in p.cmdline())]
     assert len(ranks) == 2
     ranks[1].send_signal(signal.SIGKILL)
-    proc.communicate(timeout=120)
+    communicate_or_kill(proc, 120)
     assert proc.returncode != 0
     root = dump / "checkpoints"
     newest = latest_complete(root)

@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from aunet.accelerator import ensure_ds_accelerator
+from aunet.accelerator import ensure_ds_accelerator, init_distributed
 
 ensure_ds_accelerator()
 
@@ -17,7 +17,7 @@ import torch.distributed as dist  # noqa: E402
 
 
 def main(out_dir: Path) -> None:
-    deepspeed.init_distributed()
+    init_distributed()
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)
     config = {
