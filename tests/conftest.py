@@ -12,3 +12,19 @@ import tempfile
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="aunet-tests-hf-"))
+
+
+def pytest_report_header(config):
+    """Memory the distributed tests will share, printed at the top of the run: when a CI run is
+    slow or killed, the log then says whether RAM or /dev/shm (tmpfs, also RAM) was short."""
+    import psutil
+
+    mem = psutil.virtual_memory()
+    shm = psutil.disk_usage("/dev/shm") if Path("/dev/shm").is_dir() else None
+    line = f"memory: {mem.available / 2**30:.1f} of {mem.total / 2**30:.1f} GiB available"
+    if shm is not None:
+        line += f"; /dev/shm: {shm.used / 2**30:.1f} of {shm.total / 2**30:.1f} GiB used"
+        stale = list(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"))
+        if stale:
+            line += f" ({len(stale)} DeepSpeed buffers left by earlier runs; see the README's CPU notes)"
+    return line
