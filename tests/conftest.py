@@ -19,12 +19,14 @@ def pytest_report_header(config):
     slow or killed, the log then says whether RAM or /dev/shm (tmpfs, also RAM) was short."""
     import psutil
 
+    from helpers import DS_SHM_BUFFERS
+
     mem = psutil.virtual_memory()
     shm = psutil.disk_usage("/dev/shm") if Path("/dev/shm").is_dir() else None
     line = f"memory: {mem.available / 2**30:.1f} of {mem.total / 2**30:.1f} GiB available"
     if shm is not None:
         line += f"; /dev/shm: {shm.used / 2**30:.1f} of {shm.total / 2**30:.1f} GiB used"
-        stale = list(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"))
+        stale = list(Path("/dev/shm").glob(DS_SHM_BUFFERS))
         if stale:
             line += f" ({len(stale)} DeepSpeed buffers left by earlier runs; see the README's CPU notes)"
     return line

@@ -11,6 +11,10 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# DeepSpeed's CPU shared-memory collective names its /dev/shm buffers this way, port included
+# (see aunet.accelerator.init_distributed).
+DS_SHM_BUFFERS = "deepspeed_allreduce_buffer_*"
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -58,13 +62,11 @@ def run_in_session(cmd: list[str], timeout: float, **kw) -> subprocess.Completed
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
+def deepspeed_cmd(script: Path | str, *args: str, ranks: int = 2, port: int | None = None) -> list[str]:
+    """The real DeepSpeed launcher running `script` on `ranks` local processes."""
+    return [venv_script("deepspeed"), "--num_gpus", str(ranks), "--master_port", str(port or free_port()), str(script), *args]
+
+
 def run_deepspeed(script: Path, *args: str, ranks: int = 2, timeout: float = 600, port: int | None = None) -> subprocess.CompletedProcess:
     """Run `script` under the real DeepSpeed launcher with `ranks` local CPU processes."""
-    cmd = [
-        venv_script("deepspeed"),
-        "--num_gpus", str(ranks),
-        "--master_port", str(port or free_port()),
-        str(script),
-        *args,
-    ]
-    return run_in_session(cmd, timeout, env=cpu_dist_env(), cwd=REPO_ROOT)
+    return run_in_session(deepspeed_cmd(script, *args, ranks=ranks, port=port), timeout, env=cpu_dist_env(), cwd=REPO_ROOT)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO_ROOT, free_port, run_deepspeed
+from helpers import DS_SHM_BUFFERS, REPO_ROOT, free_port, run_deepspeed
 
 
 @pytest.mark.distributed
@@ -15,7 +15,7 @@ def test_zero3_one_optimizer_step_on_two_cpu_ranks(tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     # DeepSpeed's CPU shared-memory collective is not started (aunet.accelerator.init_distributed):
     # it would leave two 69 MB buffers per rank in /dev/shm, named after the port, after every run.
-    assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
+    assert not list(Path("/dev/shm").glob(f"{DS_SHM_BUFFERS}_{port}_*"))
     assert "deepspeed_shm_comm" not in proc.stdout + proc.stderr
 
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from aunet.checkpoint import latest_complete
-from helpers import REPO_ROOT, communicate_or_kill, cpu_dist_env, free_port, venv_script
+from helpers import REPO_ROOT, communicate_or_kill, cpu_dist_env, deepspeed_cmd, venv_script
 from segment_fixtures import STRATEGY_ARGS, sample_texts, write_jsonl
 from test_segment_cli import segment
 
@@ -38,8 +38,7 @@ def overrides(data_root: Path, dump: Path, steps: int) -> list[str]:
 
 
 def launch(args: list[str]) -> subprocess.Popen:
-    cmd = [venv_script("deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), TRAIN, "--config", CONFIG, *args]
-    return subprocess.Popen(cmd, env=cpu_dist_env(), cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    return subprocess.Popen(deepspeed_cmd(TRAIN, "--config", CONFIG, *args), env=cpu_dist_env(), cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
 
 
