@@ -1,12 +1,43 @@
 """AU-Net: the byte-level Autoregressive U-Net language model.
 
-The compiled Rust core lives in the private module ``aunet._segmenter``; this package owns the
-public API.
+The public API. The compiled Rust core lives in the private module ``aunet._segmenter``.
+Names that need PyTorch (the model, its config, loading and generation) are imported on first
+use, so ``from aunet import Segmenter`` in a preprocessing job does not import torch.
+
+>>> from aunet import Segmenter
+>>> Segmenter({"word1": "1@1"}).levels("a b").tolist()
+[0, 0, 1]
 """
 
-from aunet._segmenter import __version__ as core_version
-from aunet.segmenter import LevelStream, Segmenter
+from __future__ import annotations
 
+import importlib
+
+# Before the imports below: the shard writers read it while `aunet` is still initialising.
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "core_version", "Segmenter", "LevelStream"]
+from aunet._segmenter import __version__ as core_version  # noqa: E402
+from aunet.segment import LevelStream, Manifest, SegmentError, Segmenter, segment_corpus  # noqa: E402
+
+_LAZY = {
+    "HierarchicalTransformer": "aunet.model",
+    "ModelArgs": "aunet.config",
+    "TrainArgs": "aunet.config",
+    "load_config": "aunet.config",
+    "load_model": "aunet.inference.export",
+    "Generator": "aunet.inference.generate",
+}
+
+__all__ = ["__version__", "core_version", "Segmenter", "LevelStream", "segment_corpus", "Manifest", "SegmentError", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'aunet' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -89,9 +89,9 @@ def main(argv: list[str] | None = None) -> int:
 
     banner("4. export, evaluate held-out bpb, generate")
     run([str(bin_dir / "aunet"), "export", "--checkpoints", str(dump / "checkpoints"), "--out", str(work / "export")], env=env)
-    from aunet.evaluate import heldout_bpb
-    from aunet.export import load_model
-    from aunet.generate import Generator, decode_utf8
+    from aunet.inference.evaluate import heldout_bpb
+    from aunet.inference.export import load_model
+    from aunet.inference.generate import Generator, decode_utf8
 
     model, cfg = load_model(work / "export")
     result = heldout_bpb(model, {str(work / "data" / "heldout"): 1.0}, cfg.data.seq_len, cfg.data.batch_size, max_batches=40)

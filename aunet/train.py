@@ -1,5 +1,5 @@
 """Train AU-Net: `deepspeed aunet/train.py --config cfg.yaml [key.sub=value ...]`, or
-`python aunet/train.py ...` for one process. See aunet/trainer.py."""
+`python aunet/train.py ...` for one process. See aunet/training/trainer.py."""
 
 from __future__ import annotations
 
@@ -8,8 +8,12 @@ import os
 import sys
 
 if __name__ == "__main__" and sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    # Run as a file, Python puts aunet/ itself first on the path, where aunet/data and
-    # aunet/model would shadow unrelated top-level modules of those names.
+    # Run as a file (what the DeepSpeed launcher does), Python puts aunet/ itself first on the
+    # path, where aunet/config, aunet/data, aunet/model and aunet/cli.py would shadow any
+    # top-level module of those names that a dependency imports. Only `python -P` (or
+    # PYTHONSAFEPATH=1) stops Python from adding it, and the launcher passes neither, so the
+    # entry removes it before anything else is imported. `deepspeed --module aunet.train`
+    # needs no such step.
     sys.path.pop(0)
 
 
@@ -32,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         # `python aunet/train.py`: a single process; DeepSpeed still wants a rendezvous.
         os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"})
         os.environ.setdefault("MASTER_PORT", "29511")
-    from aunet.trainer import resolve_sources, train
+    from aunet.training.trainer import resolve_sources, train
 
     try:
         resolve_sources(cfg)  # missing data fails before any process group is set up

@@ -24,7 +24,7 @@ from report import save  # noqa: E402
 from corpora import multilingual_docs, stdlib_docs  # noqa: E402
 
 from aunet.data import LoaderArgs, PackedLoader  # noqa: E402
-from aunet.shards import open_shard, read_manifest  # noqa: E402
+from aunet.segment.shards import Manifest, open_shard  # noqa: E402
 
 PAPER_BYTES_PER_S_PER_GPU = 225e3
 
@@ -53,7 +53,7 @@ def ours(shards: Path, seq_len: int, batch: int, seconds: float) -> float:
 def naive(shards: Path, seq_len: int, batch: int, seconds: float) -> float:
     """Rows to Python lists, packed by list slicing: how a quick script would do it."""
     n, t, buf = 0, time.perf_counter(), []
-    for shard in read_manifest(shards).shards:
+    for shard in Manifest.load(shards).shards:
         table = open_shard(shards / shard.path).read_all()
         for text, mask in zip(table.column("text").to_pylist(), table.column("level_mask").to_pylist()):
             buf += [256, *text, 257]

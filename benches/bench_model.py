@@ -37,7 +37,7 @@ from corpora import stdlib_docs  # noqa: E402
 
 from aunet import Segmenter  # noqa: E402
 from aunet.config import ModelArgs, Pooling, load_config  # noqa: E402
-from aunet.flops import flops_per_byte, param_count  # noqa: E402
+from aunet.model.flops import flops_per_byte, param_count  # noqa: E402
 from aunet.model import HierarchicalTransformer  # noqa: E402
 from aunet.model.pooling import Transition, gather_rows, indexed_up_loop, pool_index  # noqa: E402
 

@@ -33,10 +33,10 @@ from report import save  # noqa: E402
 from corpora import multilingual_docs, stdlib_docs  # noqa: E402
 from oracle import OracleSegmenter  # noqa: E402
 
-from aunet.segment_job import JobOptions, _ShardWriter  # noqa: E402
-from aunet.segment_readers import _lines, _zstd_chunks, read_batches  # noqa: E402
-from aunet.segmenter import Segmenter  # noqa: E402
-from aunet.shards import shard_schema  # noqa: E402
+from aunet.segment.job import JobOptions, _ShardWriter  # noqa: E402
+from aunet.segment.readers import _lines, _zstd_chunks, read_batches  # noqa: E402
+from aunet.segment.segmenter import Segmenter  # noqa: E402
+from aunet.segment.shards import shard_schema  # noqa: E402
 
 STRATEGY = {"word1": "1@1", "word2": "2@1"}
 

@@ -7,7 +7,7 @@ FLOPs budget with the same trainer, compared on held-out bits per byte (the pape
    `--text` files (cut into documents of 1-10 KB); every 20th document is held out.
 2. `aunet-segment` shards; the measured share of bytes that open a segment at each stage.
 3. A byte-level BPE tokenizer (HuggingFace `tokenizers`) trained on the training split only.
-4. Sizing (`aunet.sizing`): every model's widths are set so that its useful training FLOPs per
+4. Sizing (`aunet.baselines.sizing`): every model's widths are set so that its useful training FLOPs per
    byte are close to budget / (--train-bytes); each then trains for the number of steps that
    spends the budget (within one step).
 5. Training: `deepspeed aunet/train.py` for each model (ZeRO-3; 2 CPU ranks by default), held-out
@@ -42,12 +42,12 @@ sys.path.insert(0, str(HERE))
 from corpora import cut, stdlib_files  # noqa: E402
 from report import save  # noqa: E402
 
-from aunet.bpe import load_bpe, train_bpe  # noqa: E402
-from aunet.checkpoint import latest_complete  # noqa: E402
+from aunet.baselines.bpe import load_bpe, train_bpe  # noqa: E402
+from aunet.training.checkpoint import latest_complete  # noqa: E402
 from aunet.config import config_from_dict, load_config, to_dict  # noqa: E402
 from aunet.data import ShardSource  # noqa: E402
-from aunet.flops import param_count  # noqa: E402
-from aunet.sizing import TEMPLATES, size_to  # noqa: E402
+from aunet.model.flops import param_count  # noqa: E402
+from aunet.baselines.sizing import TEMPLATES, size_to  # noqa: E402
 
 LABELS = {"aunet2": "AU-Net-2", "aunet3": "AU-Net-3", "bytes": "byte transformer", "bpe": "BPE transformer"}
 
@@ -88,13 +88,10 @@ def forget_other_corpus(work: Path, train_jsonl: Path, val_jsonl: Path) -> None:
 
 
 def segment(inputs: Path, out: Path, strategy: dict[str, str]) -> Path:
-    from aunet.segment_cli import run
+    from aunet import segment_corpus
 
     if not (out / "manifest.json").is_file():
-        args = [str(inputs), "--out", str(out), "--no-progress"]
-        args += [a for k, v in strategy.items() for a in ("--strategy", f"{k}={v}")]
-        if run(args) != 0:
-            raise RuntimeError(f"segmenting {inputs} failed")
+        segment_corpus(inputs, out, strategy)  # on_error="fail": the corpus is ours, nothing may be lost
     return out
 
 

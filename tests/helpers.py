@@ -12,7 +12,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # DeepSpeed's CPU shared-memory collective names its /dev/shm buffers this way, port included
-# (see aunet.accelerator.init_distributed).
+# (see aunet.training.accelerator.init_distributed).
 DS_SHM_BUFFERS = "deepspeed_allreduce_buffer_*"
 
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from aunet.bpe import load_bpe, train_bpe
+from aunet.baselines.bpe import load_bpe, train_bpe
 from aunet.config import BlockArgs, ConfigError, ModelArgs, load_config
 from aunet.data import LoaderArgs, PackedLoader
-from aunet.evaluate import heldout_bpb
+from aunet.inference.evaluate import heldout_bpb
 from aunet.model import HierarchicalTransformer, byte_nats
 from helpers import REPO_ROOT
 from segment_fixtures import STRATEGY_ARGS, sample_texts, write_jsonl
@@ -147,7 +147,7 @@ def test_config_rules_for_the_bpe_tokenizer():
 
 
 def test_tokenized_source_lengths_agree(data):
-    from aunet.data.tokenized_source import TokenizedSource
+    from aunet.baselines.tokenized_source import TokenizedSource
     from aunet.data import ShardSource
 
     src = TokenizedSource(ShardSource(data / "shards"), load_bpe(data / "bpe400.json"))
@@ -179,7 +179,7 @@ def test_aunet_eval_scores_a_bpe_export_and_generate_refuses_it(data, tmp_path):
 
 def test_invalid_utf8_is_reported_not_hidden(tmp_path, data):
     from aunet.data import ShardSource
-    from aunet.data.tokenized_source import TokenizedSource
+    from aunet.baselines.tokenized_source import TokenizedSource
 
     # An Arrow input with a binary text column carries the invalid bytes into the shards.
     import pyarrow as pa

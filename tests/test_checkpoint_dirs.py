@@ -1,7 +1,7 @@
 """Checkpoint directories: only complete ones are picked; pruning keeps the newest K."""
 
-from aunet.checkpoint import complete_steps, latest_complete, mark_complete, prune, tag_for
-from aunet.lr_schedule import lr_factor
+from aunet.training.checkpoint import complete_steps, latest_complete, mark_complete, prune, tag_for
+from aunet.training.lr_schedule import lr_factor
 
 
 def fake_save(root, step, size=100):

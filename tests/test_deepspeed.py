@@ -13,7 +13,7 @@ def test_zero3_one_optimizer_step_on_two_cpu_ranks(tmp_path):
     port = free_port()
     proc = run_deepspeed(REPO_ROOT / "tests" / "distributed" / "zero3_toy_step.py", str(tmp_path), port=port)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    # DeepSpeed's CPU shared-memory collective is not started (aunet.accelerator.init_distributed):
+    # DeepSpeed's CPU shared-memory collective is not started (aunet.training.accelerator.init_distributed):
     # it would leave two 69 MB buffers per rank in /dev/shm, named after the port, after every run.
     assert not list(Path("/dev/shm").glob(f"{DS_SHM_BUFFERS}_{port}_*"))
     assert "deepspeed_shm_comm" not in proc.stdout + proc.stderr

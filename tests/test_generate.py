@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from aunet.config import BlockArgs
-from aunet.generate import Generator, decode_utf8, sample_byte
+from aunet.config import BOS_ID, BlockArgs
+from aunet.inference.generate import Generator, decode_utf8, sample_byte
 from aunet.model import HierarchicalTransformer
-from aunet.sampling import sample
-from aunet.segmenter import Segmenter
+from aunet.segment.segmenter import Segmenter
 from model_helpers import POOLING_COMBOS, POOLING_TYPES, STRATEGIES, TEXT, tiny_args
+from uncached_sampler import uncached_generate
 
-BOS = 256
+BOS = BOS_ID
 
 
 def build(levels: int, pooling: str = "simple_indexed_matmul", seed: int = 0, **kw) -> HierarchicalTransformer:
@@ -111,31 +111,16 @@ def test_deeper_stages_step_once_per_segment_boundary():
     assert calls["trunk"] == opened[3]
 
 
-@torch.no_grad()
-def uncached_greedy(model, stream_factory, prompt: bytes, n: int) -> bytes:
-    """aunet/sampling.py's approach (re-run the whole prefix each byte), with causal levels."""
-    stream = stream_factory()
-    levels = [model.n_levels] + [int(v) for v in stream.push(prompt)] if prompt else [model.n_levels]
-    data = bytearray(prompt)
-    for _ in range(n):
-        logits, _ = model(torch.tensor([[BOS, *data]]), torch.tensor([levels]))
-        b = int(logits[0, -1, :256].argmax())
-        data.append(b)
-        levels.append(int(stream.push(bytes([b]))[0]))
-    return bytes(data[len(prompt):])
-
-
 @pytest.mark.parametrize("n_levels", [1, 2])
 def test_greedy_cached_equals_greedy_uncached(n_levels):
     model = build(n_levels, seed=11)
-    seg = Segmenter(STRATEGIES[n_levels - 1])
-    want = uncached_greedy(model, seg.stream, b"The cat sat", 24)
+    want = uncached_generate(model, STRATEGIES[n_levels - 1], b"The cat sat", 24, levels="causal")
     assert Generator(model, STRATEGIES[n_levels - 1]).generate([b"The cat sat"], 24, temperature=0) == [want]
 
 
-def test_flat_model_matches_aunet_sampling():
+def test_flat_model_matches_the_uncached_sampler():
     model = build(0, dimensions=[16], layers=[2], head_dims=[8], sliding_windows=[4], max_seqlens=[-1])
-    want = sample(model, None, b"Hello", 20, temperature=0)
+    want = uncached_generate(model, None, b"Hello", 20, temperature=0)
     assert Generator(model, None).generate([b"Hello"], 20) == [want]
 
 
@@ -153,6 +138,18 @@ def test_seeded_sampling_batches_and_stop_strings():
     stop = first[5:7]
     cut = gen.generate([prompts[2]], **kw, stop=[stop])[0]
     assert cut == first[: first.index(stop) + len(stop)]
+
+
+def test_stream_yields_what_generate_returns():
+    model = build(2, seed=5)
+    gen = Generator(model, STRATEGIES[1])
+    kw = dict(temperature=1.2, top_k=30, top_p=0.95, seed=9)
+    want = gen.generate([b"It was"], 25, **kw)[0]
+    streamed = gen.stream(b"It was", 25, **kw)
+    assert bytes([next(streamed)]) == want[:1]  # lazily, one byte at a time
+    assert want[:1] + bytes(streamed) == want
+    stop = want[10:12]
+    assert bytes(gen.stream(b"It was", 25, **kw, stop=[stop])) == want[: want.index(stop) + 2]
 
 
 def test_generation_stops_at_max_seqlens0():

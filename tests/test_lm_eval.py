@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from aunet import Segmenter
 from aunet.config import load_config
-from aunet.generate import Generator, decode_utf8
-from aunet.lm_eval_adapter import AUNetLM, plan_windows
+from aunet.inference.generate import Generator, decode_utf8
+from aunet.inference.lm_eval_adapter import AUNetLM, plan_windows
 from model_helpers import export_random_model
 from helpers import REPO_ROOT, venv_script
 
@@ -190,7 +190,7 @@ def test_aunet_lm_eval_command_writes_results(setup, tmp_path):
 def test_long_prompts_keep_their_end_and_a_large_max_gen_toks_cannot_empty_them(setup):
     from lm_eval.api.instance import Instance
 
-    from aunet.lm_eval_adapter import prompt_room
+    from aunet.inference.lm_eval_adapter import prompt_room
 
     root, model, cfg = setup
     lm = AUNetLM(path=str(root / "export"))  # max_length = data.seq_len = 256

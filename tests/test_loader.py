@@ -10,8 +10,9 @@ import pytest
 
 from aunet import Segmenter
 from aunet.data import LoaderArgs, PackedLoader, ShardSource
-from aunet.data.doc_order import DocOrder
 from aunet.config.model import BOS_ID as BOS, EOS_ID as EOS
+from aunet.data.doc_order import DocOrder, SequentialOrder
+from aunet.data.packing import Packer
 from segment_fixtures import STRATEGY, STRATEGY_ARGS, sample_texts, write_jsonl
 from test_segment_cli import segment
 
@@ -57,6 +58,33 @@ def test_windows_overlap_by_one_and_rebuild_the_stream(shards):
     assert np.array_equal(stitched, expected[: len(stitched)])
     assert np.array_equal(stitched_levels, expected_levels[: len(stitched)])
     assert (stitched == BOS).sum() > 5  # documents really were packed across boundaries
+
+
+@pytest.mark.parametrize("world", [1, 3])
+def test_a_finite_order_packs_every_token_once_and_pads_the_last_window(shards, world):
+    """The packer evaluation uses: the training packer over a rank's documents, read once."""
+    S = 50
+    source = ShardSource(shards)
+    for rank in range(world):
+        packer = Packer(SequentialOrder(source, rank, world), S, add_bos=True, add_eos=True)
+        windows = []
+        while True:
+            try:
+                windows.append(packer.next_window())
+            except StopIteration:
+                break
+        assert all(scored == S for _, _, scored in windows[:-1]) and 0 < windows[-1][2] <= S
+        tokens, levels, last = windows[-1]
+        assert not tokens[last + 1:].any() and not levels[last + 1:].any()  # padding
+        stitched = np.concatenate([windows[0][0][: windows[0][2] + 1]] + [t[1: n + 1] for t, _, n in windows[1:]])
+        docs = len(range(rank, source.documents, world))
+        order = SequentialOrder(source, rank, world)
+        expected, _ = stream_of(order, docs)
+        assert np.array_equal(stitched, expected)  # every token once, in manifest order, nothing after
+        with pytest.raises(StopIteration):
+            order.next()
+        with pytest.raises(StopIteration):
+            packer.next_window()
 
 
 @pytest.mark.parametrize("world", [2, 3])

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from aunet.config import load_config
-from aunet.export import load_model
-from aunet.generate import Generator
+from aunet.inference.export import load_model
+from aunet.inference.generate import Generator
 from aunet.model import byte_nats
 from model_helpers import export_random_model
 from helpers import REPO_ROOT, venv_script
@@ -68,7 +68,7 @@ def test_eval_bpb_equals_the_training_loss_computation(exported):
 @pytest.mark.parametrize("world", [1, 2, 3])
 def test_heldout_bpb_scores_every_byte_exactly_once(exported, world):
     from aunet.data import ShardSource
-    from aunet.evaluate import heldout_bpb
+    from aunet.inference.evaluate import heldout_bpb
 
     model, cfg = load_model(exported / "export")
     src = ShardSource(exported / "shards")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from aunet.config import BlockArgs, load_config
-from aunet.flops import DEFAULT_STAGE_FRACTIONS, flops_per_byte, mean_context, param_count, stage_positions
+from aunet.model.flops import DEFAULT_STAGE_FRACTIONS, flops_per_byte, mean_context, param_count, stage_positions
 from aunet.model import HierarchicalTransformer
 from model_helpers import POOLING_COMBOS, POOLING_TYPES, tiny_args
 

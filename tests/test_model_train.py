@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from aunet.config import ModelArgs, load_config
-from aunet.flops import param_count
+from aunet.model.flops import param_count
 from aunet.model import HierarchicalTransformer, bpb, byte_nats
 from model_helpers import POOLING_TYPES, text_batch, tiny_args
 

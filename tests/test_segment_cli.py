@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from aunet import Segmenter
-from aunet.shards import open_shard, read_manifest
+from aunet.segment.shards import Manifest, open_shard
 from helpers import venv_script
 from segment_fixtures import STRATEGY, STRATEGY_ARGS, sample_texts, write_arrow, write_jsonl, write_parquet
 
@@ -26,7 +26,7 @@ def segment(*args, check: int | None = 0) -> subprocess.CompletedProcess:
 
 def read_shards(out: Path) -> list[tuple[bytes, bytes, int]]:
     rows = []
-    for shard in read_manifest(out).shards:
+    for shard in Manifest.load(out).shards:
         table = open_shard(out / shard.path).read_all()
         rows += zip(table.column("text").to_pylist(), table.column("level_mask").to_pylist(), table.column("row").to_pylist())
     return rows
@@ -50,7 +50,7 @@ def test_round_trip_every_format(tmp_path, fmt):
     assert all(mask == seg.levels(text).tobytes() for text, mask, _ in rows)
     first_row = 1 if fmt.startswith("jsonl") else 0  # JSONL lines count from 1, rows from 0
     assert [r[2] for r in rows] == list(range(first_row, first_row + len(texts)))
-    manifest = read_manifest(out)
+    manifest = Manifest.load(out)
     assert len(manifest.shards) > 1
     assert manifest.documents_read == manifest.documents_written == len(texts)
     assert sum(s.text_bytes for s in manifest.shards) == sum(len(t.encode()) for t in texts)
@@ -62,7 +62,7 @@ def test_round_trip_every_format(tmp_path, fmt):
 def test_shards_memory_map_without_copy(tmp_path):
     write_jsonl(tmp_path / "a.jsonl", sample_texts(50))
     segment(tmp_path / "a.jsonl", "--out", tmp_path / "out", *STRATEGY_ARGS)
-    shard = tmp_path / "out" / read_manifest(tmp_path / "out").shards[0].path
+    shard = tmp_path / "out" / Manifest.load(tmp_path / "out").shards[0].path
     import pyarrow as pa
 
     before = pa.total_allocated_bytes()
@@ -76,10 +76,10 @@ def test_carried_fields_and_config_strategy(tmp_path):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("data:\n  regex:\n    strategy:\n      word1: 1@1\n      word2: 2@1\nprofiling: {run: false}\n")
     segment(tmp_path / "a.jsonl", "--out", tmp_path / "out", "--config", cfg, "--keep-fields", "id,url")
-    table = open_shard(tmp_path / "out" / read_manifest(tmp_path / "out").shards[0].path).read_all()
+    table = open_shard(tmp_path / "out" / Manifest.load(tmp_path / "out").shards[0].path).read_all()
     assert table.column("url").to_pylist()[:2] == ["https://example.org/0", "https://example.org/1"]
     assert table.column("id").to_pylist()[:2] == ["0", "1"]
-    assert read_manifest(tmp_path / "out").strategy == STRATEGY
+    assert Manifest.load(tmp_path / "out").strategy == STRATEGY
 
 
 def test_rerun_skips_finished_files_and_changes_nothing(tmp_path):
@@ -112,7 +112,7 @@ def test_rank_split_is_disjoint_complete_and_merges_to_the_single_run(tmp_path):
     merge_fail = segment("merge", tmp_path / "single", check=None)
     assert merge_fail.returncode == 1
     segment("merge", split)
-    a, b = read_manifest(single), read_manifest(split)
+    a, b = Manifest.load(single), Manifest.load(split)
     assert [(s.path, s.sha256) for s in a.shards] == [(s.path, s.sha256) for s in b.shards]
     assert b.documents_written == a.documents_written == 7 * 40
 
@@ -124,7 +124,7 @@ def test_parallel_workers_give_identical_shards(tmp_path):
         write_jsonl(inputs / f"in{i}.jsonl.zst", sample_texts(120, seed=i))
     segment(inputs, "--out", tmp_path / "one", *STRATEGY_ARGS, "--shard-size", "3KB")
     segment(inputs, "--out", tmp_path / "two", *STRATEGY_ARGS, "--shard-size", "3KB", "--workers", 2)
-    a, b = read_manifest(tmp_path / "one"), read_manifest(tmp_path / "two")
+    a, b = Manifest.load(tmp_path / "one"), Manifest.load(tmp_path / "two")
     assert [(s.path, s.sha256) for s in a.shards] == [(s.path, s.sha256) for s in b.shards]
 
 
@@ -133,7 +133,7 @@ def test_empty_inputs_and_documents(tmp_path):
     write_jsonl(tmp_path / "blank-docs.jsonl", ["", "", "x"])
     out = tmp_path / "out"
     segment(tmp_path, "--out", out, *STRATEGY_ARGS)
-    m = read_manifest(out)
+    m = Manifest.load(out)
     assert m.documents_read == m.documents_written == 3
     assert [r[0] for r in read_shards(out)] == [b"", b"", b"x"]
     nothing = segment(tmp_path / "nothing-*.jsonl", "--out", out, *STRATEGY_ARGS, check=2)
@@ -145,7 +145,7 @@ def test_verify_catches_flipped_byte_and_truncation(tmp_path):
     out = tmp_path / "out"
     segment(tmp_path / "a.jsonl", "--out", out, *STRATEGY_ARGS, "--shard-size", "4KB")
     assert "OK" in segment("verify", out, "--deep").stdout
-    shards = read_manifest(out).shards
+    shards = Manifest.load(out).shards
     first, second = out / shards[0].path, out / shards[1].path
     data = bytearray(first.read_bytes())
     data[len(data) // 2] ^= 0x01

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from aunet.shards import read_manifest
+from aunet.segment.shards import Manifest
 from segment_fixtures import STRATEGY_ARGS, sample_texts, write_arrow, write_jsonl, write_parquet
 from test_segment_cli import segment
 
@@ -107,7 +107,7 @@ def test_skip_mode_records_every_rejected_document(tmp_path, case):
     inputs = inputs_for(tmp_path, case)
     out = tmp_path / "out"
     proc = segment(inputs, "--out", out, *STRATEGY_ARGS, "--on-error", "skip", check=3)
-    m = read_manifest(out)
+    m = Manifest.load(out)
     assert m.documents_read == m.documents_written + m.documents_rejected
     assert m.documents_rejected == rejected
     if written is not None:

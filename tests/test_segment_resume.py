@@ -13,7 +13,7 @@ import psutil
 import pyarrow as pa
 import pytest
 
-from aunet.shards import open_shard, read_manifest
+from aunet.segment.shards import Manifest, open_shard
 from helpers import venv_script
 from segment_fixtures import STRATEGY_ARGS, sample_texts, write_jsonl
 from test_segment_cli import segment
@@ -29,7 +29,7 @@ def corpus(tmp_path_factory) -> tuple[Path, list[tuple[str, str]]]:
     for i in range(4):
         write_jsonl(inputs / f"in{i}.jsonl.zst", sample_texts(6000, seed=i))
     segment(inputs, "--out", root / "reference", *OPTIONS)
-    reference = [(s.path, s.sha256) for s in read_manifest(root / "reference").shards]
+    reference = [(s.path, s.sha256) for s in Manifest.load(root / "reference").shards]
     assert len(reference) > 20
     return inputs, reference
 
@@ -76,7 +76,7 @@ def kill_when(proc: subprocess.Popen, ready, timeout: float = 120) -> bool:
 def assert_nothing_partial_looks_finished(out: Path) -> None:
     for shard in out.glob("part-*.arrow"):
         open_shard(shard).read_all()  # a finished name is a complete, readable file
-    assert not (out / "manifest.json").exists() or read_manifest(out)
+    assert not (out / "manifest.json").exists() or Manifest.load(out)
 
 
 KILL_POINTS = {
@@ -98,6 +98,6 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, corpus, point, worker
     kill_when(start(inputs, out, "--workers", str(workers)), lambda: any(out.glob("*.arrow.tmp")))
     assert_nothing_partial_looks_finished(out)
     segment(inputs, "--out", out, *OPTIONS)
-    assert [(s.path, s.sha256) for s in read_manifest(out).shards] == reference
+    assert [(s.path, s.sha256) for s in Manifest.load(out).shards] == reference
     assert not list(out.glob("*.tmp"))
     assert "OK" in segment("verify", out).stdout

@@ -1,4 +1,4 @@
-"""Sizing models to a FLOPs-per-byte target (aunet.sizing, used by benches/compare.py)."""
+"""Sizing models to a FLOPs-per-byte target (aunet.baselines.sizing, used by benches/compare.py)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from aunet.flops import flops_per_byte, param_count
+from aunet.model.flops import flops_per_byte, param_count
 from aunet.model import HierarchicalTransformer
-from aunet.sizing import TEMPLATES, build, size_to
+from aunet.baselines.sizing import TEMPLATES, build, size_to
 
 FRACTIONS = (1.0, 0.2, 0.15)
 

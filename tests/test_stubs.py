@@ -13,7 +13,7 @@ def test_stubs_match_the_compiled_module():
 
 def test_public_segmenter_module_type_checks():
     proc = subprocess.run(
-        [sys.executable, "-m", "mypy", "--ignore-missing-imports", "--no-error-summary", "aunet/segmenter.py"],
+        [sys.executable, "-m", "mypy", "--ignore-missing-imports", "--no-error-summary", "aunet/segment/segmenter.py"],
         capture_output=True, text=True, cwd=REPO_ROOT,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr

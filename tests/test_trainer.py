@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from aunet.checkpoint import latest_complete
+from aunet.training.checkpoint import latest_complete
 from helpers import REPO_ROOT, communicate_or_kill, cpu_dist_env, deepspeed_cmd, venv_script
 from segment_fixtures import STRATEGY_ARGS, sample_texts, write_jsonl
 from test_segment_cli import segment
@@ -124,7 +124,7 @@ def test_export_gives_a_model_that_loads_without_deepspeed(tmp_path, straight, d
     import torch
 
     from aunet.data import LoaderArgs, PackedLoader
-    from aunet.export import load_model
+    from aunet.inference.export import load_model
     from aunet.model import HierarchicalTransformer, bpb
 
     proc = subprocess.run([venv_script("aunet"), "export", "--checkpoints", str(straight / "checkpoints"), "--out", str(tmp_path / "export")],

@@ -14,13 +14,15 @@ from aunet.config.model import ModelArgs
 
 FSDP_TO_ZERO = {"full_shard": 3, "shard_grad_op": 2, "no_shard": 0}
 MODEL_DTYPES = ("bf16", "fp16", "fp32")
+#: The strategy of `data.regex` when a config gives none: one stage, words.
+DEFAULT_STRATEGY = {"word1": "1@1"}
 
 
 @dataclass
 class TokenizerArgs:
     name: str = "bytes"
     """``bytes``: AU-Net reads bytes (ids 0-255, BOS 256, EOS 257). ``bpe``: a byte-level BPE
-    file made by `aunet.bpe.train_bpe` (the BPE baseline of benches/compare.py; flat models only)."""
+    file made by `aunet.baselines.bpe.train_bpe` (the BPE baseline of benches/compare.py; flat models only)."""
     path: str | None = None
     """Tokenizer file, for ``bpe``."""
 
@@ -31,13 +33,13 @@ class TokenizerArgs:
 
 @dataclass
 class RegexArgs:
-    strategy: dict[str, str | None] = field(default_factory=lambda: {"word1": "1@1"})
+    strategy: dict[str, str | None] = field(default_factory=lambda: dict(DEFAULT_STRATEGY))
     """Segmentation strategies, one per pooling level, in order: key = kind prefix
     (``word``, ``pretok``, ``punct``), value = its parameter (SPEC section 2)."""
 
     def __post_init__(self) -> None:
         require(len(self.strategy) >= 1, "strategy", "needs at least one strategy")
-        from aunet.segmenter import Segmenter  # the compiled core validates kinds and parameters
+        from aunet.segment.segmenter import Segmenter  # the compiled core validates kinds and parameters
 
         try:
             Segmenter(self.strategy)
@@ -70,6 +72,13 @@ class DataArgs:
     tokenizer: TokenizerArgs = field(default_factory=TokenizerArgs)
     regex: RegexArgs | None = field(default_factory=RegexArgs)
     """Segmentation strategies that produce the level masks; null for a flat model (L = 0)."""
+
+    @property
+    def shard_strategy(self) -> dict[str, str | None]:
+        """The strategy raw text is segmented with for this config: `regex.strategy`, or for a
+        flat model (`regex: null`, whose forward ignores levels) the default, since shards
+        always carry a mask."""
+        return dict(self.regex.strategy) if self.regex is not None else dict(DEFAULT_STRATEGY)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "seq_len", "prefetch_size"):

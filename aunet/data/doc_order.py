@@ -1,16 +1,44 @@
-"""The order in which one rank reads one source's documents: its share, shuffled, epoch after
-epoch, as a resumable state.
+"""The order in which one rank reads one source's documents.
 
-Rank r of W owns the documents whose global index (manifest order) is r mod W: disjoint and
-complete across ranks, and balanced to one document. Each epoch visits the units in a seeded
-random order and passes the documents through a seeded shuffle buffer.
+`rank_rows` is the one rank split, used by training and evaluation alike: rank r of W owns the
+documents whose global index (manifest order) is r mod W, disjoint and complete across ranks,
+and balanced to one document. Training reads its share through `DocOrder`: each epoch visits
+the units in a seeded random order and passes the documents through a seeded shuffle buffer,
+as a resumable state. Evaluation reads it once, in manifest order (`SequentialOrder`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from aunet.data.shard_source import ShardSource
+
+
+def rank_rows(source: ShardSource, unit: int, rank: int, world_size: int) -> np.ndarray:
+    """Rows of `unit` that rank `rank` of `world_size` owns."""
+    first = int(source.first_doc[unit])
+    rows = np.arange(source.unit_rows[unit], dtype=np.int64)
+    return rows[(first + rows) % world_size == rank]
+
+
+def rank_documents(source: ShardSource, rank: int, world_size: int) -> Iterator[tuple[int, int]]:
+    """(unit, row) of every document the rank owns, in manifest order."""
+    for unit in range(source.units):
+        for row in rank_rows(source, unit, rank, world_size).tolist():
+            yield unit, row
+
+
+class SequentialOrder:
+    """A rank's documents once, in manifest order (for `Packer`; ends with StopIteration)."""
+
+    def __init__(self, source: ShardSource, rank: int, world_size: int):
+        self.source = source
+        self._refs = rank_documents(source, rank, world_size)
+
+    def next(self) -> tuple[int, int]:
+        return next(self._refs)
 
 
 class DocOrder:
@@ -34,9 +62,7 @@ class DocOrder:
 
     def _rows_of_unit(self, unit: int) -> np.ndarray:
         if unit not in self._owned:
-            first = int(self.source.first_doc[unit])
-            rows = np.arange(self.source.unit_rows[unit], dtype=np.int64)
-            self._owned[unit] = rows[(first + rows) % self.world == self.rank]
+            self._owned[unit] = rank_rows(self.source, unit, self.rank, self.world)
         return self._owned[unit]
 
     def _next_owned(self) -> tuple[int, int]:

@@ -11,7 +11,7 @@ import torch
 
 from aunet.data.doc_order import DocOrder
 from aunet.data.packing import Packer
-from aunet.data.tokenized_source import open_sources
+from aunet.data.shard_source import open_sources
 
 
 @dataclass
@@ -30,7 +30,7 @@ class LoaderArgs:
     rank: int = 0
     world_size: int = 1
     tokenizer: str | None = None
-    """A BPE tokenizer file (`aunet.bpe`): documents are read as its token ids (the BPE baseline)."""
+    """A BPE tokenizer file (`aunet.baselines.bpe`): documents are read as its token ids (the BPE baseline)."""
 
     def __post_init__(self):
         if not self.sources:
@@ -83,7 +83,7 @@ class PackedLoader:
         levels = np.empty((B, S + 1), dtype=np.uint8)
         for b in range(B):
             source = int(np.searchsorted(self.cumulative, self.mix.random(), side="right"))
-            tokens[b], levels[b] = self.packers[source].next_window()
+            tokens[b], levels[b], _ = self.packers[source].next_window()
         self.batches += 1
         batch = {
             "tokens": torch.from_numpy(tokens[:, :-1]),

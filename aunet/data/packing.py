@@ -5,16 +5,20 @@ document, with levels [depth] + mask + [0] (for a tokenized source: its token id
 windows share one token, so input = window[:-1] and target = window[1:] skip no target.
 The state is the list of drawn documents that the next window still needs, with the offset
 into the first: small, and enough to rebuild the stream exactly.
+
+Training packs an endless shuffled order (`DocOrder`); evaluation packs each rank's documents
+once (`SequentialOrder`), and its last window is padded with zeros.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from aunet.data.doc_order import DocOrder
+from aunet.data.doc_order import DocOrder, SequentialOrder
+
 
 class Packer:
-    def __init__(self, order: DocOrder, seq_len: int, add_bos: bool, add_eos: bool):
+    def __init__(self, order: DocOrder | SequentialOrder, seq_len: int, add_bos: bool, add_eos: bool):
         self.order, self.seq_len, self.add_bos, self.add_eos = order, seq_len, add_bos, add_eos
         self.depth = order.source.depth
         self.bos, self.eos = order.source.bos_id, order.source.eos_id
@@ -40,15 +44,20 @@ class Packer:
         if self.add_eos and end == len(text) + head + 1:
             tokens[at], levels[at] = self.eos, 0
 
-    def next_window(self) -> tuple[np.ndarray, np.ndarray]:
-        """Tokens and levels of the next window (seq_len + 1 each)."""
+    def next_window(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """Tokens and levels of the next window (seq_len + 1 each), and how many of its targets
+        are real: seq_len, fewer only in the padded last window of a finite order. Raises
+        StopIteration once a finite order has no target left."""
         need = self.seq_len + 1
         tokens = np.empty(need, dtype=np.int64)
         levels = np.empty(need, dtype=np.uint8)
         have, i = 0, 0
         while have < need:
             if i == len(self.pending):
-                self.pending.append(self.order.next())
+                try:
+                    self.pending.append(self.order.next())
+                except StopIteration:
+                    return self._last_window(tokens, levels, have)
             start = self.offset if i == 0 else 0
             take = min(self._doc_len(self.pending[i]) - start, need - have)
             if take > 0:
@@ -65,7 +74,16 @@ class Packer:
             advance -= length
             self.pending.pop(0)
             self.offset = 0
-        return tokens, levels
+        return tokens, levels, self.seq_len
+
+    def _last_window(self, tokens: np.ndarray, levels: np.ndarray, have: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """The order ran out after `have` tokens: pad them into a last window, or stop when
+        one token (already the previous window's last target) or none is left."""
+        self.pending, self.offset = [], 0
+        if have <= 1:
+            raise StopIteration
+        tokens[have:], levels[have:] = 0, 0
+        return tokens, levels, have - 1
 
     def snapshot(self) -> tuple:
         return (list(self.pending), self.offset, self.order.snapshot())

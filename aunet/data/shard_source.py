@@ -13,21 +13,22 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from aunet.shards import META_STRATEGY, open_shard, read_manifest
+from aunet.config.model import BOS_ID, EOS_ID
+from aunet.segment.shards import META_STRATEGY, Manifest, open_shard
 
 
-#: Bytes of text each id stands for: 1 per byte, 0 for BOS (256) and EOS (257).
+#: Bytes of text each id stands for: 1 per byte, 0 for BOS and EOS.
 BYTE_TOKEN_BYTES = np.array([1] * 256 + [0, 0], dtype=np.int32)
 
 
 class ShardSource:
-    bos_id, eos_id, token_bytes = 256, 257, BYTE_TOKEN_BYTES
+    bos_id, eos_id, token_bytes = BOS_ID, EOS_ID, BYTE_TOKEN_BYTES
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
         if not self.directory.is_dir():
             raise FileNotFoundError(f"data source {self.directory}: no such directory")
-        self.manifest = read_manifest(self.directory)
+        self.manifest = Manifest.load(self.directory)
         self.strategy = self.manifest.strategy
         self.depth = len(self.strategy)
         # Per unit: (text offsets, text bytes, mask offsets, mask bytes) as numpy views of the
@@ -76,3 +77,16 @@ def _buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
     data = arr.buffers()[2]
     return offsets, (np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8))
+
+
+def open_sources(paths, tokenizer: str | None = None) -> list:
+    """ShardSources for `paths` (shard directories); with a BPE `tokenizer` file, read through
+    it as token ids (`aunet.baselines.tokenized_source`, the BPE baseline)."""
+    sources = [ShardSource(p) for p in paths]
+    if tokenizer is None:
+        return sources
+    from aunet.baselines.bpe import load_bpe
+    from aunet.baselines.tokenized_source import TokenizedSource
+
+    bpe = load_bpe(tokenizer)
+    return [TokenizedSource(s, bpe) for s in sources]

@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from aunet.accelerator import ensure_ds_accelerator, init_distributed
+from aunet.training.accelerator import ensure_ds_accelerator, init_distributed
 
 ensure_ds_accelerator()
 

@@ -31,9 +31,6 @@ class Reject:
     reason: str
     count: int = 1
 
-    def message(self) -> str:
-        return f"{self.file}: {self.location}: {self.reason}"
-
 
 @dataclass
 class Batch:

@@ -1,55 +1,48 @@
 """Bits per byte of a model on held-out shards (SPEC section 4): summed byte nats / bytes / ln 2.
 
-Every held-out byte is scored exactly once. Rank r of W takes the documents whose index is
-r mod W, in manifest order, and lays them out as training does ([BOS] + text + [EOS] per
-document, concatenated) in windows of seq_len + 1 tokens that overlap by one, so no target is
-skipped; the last window of each rank is padded and its padding is not scored. Under ZeRO-3
-every rank must run the same number of forward passes (parameters are gathered collectively),
-so a rank with fewer windows runs empty batches (nothing scored) until the longest is done.
-Sources are scored in full whatever their training weights; `max_batches` caps the batches
-per rank (then the share scored is the first part of each rank's documents).
+Every held-out byte is scored exactly once. Each rank takes its share of the documents (the
+training loader's rank split, `aunet.data.doc_order.rank_rows`), in manifest order, and packs
+them with the training packer ([BOS] + text + [EOS] per document, windows of seq_len + 1
+tokens that overlap by one, so no target is skipped); the last window of each rank is padded
+and its padding is not scored. Under ZeRO-3 every rank must run the same number of forward
+passes (parameters are gathered collectively), so a rank with fewer windows runs empty batches
+(nothing scored) until the longest is done. Sources are scored in full whatever their training
+weights; `max_batches` caps the batches per rank (then the share scored is the first part of
+each rank's documents).
+
+`evaluate_model` is `aunet eval`: an exported model on shard directories or raw text.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from aunet.data.doc_order import SequentialOrder, rank_documents
+from aunet.data.packing import Packer
+
 IGNORE = -100
 
 
-def rank_refs(source, rank: int, world_size: int) -> Iterator[tuple[int, int]]:
-    """(unit, row) of documents rank, rank + W, ... of a ShardSource or TokenizedSource."""
-    first = np.asarray(source.first_doc)
-    for d in range(rank, source.documents, world_size):
-        unit = int(np.searchsorted(first, d, side="right")) - 1
-        yield unit, d - int(first[unit])
-
-
 def rank_stream_length(source, rank: int, world_size: int, add_bos: bool, add_eos: bool) -> int:
-    return sum(source.length(*ref) + int(add_bos) + int(add_eos) for ref in rank_refs(source, rank, world_size))
+    """Tokens in this rank's stream of [BOS] + text + [EOS] documents."""
+    return sum(source.length(*ref) + int(add_bos) + int(add_eos) for ref in rank_documents(source, rank, world_size))
 
 
 def eval_windows(source, rank: int, world_size: int, seq_len: int, add_bos: bool = True,
                  add_eos: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
-    """Windows (tokens, levels, scored targets) of seq_len + 1 over this rank's documents."""
-    bos = (np.array([source.bos_id], np.int64), np.array([source.depth], np.uint8))
-    eos = (np.array([source.eos_id], np.int64), np.array([0], np.uint8))
-    tokens, levels = np.zeros(0, np.int64), np.zeros(0, np.uint8)
-    for ref in rank_refs(source, rank, world_size):
-        text, mask = source.document(*ref)
-        parts = [(tokens, levels)] + [bos] * add_bos + [(text.astype(np.int64), mask)] + [eos] * add_eos
-        tokens, levels = np.concatenate([t for t, _ in parts]), np.concatenate([lv for _, lv in parts])
-        while len(tokens) >= seq_len + 1:
-            yield tokens[: seq_len + 1], levels[: seq_len + 1], seq_len
-            tokens, levels = tokens[seq_len:], levels[seq_len:]  # the last token opens the next window
-    if len(tokens) > 1:
-        pad = seq_len + 1 - len(tokens)
-        yield (np.concatenate([tokens, np.zeros(pad, np.int64)]), np.concatenate([levels, np.zeros(pad, np.uint8)]),
-               len(tokens) - 1)
+    """Windows (tokens, levels, scored targets) of seq_len + 1 over this rank's documents,
+    packed as training packs them; the last one padded."""
+    packer = Packer(SequentialOrder(source, rank, world_size), seq_len, add_bos, add_eos)
+    while True:
+        try:
+            yield packer.next_window()
+        except StopIteration:
+            return
 
 
 def eval_batches(sources, rank: int, world_size: int, seq_len: int, batch_size: int, add_bos: bool = True,
@@ -95,7 +88,7 @@ def heldout_bpb(model, sources: dict[str, float], seq_len: int, batch_size: int,
     are ignored). `reduce` is torch.distributed.all_reduce when several ranks evaluate
     together. `tokenizer`: a BPE model's tokenizer file (bpb then counts the bytes its tokens
     stand for)."""
-    from aunet.data.tokenized_source import open_sources
+    from aunet.data.shard_source import open_sources
     from aunet.model import byte_nats
 
     opened = open_sources(sources, tokenizer)
@@ -124,3 +117,37 @@ def heldout_bpb(model, sources: dict[str, float], seq_len: int, batch_size: int,
         reduce(totals)
     model.train(was_training)
     return {"bpb": float(totals[0] / totals[1].clamp(min=1)) / math.log(2), "bytes": int(totals[1])}
+
+
+def evaluate_model(model_dir: str | Path, data: list[str], batch_size: int = 8, max_batches: int | None = None) -> dict:
+    """`aunet eval`: bits per byte of the exported model in `model_dir` on each item of `data`
+    and overall, as {"model", "sources": {item: {"bpb", "bytes"}}, "overall": {"bpb", "bytes"}}.
+
+    An item is an `aunet-segment` directory, a corpus in any `segment_corpus` input format, or
+    a plain file (one document), segmented with the model's strategy into a temporary folder."""
+    import json
+    import tempfile
+
+    from aunet.inference.export import load_model
+    from aunet.segment import segment_corpus
+    from aunet.segment.readers import detect_format
+
+    model, cfg = load_model(model_dir)
+    tokenizer = cfg.data.tokenizer.path if cfg.data.tokenizer.name == "bpe" else None
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, item in enumerate(data):
+            path = Path(item)
+            if not (path / "manifest.json").is_file():
+                inputs = [item]
+                if path.is_file() and detect_format(path) is None:
+                    jsonl = Path(tmp) / f"txt{i}.jsonl"
+                    jsonl.write_text(json.dumps({"text": path.read_text(errors="surrogateescape")}) + "\n")
+                    inputs = [str(jsonl)]
+                path = Path(tmp) / f"source{i}"
+                segment_corpus(inputs, path, cfg.data.shard_strategy, on_error="skip")
+            results[item] = heldout_bpb(model, {str(path): 1.0}, cfg.data.seq_len, batch_size, max_batches, tokenizer=tokenizer,
+                                        add_bos=cfg.data.add_bos, add_eos=cfg.data.add_eos)
+    total_bytes = sum(r["bytes"] for r in results.values())
+    overall = sum(r["bpb"] * r["bytes"] for r in results.values()) / max(total_bytes, 1)
+    return {"model": str(model_dir), "sources": results, "overall": {"bpb": overall, "bytes": total_bytes}}

@@ -24,9 +24,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from aunet.segment_readers import Reject, read_batches
-from aunet.segmenter import Segmenter
-from aunet.shards import ShardInfo, shard_schema, write_atomic
+from aunet.segment.errors import BadDocument
+from aunet.segment.readers import Reject, read_batches
+from aunet.segment.segmenter import Segmenter
+from aunet.segment.shards import ShardInfo, shard_schema, write_atomic
 
 PROGRESS_DIR = ".progress"
 REJECTS_DIR = "rejects"
@@ -66,10 +67,6 @@ class FileResult:
     @property
     def rejected_total(self) -> int:
         return sum(self.rejected.values())
-
-
-class RejectedInput(Exception):
-    """`--on-error fail` met a bad document; the message names the file and line/row."""
 
 
 def shard_name(index: int, part: int) -> str:
@@ -197,7 +194,8 @@ def process_file(
     reported = 0
     for batch in read_batches(source, name, opts.text_field, list(opts.extra_fields)):
         if batch.rejects and opts.on_error == "fail":
-            raise RejectedInput(batch.rejects[0].message())
+            first = batch.rejects[0]
+            raise BadDocument(first.file, first.location, first.reason)
         rejects.extend(batch.rejects)
         result.read += batch.documents + sum(r.count for r in batch.rejects)
         if batch.documents:

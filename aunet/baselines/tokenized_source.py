@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from aunet.bpe import BPE
+from aunet.baselines.bpe import BPE
 from aunet.data.shard_source import ShardSource
 
 ENCODE_BATCH = 512
@@ -65,14 +65,3 @@ def _is_utf8(data: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
-
-
-def open_sources(paths, tokenizer: str | None = None) -> list:
-    """ShardSources for `paths`, read through the BPE tokenizer file when one is given."""
-    sources = [ShardSource(p) for p in paths]
-    if tokenizer is None:
-        return sources
-    from aunet.bpe import load_bpe
-
-    bpe = load_bpe(tokenizer)
-    return [TokenizedSource(s, bpe) for s in sources]

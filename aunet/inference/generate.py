@@ -21,6 +21,7 @@ Choices where the full forward pass gives no rule:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +32,7 @@ from aunet.config.model import BOS_ID, MAX_OFFSET
 from aunet.model.hierarchical import HierarchicalTransformer
 from aunet.model.layers import Stack, apply_rope, causal_attention, rope_tables
 from aunet.model.pooling import PoolIndex, pool_index
-from aunet.segmenter import Segmenter
+from aunet.segment.segmenter import Segmenter
 
 
 class StackCache:
@@ -309,22 +310,39 @@ class Generator:
         greedy. Each prompt samples with its own generator seeded by `seed`, so a batch returns
         what separate calls return. Output stops after the first stop string (which is kept in
         the output) or when the model's max_seqlens[0] is reached. Decode with `decode_utf8`."""
+        return [bytes(self._sample(state, logits, max_bytes, temperature, top_k, top_p, stop, seed))
+                for logits, state in zip(self.prefill(prompts), list(self.states))]
+
+    def stream(
+        self,
+        prompt: bytes,
+        max_bytes: int,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        stop: list[bytes] | tuple = (),
+        seed: int = 0,
+    ) -> Iterator[int]:
+        """The bytes `generate([prompt], ...)` returns, one at a time as they are sampled."""
+        (logits,) = self.prefill([prompt])
+        return self._sample(self.states[0], logits, max_bytes, temperature, top_k, top_p, stop, seed)
+
+    def _sample(self, state: SequenceState, logits: torch.Tensor, max_bytes: int, temperature: float, top_k: int,
+                top_p: float, stop, seed: int) -> Iterator[int]:
+        """The one sampling loop: each prompt samples with its own generator seeded by `seed`."""
         stops = [s.encode() if isinstance(s, str) else bytes(s) for s in stop]
-        results = []
-        for logits, state in zip(self.prefill(prompts), list(self.states)):
-            rng = torch.Generator(device="cpu").manual_seed(seed)
-            out = bytearray()
-            limit = self.model.args.max_seqlens[0]
-            for n in range(max_bytes):
-                b = sample_byte(logits, temperature, top_k, top_p, rng)
-                out.append(b)
-                if any(out.endswith(s) for s in stops if s):
-                    break
-                if n + 1 == max_bytes or (limit != -1 and len(state.tokens) >= limit):
-                    break
-                logits = self.push(state, b)
-            results.append(bytes(out))
-        return results
+        rng = torch.Generator(device="cpu").manual_seed(seed)
+        out = bytearray()
+        limit = self.model.args.max_seqlens[0]
+        for n in range(max_bytes):
+            b = sample_byte(logits, temperature, top_k, top_p, rng)
+            out.append(b)
+            yield b
+            if any(out.endswith(s) for s in stops if s):
+                return
+            if n + 1 == max_bytes or (limit != -1 and len(state.tokens) >= limit):
+                return
+            logits = self.push(state, b)
 
 
 def sample_byte(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, rng: torch.Generator) -> int:

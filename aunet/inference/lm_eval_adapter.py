@@ -2,7 +2,7 @@
 
     aunet lm-eval run --model aunet --model_args path=EXPORT_DIR --tasks hellaswag ...
 
-or from Python, after `import aunet.lm_eval_adapter` (which registers the name "aunet"):
+or from Python, after `import aunet.inference.lm_eval_adapter` (which registers the name "aunet"):
 
     lm_eval.simple_evaluate(model="aunet", model_args="path=EXPORT_DIR", tasks=[...])
     lm_eval.simple_evaluate(model=AUNetLM(path=...), tasks=[...])
@@ -78,7 +78,7 @@ class AUNetLM(LM):
         if (path is None) == (model is None):
             raise ValueError("aunet lm-eval: give model_args path=EXPORT_DIR (or, from Python, model= and config=)")
         if path is not None:
-            from aunet.export import load_model
+            from aunet.inference.export import load_model
 
             model, config = load_model(Path(path), device="cpu")
         if config.data.tokenizer.name != "bytes":
@@ -104,7 +104,7 @@ class AUNetLM(LM):
         self.strategy = regex.strategy if regex is not None and self.model.n_levels > 0 else None
         self.segmenter = None
         if self.strategy is not None:
-            from aunet.segmenter import Segmenter
+            from aunet.segment.segmenter import Segmenter
 
             self.segmenter = Segmenter(self.strategy)
 
@@ -190,7 +190,7 @@ class AUNetLM(LM):
         return results
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        from aunet.generate import Generator, decode_utf8
+        from aunet.inference.generate import Generator, decode_utf8
 
         generator = Generator(self.model, self.strategy)
         results = []

@@ -1,43 +1,26 @@
-"""`aunet-segment verify | inspect | merge`: check, look at, and combine shard directories."""
+"""Check, look at and combine shard directories (`aunet-segment verify | inspect | merge`)."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from aunet.segmenter import Segmenter
-from aunet.shards import FORMAT, MANIFEST, META_STRATEGY, Manifest, open_shard, read_manifest, sha256_file
+from aunet.segment.segmenter import Segmenter
+from aunet.segment.errors import ManifestError
+from aunet.segment.shards import FORMAT, MANIFEST, META_SOURCE, META_STRATEGY, Manifest, open_shard, sha256_file
 
 
-def verify(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="aunet-segment verify", description="Check a shard directory against its manifest.")
-    p.add_argument("dir", type=Path)
-    p.add_argument("--deep", action="store_true", help="also recompute every mask with the manifest's strategy")
-    args = p.parse_args(argv)
-    try:
-        manifest = read_manifest(args.dir)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"aunet-segment verify: {e}", file=sys.stderr)
-        return 1
-    problems = verify_dir(args.dir, manifest, args.deep)
-    for problem in problems:
-        print(f"FAIL {problem}")
-    docs = sum(s.documents for s in manifest.shards)
-    text = sum(s.text_bytes for s in manifest.shards)
-    if problems:
-        print(f"{len(problems)} problem(s) in {args.dir}")
-        return 1
-    print(f"OK {args.dir}: {len(manifest.shards)} shards, {docs:,} documents, {text:,} text bytes" + (" (masks recomputed)" if args.deep else ""))
-    return 0
-
-
-def verify_dir(directory: Path, manifest: Manifest, deep: bool) -> list[str]:
+def verify(directory: str | Path, deep: bool = False) -> list[str]:
+    """Problems of a shard directory against its manifest (empty: all is well): missing, stray,
+    truncated or changed shards, schema, strategy metadata, mask lengths and levels; `deep`
+    also recomputes every mask. Raises `ManifestError` when the manifest itself is unreadable."""
+    directory = Path(directory)
+    manifest = Manifest.load(directory)
     problems = []
     segmenter = Segmenter(manifest.strategy)
     listed = {s.path for s in manifest.shards}
@@ -120,61 +103,51 @@ def render(text: bytes, levels: np.ndarray, depth: int, marker: str = "|") -> li
     return lines
 
 
-def inspect(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="aunet-segment inspect", description="Print documents with their segment boundaries per stage.")
-    p.add_argument("path", type=Path, help="a shard directory or one .arrow shard")
-    p.add_argument("--limit", type=int, default=3, help="documents to print (default 3)")
-    p.add_argument("--max-bytes", type=int, default=400, help="bytes of each document to print (default 400)")
-    args = p.parse_args(argv)
-    try:
-        shards = [args.path / s.path for s in read_manifest(args.path).shards] if args.path.is_dir() else [args.path]
-    except (FileNotFoundError, ValueError) as e:
-        print(f"aunet-segment inspect: {e}", file=sys.stderr)
-        return 1
+def inspect(path: str | Path, limit: int = 3, max_bytes: int = 400) -> Iterator[str]:
+    """Lines showing up to `limit` documents of a shard directory (or one shard), each cut to
+    `max_bytes`, with a `|` after every byte pooled into each stage."""
+    path = Path(path)
+    shards = [path / s.path for s in Manifest.load(path).shards] if path.is_dir() else [path]
     shown = 0
-    for path in shards:
+    for shard in shards:
         try:
-            reader = open_shard(path)
+            reader = open_shard(shard)
         except (pa.ArrowInvalid, OSError) as e:
-            print(f"aunet-segment inspect: {path}: not a readable Arrow IPC file: {e}", file=sys.stderr)
-            return 1
+            raise ManifestError(f"{shard}: not a readable Arrow IPC file: {e}", file=str(shard)) from e
         meta = reader.schema.metadata or {}
         strategy = json.loads(meta.get(META_STRATEGY, b"[]"))
-        source = meta.get(b"aunet.source", b"?").decode()
+        source = meta.get(META_SOURCE, b"?").decode()
         for b in range(reader.num_record_batches):
             batch = reader.get_batch(b)
             for i in range(batch.num_rows):
-                if shown >= args.limit:
-                    return 0
-                text = batch.column("text")[i].as_py()[: args.max_bytes]
+                if shown >= limit:
+                    return
+                text = batch.column("text")[i].as_py()[:max_bytes]
                 levels = np.frombuffer(batch.column("level_mask")[i].as_py(), np.uint8)[: len(text)]
-                print(f"{path.name} doc {i} ({source}, row/line {batch.column('row')[i].as_py()}, strategy {strategy}):")
-                print("\n".join(render(text, levels, len(strategy))))
+                yield f"{shard.name} doc {i} ({source}, row/line {batch.column('row')[i].as_py()}, strategy {strategy}):"
+                yield from render(text, levels, len(strategy))
                 shown += 1
-    return 0
 
 
-def merge(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="aunet-segment merge", description="Combine the rank manifests of a --world-size run into manifest.json.")
-    p.add_argument("dir", type=Path)
-    args = p.parse_args(argv)
-    parts = sorted(args.dir.glob("manifest.rank*-of*.json"))
+def merge(directory: str | Path) -> Manifest:
+    """Combine the rank manifests (`manifest.rankR-ofW.json`) of a world_size > 1 run into
+    `manifest.json` and return it; `ManifestError` when a rank is missing or options differ."""
+    directory = Path(directory)
+    parts = sorted(directory.glob("manifest.rank*-of*.json"))
     if not parts:
-        print(f"aunet-segment merge: {args.dir}: no rank manifests (manifest.rankR-ofW.json)", file=sys.stderr)
-        return 1
-    manifests = [Manifest.from_json(p.read_bytes()) for p in parts]
+        raise ManifestError(f"{directory}: no rank manifests (manifest.rankR-ofW.json)", file=str(directory))
+    manifests = [Manifest.load(directory, p.name) for p in parts]
     first = manifests[0]
     for p, m in zip(parts, manifests):
         same = (m.format, m.strategy, m.compression, m.text_field, m.extra_fields, m.world_size) == (
             first.format, first.strategy, first.compression, first.text_field, first.extra_fields, first.world_size)
         if not same:
-            print(f"aunet-segment merge: {p}: options differ from {parts[0]} (strategy, compression, fields or world size)", file=sys.stderr)
-            return 1
+            raise ManifestError(f"{p}: options differ from {parts[0]} (strategy, compression, fields or world size)", file=str(p))
     ranks = sorted(r for m in manifests for r in m.ranks)
     if ranks != list(range(first.world_size)):
         missing = sorted(set(range(first.world_size)) - set(ranks))
-        print(f"aunet-segment merge: ranks {missing} of {first.world_size} have no manifest yet (or a rank appears twice: {ranks})", file=sys.stderr)
-        return 1
+        raise ManifestError(f"{directory}: ranks {missing} of {first.world_size} have no manifest yet (or a rank appears twice: {ranks})",
+                            file=str(directory))
     merged = Manifest(
         format=FORMAT,
         version=first.version,
@@ -191,9 +164,5 @@ def merge(argv: list[str]) -> int:
         documents_rejected=sum(m.documents_rejected for m in manifests),
         rejected_by_reason=dict(sum((Counter(m.rejected_by_reason) for m in manifests), Counter())),
     )
-    merged.write(args.dir, MANIFEST)
-    print(f"merged {len(parts)} rank manifests into {args.dir / MANIFEST}: {len(merged.shards)} shards, {merged.documents_written:,} documents")
-    return 0
-
-
-COMMANDS = {"verify": verify, "inspect": inspect, "merge": merge}
+    merged.write(directory, MANIFEST)
+    return merged

@@ -25,6 +25,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from aunet import __version__
+from aunet.segment.errors import ManifestError, MissingManifest
 
 FORMAT = "aunet-shards/1"
 MANIFEST = "manifest.json"
@@ -89,7 +90,19 @@ class ShardInfo:
 
 
 @dataclass
+class RunReport:
+    """What one `segment_corpus` call did (not saved in the manifest)."""
+
+    files_processed: int
+    """Input files segmented by this call (the others were already done by an earlier run)."""
+    files_done_before: int
+    seconds: float
+
+
+@dataclass
 class Manifest:
+    """The typed view of `manifest.json` that verify, the loader and the trainer read."""
+
     format: str
     version: str
     strategy: dict[str, str] | list  # as given to Segmenter: the config mapping or a list of pairs
@@ -104,9 +117,17 @@ class Manifest:
     documents_written: int = 0
     documents_rejected: int = 0
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    run: RunReport | None = field(default=None, compare=False)
+    """Set on the manifest `segment_corpus` returns; None when loaded from disk."""
+
+    @property
+    def text_bytes(self) -> int:
+        return sum(s.text_bytes for s in self.shards)
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), indent=1).encode()
+        raw = asdict(self)
+        raw.pop("run")
+        return json.dumps(raw, indent=1).encode()
 
     @classmethod
     def from_json(cls, data: bytes | str) -> "Manifest":
@@ -114,22 +135,23 @@ class Manifest:
         raw["shards"] = [ShardInfo(**s) for s in raw["shards"]]
         return cls(**raw)
 
+    @classmethod
+    def load(cls, directory: str | Path, name: str = MANIFEST) -> "Manifest":
+        """The manifest of a shard directory; `MissingManifest` or `ManifestError` otherwise."""
+        path = Path(directory) / name
+        if not path.exists():
+            ranks = sorted(Path(directory).glob("manifest.rank*.json"))
+            hint = f" (found {len(ranks)} rank manifests: run `aunet-segment merge {directory}`)" if ranks and name == MANIFEST else ""
+            raise MissingManifest(f"{path}: no manifest{hint}", file=str(path))
+        try:
+            return cls.from_json(path.read_bytes())
+        except (ValueError, TypeError, KeyError) as e:
+            raise ManifestError(f"{path}: not a valid manifest: {e}", file=str(path)) from e
+
     def write(self, directory: Path, name: str = MANIFEST) -> Path:
         path = directory / name
         write_atomic(path, self.to_json())
         return path
-
-
-def read_manifest(directory: Path) -> Manifest:
-    path = directory / MANIFEST
-    if not path.exists():
-        ranks = sorted(directory.glob("manifest.rank*.json"))
-        hint = f" (found {len(ranks)} rank manifests: run `aunet-segment merge {directory}`)" if ranks else ""
-        raise FileNotFoundError(f"{path}: no manifest{hint}")
-    try:
-        return Manifest.from_json(path.read_bytes())
-    except (ValueError, TypeError, KeyError) as e:
-        raise ValueError(f"{path}: not a valid manifest: {e}") from e
 
 
 def open_shard(path: Path) -> pa.ipc.RecordBatchFileReader:

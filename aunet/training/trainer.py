@@ -5,7 +5,7 @@ Per optimizer step: set the learning rate (warmup + cosine), run `grad_acc_steps
 through the engine, step. Every `logging.freq` steps rank 0 logs loss, bpb, lr, grad norm,
 bytes/s and estimated MFU to the console and to `<dump_dir>/metrics.jsonl`. Every
 `checkpoint.dump.every` steps the DeepSpeed state and every rank's loader state go to
-`<checkpoint dir>/step_N/`, marked complete only once all ranks are done (`aunet.checkpoint`);
+`<checkpoint dir>/step_N/`, marked complete only once all ranks are done (`aunet.training.checkpoint`);
 a rerun of the same command resumes from the newest complete checkpoint, batch for batch.
 """
 
@@ -17,10 +17,10 @@ import os
 import time
 from pathlib import Path
 
-from aunet.accelerator import ensure_ds_accelerator, init_distributed
-from aunet.checkpoint import latest_complete, mark_complete, prune, tag_for
 from aunet.config import TrainArgs, to_dict
-from aunet.lr_schedule import lr_factor
+from aunet.training.accelerator import ensure_ds_accelerator, init_distributed
+from aunet.training.checkpoint import latest_complete, mark_complete, prune, tag_for
+from aunet.training.lr_schedule import lr_factor
 
 # Peak dense bf16 FLOP/s used for MFU on GPUs; on a CPU the figure is only indicative.
 PEAK_FLOPS = {"cuda": 989e12, "cpu": 1e12}
@@ -30,7 +30,7 @@ def resolve_sources(cfg: TrainArgs, key: str = "data.sources") -> list[tuple[str
     """Each source of `data.sources` (or `eval.validation.sources`), under data.root_dir, as
     (name, path, weight, raw inputs): raw inputs is None for a shard directory made by
     aunet-segment, else the JSONL/.gz/.zst/Parquet/Arrow files to segment first."""
-    from aunet.segment_cli import UsageError, expand_inputs
+    from aunet.segment import InvalidRequest, expand_inputs
 
     sources = cfg.data.sources if key == "data.sources" else cfg.eval.validation.sources
     root = Path(cfg.data.root_dir) if cfg.data.root_dir else None
@@ -44,7 +44,7 @@ def resolve_sources(cfg: TrainArgs, key: str = "data.sources") -> list[tuple[str
             continue
         try:
             raw = expand_inputs([str(path)], raw_cache(cfg, key, name))
-        except UsageError as e:
+        except InvalidRequest as e:
             raise FileNotFoundError(f"{key}.{name}: {path} is neither a shard directory (with manifest.json) nor raw text input: {e}") from None
         out.append((name, path, float(weight), [str(f) for f in raw]))
     if not out and key == "data.sources":
@@ -59,12 +59,10 @@ def raw_cache(cfg: TrainArgs, key: str, name: str) -> Path:
 
 
 def source_paths(cfg: TrainArgs, key: str = "data.sources", rank: int = 0, barrier=None) -> dict[str, float]:
-    """Shard directories to read. Raw-text sources are segmented first (on rank 0, with the
-    aunet-segment machinery: resumable, rejects recorded), the other ranks waiting at `barrier`."""
-    from aunet.segment_cli import run as segment
+    """Shard directories to read. Raw-text sources are segmented first (on rank 0, by
+    `segment_corpus`: resumable, rejects recorded), the other ranks waiting at `barrier`."""
+    from aunet.segment import segment_corpus
 
-    # A flat model (no pooling levels) ignores the masks, but shards always carry one.
-    strategy = cfg.data.regex.strategy if cfg.data.regex is not None else {"word1": "1@1"}
     out = {}
     for name, path, weight, raw in resolve_sources(cfg, key):
         if raw is None:
@@ -72,10 +70,9 @@ def source_paths(cfg: TrainArgs, key: str = "data.sources", rank: int = 0, barri
             continue
         cache = raw_cache(cfg, key, name)
         if rank == 0:
-            args = [*raw, "--out", str(cache), "--no-progress", "--on-error", "skip"]
-            args += [a for k, v in strategy.items() for a in ("--strategy", f"{k}={v}")]
-            if segment(args) not in (0, 3):
-                raise RuntimeError(f"{key}.{name}: segmenting {path} into {cache} failed")
+            m = segment_corpus(raw, cache, cfg.data.shard_strategy, on_error="skip")
+            print(f"{key}.{name}: {m.documents_written:,} documents segmented into {cache}"
+                  + (f" ({m.documents_rejected:,} rejected, listed in {cache / 'rejects'})" if m.documents_rejected else ""), flush=True)
         if barrier is not None:
             barrier()
         out[str(cache)] = weight
@@ -134,8 +131,8 @@ def train(cfg: TrainArgs, unused: list[str] | None = None, stop_at: int | None =
     from deepspeed.accelerator import get_accelerator
 
     from aunet.data import LoaderArgs, PackedLoader
-    from aunet.flops import flops_per_byte
     from aunet.model import HierarchicalTransformer, byte_nats
+    from aunet.model.flops import flops_per_byte
 
     init_distributed()
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -225,7 +222,7 @@ def train(cfg: TrainArgs, unused: list[str] | None = None, stop_at: int | None =
             log.write(last)
             tic, window_bytes, window_tokens = time.perf_counter(), 0, 0
         if validation and (step % cfg.checkpoint.eval.every == 0 or step == end):
-            from aunet.evaluate import heldout_bpb
+            from aunet.inference.evaluate import heldout_bpb
 
             val = heldout_bpb(engine, validation, cfg.data.seq_len, cfg.data.batch_size, cfg.eval.validation.max_steps,
                               rank, world, device, reduce=dist.all_reduce, tokenizer=tokenizer_path(cfg),

@@ -15,7 +15,7 @@ import re
 import shutil
 from pathlib import Path
 
-from aunet.shards import write_atomic
+from aunet.segment.shards import write_atomic
 
 MARKER = "COMPLETE.json"
 _TAG = re.compile(r"^step_(\d{8})$")

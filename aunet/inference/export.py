@@ -13,14 +13,14 @@ from pathlib import Path
 
 import yaml
 
-from aunet.checkpoint import MARKER, latest_complete, tag_for
+from aunet.training.checkpoint import MARKER, latest_complete, tag_for
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
 
 
 def export_checkpoint(checkpoints: Path, out: Path, step: int | None = None) -> Path:
-    from aunet.accelerator import ensure_ds_accelerator
+    from aunet.training.accelerator import ensure_ds_accelerator
 
     ensure_ds_accelerator()
     import json

@@ -2,7 +2,7 @@
 
 Each architecture is a template: width ratios scaled by one factor, and depths, of which the
 deepest stage's may move by up to two blocks (widths come in steps of 16, too coarse alone for
-models this small). Scale and depth are chosen so that the FLOPs estimator (`aunet.flops`, forward + backward, useful FLOPs:
+models this small). Scale and depth are chosen so that the FLOPs estimator (`aunet.model.flops`, forward + backward, useful FLOPs:
 deeper stages counted at the share of bytes the segmenter actually pools on the corpus) gives
 the per-byte cost closest to a target. A BPE model's cost per byte is its cost per token
 divided by the corpus's bytes per token; its sequence holds the tokens of about as many bytes
@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 
 from aunet.config import BlockArgs, ModelArgs
-from aunet.flops import DEFAULT_STAGE_FRACTIONS, flops_per_byte
+from aunet.model.flops import DEFAULT_STAGE_FRACTIONS, flops_per_byte
 
 HEAD = 16
 

@@ -1,0 +1,253 @@
+"""`segment_corpus`: corpora in, Arrow shards of bytes + level masks out (SPEC section 3).
+
+The one entry point of preprocessing: the `aunet-segment` command, the trainer's raw-text
+sources and `aunet eval` on text files all call it. Input file k (its index among all sorted
+inputs, shared by every rank) is segmented by `aunet.segment.job` into its own shards, so a
+run is resumable and its output a pure function of the inputs and the options; several worker
+processes each take whole files.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from pathlib import Path
+
+from aunet import __version__
+from aunet.segment.errors import InvalidRequest
+from aunet.segment.job import FileResult, JobOptions, load_done, process_file
+from aunet.segment.readers import detect_format
+from aunet.segment.segmenter import Segmenter
+from aunet.segment.shards import FORMAT, MANIFEST, Manifest, RunReport
+
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "M": 1 << 20, "MB": 1 << 20, "G": 1 << 30, "GB": 1 << 30}
+
+
+def parse_size(size: str | int) -> int:
+    """Bytes in `size`: an int, or text such as ``64MB``, ``1G``, ``500000``.
+
+    >>> parse_size("64MB")
+    67108864
+    """
+    if isinstance(size, int) and not isinstance(size, bool):
+        value = size
+    else:
+        text = str(size)
+        number = text.rstrip("KMGBkmgb")
+        try:
+            value = int(float(number) * _UNITS[text[len(number):].upper()])
+        except (ValueError, KeyError):
+            raise InvalidRequest(f"invalid size {text!r} (examples: 64MB, 1G, 500000)") from None
+    if value <= 0:
+        raise InvalidRequest(f"size must be positive, got {size!r}")
+    return value
+
+
+def expand_inputs(patterns: Iterable[str | Path], out: Path) -> list[Path]:
+    """Sorted input files of files, directories (searched recursively) and glob patterns. The
+    output directory is never an input (shards, manifests and rejects files of an earlier run
+    would otherwise be read back); hidden files and folders (.progress/, .git/) are not corpus."""
+    out_dir = Path(out).resolve()
+    found: dict[str, Path] = {}
+    for pattern in map(str, patterns):
+        path = Path(pattern)
+        if path.is_dir():
+            matches = [p for p in path.rglob("*") if p.is_file() and detect_format(p) and not any(part.startswith(".") for part in p.relative_to(path).parts)]
+            if not matches:
+                raise InvalidRequest(f"{pattern}: directory holds no JSONL/Parquet/Arrow files", file=pattern)
+        elif path.exists():
+            if detect_format(path) is None:
+                raise InvalidRequest(f"{pattern}: unsupported input format (expected .jsonl[.gz|.zst], .parquet or .arrow)", file=pattern)
+            matches = [path]
+        else:
+            matches = [Path(m) for m in glob.glob(pattern, recursive=True) if Path(m).is_file() and detect_format(Path(m))]
+            if not matches:
+                raise InvalidRequest(f"{pattern}: no such file, and no input files match it as a pattern", file=pattern)
+        for m in matches:
+            if out_dir not in m.resolve().parents:
+                found.setdefault(os.path.normpath(m), m)
+    return [found[k] for k in sorted(found)]
+
+
+class _Progress:
+    """A tqdm bar over input bytes (so the ETA is known), with documents/s and text MB/s."""
+
+    def __init__(self, total: int, enabled: bool):
+        import shutil
+
+        from tqdm import tqdm
+
+        # A terminal that reports no size (a bare pty) makes tqdm hide the bar (zero rows);
+        # shutil falls back to 80x24 there.
+        size = shutil.get_terminal_size()
+        self.bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="segment", disable=not enabled,
+                        smoothing=0.1, ncols=size.columns, nrows=size.lines)
+        self.docs = self.text = 0
+        self.start = time.monotonic()
+        self.lock = threading.Lock()
+
+    def __call__(self, docs: int, text_bytes: int, input_bytes: int) -> None:
+        with self.lock:
+            self.docs += docs
+            self.text += text_bytes
+            elapsed = max(time.monotonic() - self.start, 1e-9)
+            self.bar.set_postfix_str(f"{self.docs / elapsed:,.0f} doc/s, text {self.text / elapsed / 1e6:,.1f} MB/s", refresh=False)
+            self.bar.update(input_bytes)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _options(strategy, threads, workers, shard_size, compression, on_error, rank, world_size, text_field, keep_fields) -> JobOptions:
+    """Checked options: every mistake in the call is an `InvalidRequest` before any work."""
+    try:
+        Segmenter(strategy)
+    except (ValueError, TypeError) as e:
+        raise InvalidRequest(f"strategy: {e}") from None
+    if isinstance(strategy, Mapping):
+        strategy = {str(k): v for k, v in strategy.items()}
+    elif isinstance(strategy, Sequence):
+        strategy = [list(pair) for pair in strategy]
+    if not isinstance(world_size, int) or world_size < 1 or not isinstance(rank, int) or not 0 <= rank < world_size:
+        raise InvalidRequest(f"rank {rank} must be in [0, world_size {world_size})")
+    if not isinstance(workers, int) or workers < 1 or (threads is not None and (not isinstance(threads, int) or threads < 1)):
+        raise InvalidRequest(f"workers ({workers!r}) and threads ({threads!r}) must be integers >= 1")
+    if compression not in ("none", "zstd"):
+        raise InvalidRequest(f"compression must be 'none' or 'zstd', got {compression!r}")
+    if on_error not in ("fail", "skip"):
+        raise InvalidRequest(f"on_error must be 'fail' or 'skip', got {on_error!r}")
+    if isinstance(keep_fields, str):
+        keep_fields = [f for f in keep_fields.split(",") if f]
+    cpus = len(os.sched_getaffinity(0))
+    return JobOptions(strategy=strategy, text_field=text_field, extra_fields=tuple(keep_fields), compression=compression,
+                      shard_bytes=parse_size(shard_size), threads=threads or max(1, cpus // workers), on_error=on_error)
+
+
+def segment_corpus(
+    inputs: str | Path | Iterable[str | Path],
+    out: str | Path,
+    strategy,
+    *,
+    workers: int = 1,
+    threads: int | None = None,
+    shard_size: str | int = "256MB",
+    compression: str = "none",
+    on_error: str = "fail",
+    rank: int = 0,
+    world_size: int = 1,
+    text_field: str | None = None,
+    keep_fields: Sequence[str] | str = (),
+    progress: bool = False,
+) -> Manifest:
+    """Segment `inputs` (files, directories, glob patterns: JSONL / .gz / .zst, Parquet, Arrow)
+    into shards under `out` and return the manifest written there.
+
+    `strategy` is what `Segmenter` takes. `workers` processes each take whole files, with
+    `threads` segmentation threads each (default: CPUs / workers). With `world_size` > 1 this
+    call does the files k with k % world_size == rank and writes `manifest.rankR-ofW.json`;
+    `aunet.segment.merge` combines them. A rerun skips files already done with the same
+    options. `on_error="fail"` raises `BadDocument` at the first bad document;
+    ``"skip"`` records it under `out/rejects/` (the manifest counts it). Bad arguments raise
+    `InvalidRequest`.
+
+    >>> m = segment_corpus("corpus/*.jsonl.zst", "shards", {"word1": "1@1"})  # doctest: +SKIP
+    >>> m.documents_written, len(m.shards)                                     # doctest: +SKIP
+    """
+    opts = _options(strategy, threads, workers, shard_size, compression, on_error, rank, world_size, text_field, keep_fields)
+    out = Path(out)
+    files = expand_inputs([inputs] if isinstance(inputs, (str, Path)) else list(inputs), out)
+    out.mkdir(parents=True, exist_ok=True)
+    mine = [(k, f) for k, f in enumerate(files) if k % world_size == rank]
+    results: dict[int, FileResult] = {}
+    pending = []
+    for k, f in mine:
+        done = load_done(out, k, f, opts)
+        if done is not None:
+            results[k] = done
+        else:
+            pending.append((k, f))
+    started = time.monotonic()
+    bar = _Progress(sum(f.stat().st_size for _, f in pending), enabled=progress)
+    try:
+        if workers == 1 or len(pending) <= 1:
+            for k, f in pending:
+                results[k] = process_file(out, k, f, str(f), opts, bar)
+        else:
+            results.update(_run_parallel(out, pending, opts, workers, bar))
+    finally:
+        bar.close()
+
+    ordered = [results[k] for k, _ in mine]
+    manifest = Manifest(
+        format=FORMAT,
+        version=__version__,
+        strategy=opts.strategy,
+        compression=compression,
+        text_field=text_field,
+        extra_fields=list(opts.extra_fields),
+        world_size=world_size,
+        ranks=[rank],
+        inputs=[{"index": r.index, "path": r.source, "size": r.input_size, "read": r.read, "written": r.written, "rejected": r.rejected_total} for r in ordered],
+        shards=[s for r in ordered for s in r.shards],
+        documents_read=sum(r.read for r in ordered),
+        documents_written=sum(r.written for r in ordered),
+        documents_rejected=sum(r.rejected_total for r in ordered),
+        rejected_by_reason=dict(sum((Counter(r.rejected) for r in ordered), Counter())),
+    )
+    manifest.write(out, manifest_name(rank, world_size))
+    manifest.run = RunReport(files_processed=len(pending), files_done_before=len(mine) - len(pending),
+                             seconds=time.monotonic() - started)
+    return manifest
+
+
+def manifest_name(rank: int, world_size: int) -> str:
+    return MANIFEST if world_size == 1 else f"manifest.rank{rank}-of{world_size}.json"
+
+
+_QUEUE = None
+
+
+def _init_worker(progress_queue) -> None:
+    global _QUEUE
+    _QUEUE = progress_queue
+
+
+def _worker(out: Path, index: int, source: Path, name: str, opts: JobOptions) -> FileResult:
+    return process_file(out, index, source, name, opts, lambda d, t, i: _QUEUE.put((d, t, i)))
+
+
+def _run_parallel(out: Path, pending, opts: JobOptions, workers: int, progress: _Progress) -> dict[int, FileResult]:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")  # no state inherited from a parent that may hold threads
+    progress_queue = ctx.Queue()
+    stop = threading.Event()
+
+    def pump() -> None:
+        while not stop.is_set() or not progress_queue.empty():
+            try:
+                progress(*progress_queue.get(timeout=0.1))
+            except queue.Empty:
+                continue
+
+    pumper = threading.Thread(target=pump, daemon=True)
+    pumper.start()
+    results = {}
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(progress_queue,)) as pool:
+            futures = {pool.submit(_worker, out, k, f, str(f), opts): k for k, f in pending}
+            done, not_done = wait(futures, return_when=FIRST_EXCEPTION)
+            for fut in not_done:
+                fut.cancel()
+            for fut in done:
+                results[futures[fut]] = fut.result()  # re-raises BadDocument
+    finally:
+        stop.set()
+        pumper.join()
+    return results
