@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +14,10 @@ import pytest
 from aunet import Segmenter
 from aunet.data import LoaderArgs, PackedLoader, ShardSource
 from aunet.config.model import BOS_ID as BOS, EOS_ID as EOS
-from aunet.data.doc_order import DocOrder, SequentialOrder
+from aunet.data.doc_order import DocOrder, RankShare, SequentialOrder
 from aunet.data.packing import Packer
+from aunet import segment_corpus
+from helpers import REPO_ROOT
 from segment_fixtures import STRATEGY, STRATEGY_ARGS, sample_texts, write_jsonl
 from test_segment_cli import segment
 
@@ -77,7 +82,8 @@ def test_a_finite_order_packs_every_token_once_and_pads_the_last_window(shards, 
         tokens, levels, last = windows[-1]
         assert not tokens[last + 1:].any() and not levels[last + 1:].any()  # padding
         stitched = np.concatenate([windows[0][0][: windows[0][2] + 1]] + [t[1: n + 1] for t, _, n in windows[1:]])
-        docs = len(range(rank, source.documents, world))
+        share = RankShare(source, rank, world)
+        docs = share.end - share.start
         order = SequentialOrder(source, rank, world)
         expected, _ = stream_of(order, docs)
         assert np.array_equal(stitched, expected)  # every token once, in manifest order, nothing after
@@ -104,7 +110,12 @@ def test_ranks_are_disjoint_and_complete_over_an_epoch(shards, world):
     everything = set().union(*seen)
     assert sum(len(s) for s in seen) == len(everything)  # disjoint
     assert len(everything) == source.documents  # complete
-    assert max(map(len, seen)) - min(map(len, seen)) <= 1  # balanced
+    index = [sorted(int(source.first_doc[u]) + r for u, r in mine) for mine in seen]
+    assert all(ix == list(range(ix[0], ix[-1] + 1)) for ix in index)  # each share is one contiguous run
+    assert [ix[0] for ix in index] == sorted(ix[0] for ix in index)  # in rank order
+    weight = [sum(source.length(u, r) + 1 for u, r in mine) for mine in seen]  # what the split balances
+    longest = max(source.length(u, r) + 1 for mine in seen for u, r in mine)
+    assert max(weight) - min(weight) <= 2 * longest  # balanced by bytes, to a document
 
 
 def test_mixing_follows_the_weights(tmp_path):
@@ -144,3 +155,47 @@ def test_bad_paths_and_values_fail_early(tmp_path, shards):
     with pytest.raises(ValueError, match="loader state is for"):
         other = PackedLoader(LoaderArgs({str(shards): 1.0}, rank=1, world_size=2, prefetch=0))
         PackedLoader(LoaderArgs({str(shards): 1.0}, prefetch=0)).load_state_dict(other.state_dict())
+
+
+def resident_bytes(files: list[Path]) -> int:
+    """Bytes of `files` in the page cache (util-linux fincore)."""
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--raw", "--output", "RES", *map(str, files)],
+                         capture_output=True, text=True, check=True).stdout
+    return sum(int(v) for v in out.split())
+
+
+def evict(files: list[Path]) -> None:
+    for f in files:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # dirty pages cannot be dropped
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def test_each_of_four_ranks_reads_about_a_quarter_of_the_shards(tmp_path):
+    """Measured in the page cache: each rank, started on an empty cache, reads one epoch of its
+    share in its own process; together the ranks see every document exactly once."""
+    texts = [("lorem ipsum dolor sit amet " * (20 + i % 300))[: 200 + (i * 7919) % 20000] for i in range(5000)]
+    write_jsonl(tmp_path / "big.jsonl", texts)
+    segment_corpus(tmp_path / "big.jsonl", tmp_path / "shards", STRATEGY, shard_size="2MB")
+    files = sorted((tmp_path / "shards").glob("part-*.arrow"))
+    assert len(files) >= 8
+    total = sum(f.stat().st_size for f in files)
+    evict(files)
+    if resident_bytes(files) > 0.05 * total:
+        pytest.skip("this file system keeps shard pages cached after POSIX_FADV_DONTNEED (nothing to measure)")
+    W, seen, shares = 4, [], []
+    for rank in range(W):
+        evict(files)
+        proc = subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "scripts" / "read_rank_share.py"), str(tmp_path / "shards"),
+                               str(rank), str(W)], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        seen.append({tuple(ref) for ref in json.loads(proc.stdout)["docs"]})
+        shares.append(resident_bytes(files) / total)
+    assert sum(map(len, seen)) == len(set().union(*seen)) == len(texts)  # every document exactly once
+    print("page-cache share read per rank:", [round(s, 3) for s in shares])
+    # About 1/W each: the share's own pages, plus readahead and the units at its two boundaries
+    # (the strided split of earlier versions read 100% on every rank).
+    assert all(0.15 < share < 0.5 for share in shares) and sum(shares) < 1.6, shares

@@ -13,6 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from aunet import Manifest, segment_corpus
 from aunet.training.checkpoint import latest_complete
 from helpers import REPO_ROOT, communicate_or_kill, cpu_dist_env, deepspeed_cmd, venv_script
 from segment_fixtures import STRATEGY_ARGS, sample_texts, write_jsonl
@@ -141,17 +142,23 @@ def test_export_gives_a_model_that_loads_without_deepspeed(tmp_path, straight, d
     assert missing.returncode == 1 and "no complete checkpoint" in missing.stderr
 
 
-def test_raw_text_sources_are_segmented_then_trained_on(tmp_path, data_root):
+def test_raw_text_sources_are_segmented_by_both_ranks_then_trained_on(tmp_path, data_root):
     raw = tmp_path / "raw"
     raw.mkdir()
     write_jsonl(raw / "part0.jsonl.zst", sample_texts(400, seed=3))
     write_jsonl(raw / "part1.jsonl", sample_texts(400, seed=4))
+    write_jsonl(raw / "part2.jsonl", sample_texts(300, seed=5))
     dump = tmp_path / "run"
     args = [*overrides(tmp_path, dump, 2), "data.sources={raw: 1.0}"]
-    run(args)
+    out = run(args)
     cache = dump / "segmented" / "data" / "raw"
-    manifest = json.loads((cache / "manifest.json").read_text())
-    assert manifest["documents_written"] == 800 and manifest["strategy"] == {"word1": "1@1", "word2": "2@1"}
+    merged = Manifest.load(cache)
+    assert merged.documents_written == 1100 and merged.strategy == {"word1": "1@1", "word2": "2@1"}
+    assert merged.world_size == 2 and merged.ranks == [0, 1]  # each rank segmented its own files
+    assert sorted(p.name for p in cache.glob("manifest.rank*")) == ["manifest.rank0-of2.json", "manifest.rank1-of2.json"]
+    assert "by 2 rank(s)" in out
+    single = segment_corpus(raw, tmp_path / "single", {"word1": "1@1", "word2": "2@1"}, on_error="skip")
+    assert [(s.path, s.sha256) for s in merged.shards] == [(s.path, s.sha256) for s in single.shards]
     assert max(metrics(dump)) == 2
 
 

@@ -58,6 +58,15 @@ class TokenizedSource:
         i = int(self.first_doc[unit]) + row
         return int(self.offsets[i + 1] - self.offsets[i])
 
+    def unit_text_bytes(self, unit: int) -> int:
+        """Tokens of a unit (what the rank split balances for this source)."""
+        a, b = int(self.first_doc[unit]), int(self.first_doc[unit + 1])
+        return int(self.offsets[b] - self.offsets[a])
+
+    def doc_lengths(self, unit: int) -> np.ndarray:
+        a, b = int(self.first_doc[unit]), int(self.first_doc[unit + 1])
+        return np.diff(self.offsets[a: b + 1])
+
 
 def _is_utf8(data: bytes) -> bool:
     try:

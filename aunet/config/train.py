@@ -137,8 +137,26 @@ class DistributedArgs:
     """Tensor parallelism is not supported: must be 1."""
     compile_cache_size_limit: int = 8
     """torch._dynamo cache size limit."""
+    zero_reduce_bucket_size: int | None = None
+    """ZeRO gradient reduce-scatter bucket (elements). Default: hidden^2, with hidden the widest
+    stage (`model.dimensions`): buckets of about one square weight keep the collectives large
+    enough to use the interconnect and small enough to overlap with the backward pass."""
+    zero_prefetch_bucket_size: int | None = None
+    """ZeRO-3 parameters all-gathered ahead of use (elements). Default: 0.9 x hidden^2."""
+    zero_param_persistence_threshold: int | None = None
+    """ZeRO-3 keeps parameters with fewer elements than this whole on every rank instead of
+    gathering them in each forward and backward (norm weights, small embeddings). Default:
+    10 x hidden, which keeps every norm weight resident and partitions every matrix; 0 gathers
+    everything (each RMSNorm weight becomes a collective per use)."""
+    zero_max_live_parameters: int | None = None
+    """ZeRO-3 upper bound on gathered parameters held at once (elements); None: DeepSpeed's
+    default (1e9)."""
 
     def __post_init__(self) -> None:
+        for name in ("zero_reduce_bucket_size", "zero_prefetch_bucket_size", "zero_param_persistence_threshold",
+                     "zero_max_live_parameters"):
+            value = getattr(self, name)
+            require(value is None or (isinstance(value, int) and value >= 0), name, f"must be a whole number >= 0 or null, got {value!r}")
         require(self.fsdp_type in FSDP_TO_ZERO, "fsdp_type",
                 f"{self.fsdp_type!r} is not one of {', '.join(FSDP_TO_ZERO)}")
         require(self.zero_stage is None or 0 <= self.zero_stage <= 3, "zero_stage",

@@ -1,10 +1,13 @@
 """The order in which one rank reads one source's documents.
 
-`rank_rows` is the one rank split, used by training and evaluation alike: rank r of W owns the
-documents whose global index (manifest order) is r mod W, disjoint and complete across ranks,
-and balanced to one document. Training reads its share through `DocOrder`: each epoch visits
-the units in a seeded random order and passes the documents through a seeded shuffle buffer,
-as a resumable state. Evaluation reads it once, in manifest order (`SequentialOrder`).
+`RankShare` is the one rank split, used by training and evaluation alike: rank r of W owns one
+contiguous run of documents (manifest order), cut where the running total of bytes reaches
+r/W of the source, so the ranks together read the corpus once and each touches about 1/W of
+its bytes (pages of shards outside its share are never read). Shares are disjoint and complete,
+and every rank gets at least one document. Training reads its share through `DocOrder`: each
+epoch visits the share's units in a seeded random order and passes the documents through a
+seeded shuffle buffer, as a resumable state. Evaluation reads it once, in order
+(`SequentialOrder`).
 """
 
 from __future__ import annotations
@@ -16,18 +19,53 @@ import numpy as np
 from aunet.data.shard_source import ShardSource
 
 
-def rank_rows(source: ShardSource, unit: int, rank: int, world_size: int) -> np.ndarray:
-    """Rows of `unit` that rank `rank` of `world_size` owns."""
-    first = int(source.first_doc[unit])
-    rows = np.arange(source.unit_rows[unit], dtype=np.int64)
-    return rows[(first + rows) % world_size == rank]
+class RankShare:
+    """Documents [start, end) of `source` for rank `rank` of `world_size`."""
 
+    def __init__(self, source, rank: int, world_size: int):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        self.source, self.rank, self.world = source, rank, world_size
+        self._unit_bytes = None
+        self.start, self.end = self._boundary(rank), self._boundary(rank + 1)
+        first = np.asarray(source.first_doc)
+        self.first_unit = int(np.searchsorted(first, self.start, side="right")) - 1
+        self.last_unit = int(np.searchsorted(first, self.end - 1, side="right")) - 1 if self.end > self.start else self.first_unit - 1
 
-def rank_documents(source: ShardSource, rank: int, world_size: int) -> Iterator[tuple[int, int]]:
-    """(unit, row) of every document the rank owns, in manifest order."""
-    for unit in range(source.units):
-        for row in rank_rows(source, unit, rank, world_size).tolist():
-            yield unit, row
+    def _boundary(self, r: int) -> int:
+        """First document of rank r: where the bytes before it (one extra per document, so
+        empty documents count) reach r/W of the total; at least one document per rank when
+        there are as many documents as ranks (else ranks past the last document get none)."""
+        src, W, D = self.source, self.world, self.source.documents
+        if D < W or r in (0, W):
+            return min(r, D) if r < W else D
+        if self._unit_bytes is None:
+            sizes = np.array([src.unit_text_bytes(u) for u in range(src.units)], dtype=np.int64) + np.asarray(src.unit_rows)
+            self._unit_bytes = np.concatenate([[0], np.cumsum(sizes)])
+        before = self._unit_bytes
+        target = before[-1] * r / W
+        unit = min(int(np.searchsorted(before, target, side="right")) - 1, src.units - 1)
+        inside = np.cumsum(src.doc_lengths(unit) + 1) + before[unit]  # bytes up to each row's end
+        row = int(np.searchsorted(inside, target, side="left"))  # the row that crosses the target
+        doc = int(src.first_doc[unit]) + min(row + 1, int(src.unit_rows[unit]))
+        return min(max(doc, r), D - (W - r))
+
+    @property
+    def units(self) -> np.ndarray:
+        """The units holding this share's documents, in manifest order."""
+        return np.arange(self.first_unit, self.last_unit + 1, dtype=np.int64)
+
+    def rows(self, unit: int) -> np.ndarray:
+        """Rows of `unit` in this share."""
+        first = int(self.source.first_doc[unit])
+        lo, hi = max(self.start - first, 0), min(self.end - first, int(self.source.unit_rows[unit]))
+        return np.arange(lo, max(lo, hi), dtype=np.int64)
+
+    def documents(self) -> Iterator[tuple[int, int]]:
+        """(unit, row) of every document of the share, in manifest order."""
+        for unit in self.units.tolist():
+            for row in self.rows(unit).tolist():
+                yield unit, row
 
 
 class SequentialOrder:
@@ -35,7 +73,7 @@ class SequentialOrder:
 
     def __init__(self, source: ShardSource, rank: int, world_size: int):
         self.source = source
-        self._refs = rank_documents(source, rank, world_size)
+        self._refs = RankShare(source, rank, world_size).documents()
 
     def next(self) -> tuple[int, int]:
         return next(self._refs)
@@ -52,17 +90,18 @@ class DocOrder:
         self.buffer = np.empty((self.buffer_size, 2), dtype=np.int64)
         self.filled = 0
         self.rng = np.random.default_rng([seed, rank, 1])
+        self.share = RankShare(source, rank, world_size)
+        if self.share.end == self.share.start:
+            raise ValueError(f"data source {source.directory}: no documents for rank {rank} of {world_size}")
         self._order = self._unit_order(0)
         self._owned: dict[int, np.ndarray] = {}
-        if not any(self._rows_of_unit(u).size for u in range(source.units)):
-            raise ValueError(f"data source {source.directory}: no documents for rank {rank} of {world_size}")
 
     def _unit_order(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch, 2]).permutation(self.source.units)
+        return np.random.default_rng([self.seed, epoch, 2]).permutation(self.share.units)
 
     def _rows_of_unit(self, unit: int) -> np.ndarray:
         if unit not in self._owned:
-            self._owned[unit] = rank_rows(self.source, unit, self.rank, self.world)
+            self._owned[unit] = self.share.rows(unit)
         return self._owned[unit]
 
     def _next_owned(self) -> tuple[int, int]:

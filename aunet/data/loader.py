@@ -31,6 +31,9 @@ class LoaderArgs:
     world_size: int = 1
     tokenizer: str | None = None
     """A BPE tokenizer file (`aunet.baselines.bpe`): documents are read as its token ids (the BPE baseline)."""
+    pin_memory: bool = False
+    """Hand out batches in page-locked memory (on GPUs), so that `.to(device, non_blocking=True)`
+    really overlaps the copy with compute; pinned on the prefetch thread, off the training loop."""
 
     def __post_init__(self):
         if not self.sources:
@@ -92,6 +95,8 @@ class PackedLoader:
             "target_levels": torch.from_numpy(levels[:, 1:]),
             "target_bytes": self.token_bytes[torch.from_numpy(tokens[:, 1:])],
         }
+        if self.args.pin_memory:
+            batch = {k: v.pin_memory() for k, v in batch.items()}
         return batch, self._snapshot()
 
     def _snapshot(self) -> dict:

@@ -31,12 +31,27 @@ class ShardSource:
         self.manifest = Manifest.load(self.directory)
         self.strategy = self.manifest.strategy
         self.depth = len(self.strategy)
-        # Per unit: (text offsets, text bytes, mask offsets, mask bytes) as numpy views of the
-        # mapped file, so a document lookup is two slices and no Arrow call.
-        self._units: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        # A unit is one record batch. The plan (which shard, which batch, rows, text bytes) comes
+        # from the manifest; a shard is opened, and a batch mapped, only when a document of it
+        # is read. Opening early would cost more than a footer: Arrow's memory map advises the
+        # kernel to read a record batch's whole body (MADV_WILLNEED) as soon as it is mapped,
+        # so every rank would read every shard.
+        self._plan: list[tuple[int, int]] = []
         self.unit_rows: list[int] = []
-        for shard in self.manifest.shards:
-            path = self.directory / shard.path
+        self._unit_bytes: list[int] = []
+        self._readers: dict[int, pa.ipc.RecordBatchFileReader] = {}
+        self._units: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+        for i, shard in enumerate(self.manifest.shards):
+            batches = shard.batches if shard.batches is not None else self._batches_from_file(i)
+            for b, (rows, text_bytes) in enumerate(batches):
+                self._plan.append((i, b))
+                self.unit_rows.append(rows)
+                self._unit_bytes.append(text_bytes)
+        self.first_doc = np.concatenate([[0], np.cumsum(self.unit_rows)]).astype(np.int64)
+
+    def _reader(self, shard: int) -> pa.ipc.RecordBatchFileReader:
+        if shard not in self._readers:
+            path = self.directory / self.manifest.shards[shard].path
             try:
                 reader = open_shard(path)
             except (OSError, pa.ArrowInvalid) as e:
@@ -44,15 +59,31 @@ class ShardSource:
             meta = reader.schema.metadata or {}
             if json.loads(meta.get(META_STRATEGY, b"null")) != self.strategy:
                 raise ValueError(f"data source {self.directory}: shard {path} has a different strategy from the manifest")
-            for b in range(reader.num_record_batches):
-                batch = reader.get_batch(b)
-                self._units.append((*_buffers(batch.column("text")), *_buffers(batch.column("level_mask"))))
-                self.unit_rows.append(batch.num_rows)
-        self.first_doc = np.concatenate([[0], np.cumsum(self.unit_rows)]).astype(np.int64)
+            self._readers[shard] = reader
+        return self._readers[shard]
+
+    def _batches_from_file(self, shard: int) -> list[list[int]]:
+        """The batch plan of a shard whose manifest predates `ShardInfo.batches` (reads it)."""
+        reader = self._reader(shard)
+        plan = []
+        for b in range(reader.num_record_batches):
+            text = reader.get_batch(b).column("text")
+            offsets = _buffers(text)[0]
+            plan.append([len(text), int(offsets[-1] - offsets[0])])
+        return plan
+
+    def _unit(self, unit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(text offsets, text bytes, mask offsets, mask bytes) of a unit, as numpy views of the
+        mapped file, so a document lookup is two slices and no Arrow call."""
+        if unit not in self._units:
+            shard, b = self._plan[unit]
+            batch = self._reader(shard).get_batch(b)
+            self._units[unit] = (*_buffers(batch.column("text")), *_buffers(batch.column("level_mask")))
+        return self._units[unit]
 
     @property
     def units(self) -> int:
-        return len(self._units)
+        return len(self._plan)
 
     @property
     def documents(self) -> int:
@@ -64,12 +95,19 @@ class ShardSource:
 
     def document(self, unit: int, row: int) -> tuple[np.ndarray, np.ndarray]:
         """The document's bytes and levels as uint8 views into the mapped shard."""
-        t_off, t_data, m_off, m_data = self._units[unit]
+        t_off, t_data, m_off, m_data = self._unit(unit)
         return t_data[t_off[row] : t_off[row + 1]], m_data[m_off[row] : m_off[row + 1]]
 
     def length(self, unit: int, row: int) -> int:
-        t_off = self._units[unit][0]
+        t_off = self._unit(unit)[0]
         return int(t_off[row + 1] - t_off[row])
+
+    def unit_text_bytes(self, unit: int) -> int:
+        """Text bytes of a unit, from the manifest (the rank split opens no shard for it)."""
+        return self._unit_bytes[unit]
+
+    def doc_lengths(self, unit: int) -> np.ndarray:
+        return np.diff(self._unit(unit)[0])
 
 
 def _buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:

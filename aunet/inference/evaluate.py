@@ -1,7 +1,7 @@
 """Bits per byte of a model on held-out shards (SPEC section 4): summed byte nats / bytes / ln 2.
 
 Every held-out byte is scored exactly once. Each rank takes its share of the documents (the
-training loader's rank split, `aunet.data.doc_order.rank_rows`), in manifest order, and packs
+training loader's rank split, `aunet.data.doc_order.RankShare`), in manifest order, and packs
 them with the training packer ([BOS] + text + [EOS] per document, windows of seq_len + 1
 tokens that overlap by one, so no target is skipped); the last window of each rank is padded
 and its padding is not scored. Under ZeRO-3 every rank must run the same number of forward
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aunet.data.doc_order import SequentialOrder, rank_documents
+from aunet.data.doc_order import RankShare, SequentialOrder
 from aunet.data.packing import Packer
 
 IGNORE = -100
@@ -30,7 +30,7 @@ IGNORE = -100
 
 def rank_stream_length(source, rank: int, world_size: int, add_bos: bool, add_eos: bool) -> int:
     """Tokens in this rank's stream of [BOS] + text + [EOS] documents."""
-    return sum(source.length(*ref) + int(add_bos) + int(add_eos) for ref in rank_documents(source, rank, world_size))
+    return sum(source.length(*ref) + int(add_bos) + int(add_eos) for ref in RankShare(source, rank, world_size).documents())
 
 
 def eval_windows(source, rank: int, world_size: int, seq_len: int, add_bos: bool = True,
@@ -93,30 +93,29 @@ def heldout_bpb(model, sources: dict[str, float], seq_len: int, batch_size: int,
 
     opened = open_sources(sources, tokenizer)
     windows = sum(math.ceil(max(rank_stream_length(s, rank, world_size, add_bos, add_eos) - 1, 0) / seq_len) for s in opened)
-    steps = torch.tensor([float(math.ceil(windows / batch_size))], dtype=torch.float64)
+    # Collectives get tensors on the model's device (NCCL takes no host tensors); the sums stay
+    # there until the one read at the end.
+    steps = torch.tensor([float(math.ceil(windows / batch_size))], dtype=torch.float64, device=device)
     if reduce is not None:
         import torch.distributed as dist
 
         reduce(steps, op=dist.ReduceOp.MAX)
-    steps = int(steps) if max_batches is None else min(int(steps), max_batches)
+    steps = int(steps.item()) if max_batches is None else min(int(steps.item()), max_batches)
 
     was_training = model.training
     model.eval()
-    nats = torch.zeros((), dtype=torch.float64)
-    count = torch.zeros((), dtype=torch.float64)
+    totals = torch.zeros(2, dtype=torch.float64, device=device)
     batches = eval_batches(opened, rank, world_size, seq_len, batch_size, add_bos, add_eos)
     for _ in range(steps):
         batch = next(batches, None) or _empty_batch(batch_size, seq_len)
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         logits, _ = model(batch["tokens"], batch["levels"])
-        n, c = byte_nats(logits, batch["targets"], batch["target_bytes"])
-        nats += n.double().cpu()
-        count += c.double().cpu()
-    totals = torch.stack([nats, count])
+        totals += torch.stack([t.to(torch.float64) for t in byte_nats(logits, batch["targets"], batch["target_bytes"])])
     if reduce is not None:
         reduce(totals)
+    nats, count = totals.tolist()
     model.train(was_training)
-    return {"bpb": float(totals[0] / totals[1].clamp(min=1)) / math.log(2), "bytes": int(totals[1])}
+    return {"bpb": nats / max(count, 1.0) / math.log(2), "bytes": int(count)}
 
 
 def evaluate_model(model_dir: str | Path, data: list[str], batch_size: int = 8, max_batches: int | None = None) -> dict:

@@ -13,6 +13,7 @@ from torch import nn
 
 from aunet.config.model import ModelArgs
 from aunet.model.layers import Embedding, Linear, RMSNorm, Stack
+from aunet.model.metrics import nats_over_text
 from aunet.model.pooling import PoolIndex, Transition, pool_index
 
 
@@ -78,16 +79,24 @@ class HierarchicalTransformer(nn.Module):
         levels: torch.Tensor | None = None,
         targets: torch.Tensor | None = None,
         target_levels: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        target_bytes: torch.Tensor | None = None,
+    ):
         """Logits [B, T, vocab] and, when `targets` [B, T] are given, the mean next-token
         cross-entropy (plus lambda_level times the level loss when the level head exists;
         it then needs `target_levels`, the levels of the targets). Targets equal to -100 are
-        ignored."""
+        ignored.
+
+        With `target_bytes` (the bytes each target stands for) a third value comes back:
+        (summed nats, bytes of text) of the targets that stand for text, from the same
+        cross-entropy as the loss, so training gets its bpb without a second pass over the
+        logits and without a host synchronisation."""
         h = self.hidden(tokens, levels)
         logits = self.vocab(self.vocab_norm(h))
         if targets is None:
             return logits, None
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        flat = targets.flatten()
+        nll = F.cross_entropy(logits.flatten(0, 1).float(), flat, reduction="none")  # 0 where ignored
+        loss = nll.sum() / (flat != -100).sum()
         if self.args.lambda_level > 0:
             if target_levels is None:
                 raise ValueError("lambda_level > 0: forward needs target_levels (the levels of the targets)")
@@ -96,7 +105,9 @@ class HierarchicalTransformer(nn.Module):
             loss = loss + self.args.lambda_level * F.cross_entropy(
                 level_logits.flatten(0, 1).float(), level_targets.flatten()
             )
-        return logits, loss
+        if target_bytes is None:
+            return logits, loss
+        return logits, loss, nats_over_text(nll.detach(), targets, target_bytes)
 
     def level_logits(self, h: torch.Tensor, next_tokens: torch.Tensor) -> torch.Tensor:
         """Logits over the level (0..L) of the next position, from the final features `h` and

@@ -139,6 +139,7 @@ class _ShardWriter:
         self._writer = None
         self._tmp: Path | None = None
         self._docs = self._bytes = 0
+        self._batches: list[list[int]] = []
 
     def write(self, batch: pa.RecordBatch, lengths: np.ndarray) -> None:
         """Write `batch` (whose documents have `lengths` text bytes), closing a shard each time
@@ -159,6 +160,7 @@ class _ShardWriter:
             self._sink = _HashingFile(self._tmp)
             self._writer = pa.ipc.new_file(pa.PythonFile(self._sink, mode="w"), self.schema, options=self.write_options)
         self._writer.write_batch(batch)
+        self._batches.append([batch.num_rows, text_bytes])
         self._docs += batch.num_rows
         self._bytes += text_bytes
         if self._bytes >= self.opts.shard_bytes:
@@ -171,8 +173,8 @@ class _ShardWriter:
         size, digest = self._sink.finish()
         final = self._tmp.with_suffix("")  # drop ".tmp"
         os.replace(self._tmp, final)
-        self.shards.append(ShardInfo(final.name, self._docs, self._bytes, size, digest))
-        self._writer, self._tmp, self._docs, self._bytes = None, None, 0, 0
+        self.shards.append(ShardInfo(final.name, self._docs, self._bytes, size, digest, self._batches))
+        self._writer, self._tmp, self._docs, self._bytes, self._batches = None, None, 0, 0, []
 
 
 def process_file(

@@ -87,6 +87,10 @@ class ShardInfo:
     text_bytes: int
     file_bytes: int
     sha256: str
+    batches: list[list[int]] | None = None
+    """[rows, text bytes] of each record batch, in order: lets a reader plan which batches to
+    read (the training loader's rank split) without opening the file. None in manifests
+    written before it existed."""
 
 
 @dataclass

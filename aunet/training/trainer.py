@@ -21,6 +21,7 @@ from aunet.config import TrainArgs, to_dict
 from aunet.training.accelerator import ensure_ds_accelerator, init_distributed
 from aunet.training.checkpoint import latest_complete, mark_complete, prune, tag_for
 from aunet.training.lr_schedule import lr_factor
+from aunet.training.metrics import FIELDS, DeviceMetrics
 
 # Peak dense bf16 FLOP/s used for MFU on GPUs; on a CPU the figure is only indicative.
 PEAK_FLOPS = {"cuda": 989e12, "cpu": 1e12}
@@ -58,20 +59,35 @@ def raw_cache(cfg: TrainArgs, key: str, name: str) -> Path:
     return Path(cfg.dump_dir or f"runs/{cfg.name}") / "segmented" / key.split(".")[0] / safe
 
 
-def source_paths(cfg: TrainArgs, key: str = "data.sources", rank: int = 0, barrier=None) -> dict[str, float]:
-    """Shard directories to read. Raw-text sources are segmented first (on rank 0, by
-    `segment_corpus`: resumable, rejects recorded), the other ranks waiting at `barrier`."""
-    from aunet.segment import segment_corpus
+def source_paths(cfg: TrainArgs, key: str = "data.sources", rank: int = 0, world_size: int = 1, barrier=None) -> dict[str, float]:
+    """Shard directories to read. Raw-text sources are segmented first by all ranks together
+    (`segment_corpus` with rank/world_size: rank r takes input files k = r mod W, resumably,
+    rejects recorded), then rank 0 merges the rank manifests into one, between `barrier`s."""
+    import sys
 
+    from aunet.segment import merge, segment_corpus
+
+    local = int(os.environ.get("LOCAL_SIZE", os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    threads = max(1, len(os.sched_getaffinity(0)) // max(local, 1))  # the node's cores shared by its ranks
     out = {}
     for name, path, weight, raw in resolve_sources(cfg, key):
         if raw is None:
             out[str(path)] = weight
             continue
         cache = raw_cache(cfg, key, name)
+        part = segment_corpus(raw, cache, cfg.data.shard_strategy, on_error="skip", rank=rank, world_size=world_size,
+                              threads=threads, progress=rank == 0 and sys.stderr.isatty())
+        if barrier is not None:
+            barrier()
         if rank == 0:
-            m = segment_corpus(raw, cache, cfg.data.shard_strategy, on_error="skip")
-            print(f"{key}.{name}: {m.documents_written:,} documents segmented into {cache}"
+            if world_size > 1:
+                for stale in cache.glob("manifest.rank*-of*.json"):  # rank manifests of a run with another world size
+                    if not stale.name.endswith(f"-of{world_size}.json"):
+                        stale.unlink()
+                m = merge(cache)
+            else:
+                m = part
+            print(f"{key}.{name}: {m.documents_written:,} documents segmented into {cache} by {world_size} rank(s)"
                   + (f" ({m.documents_rejected:,} rejected, listed in {cache / 'rejects'})" if m.documents_rejected else ""), flush=True)
         if barrier is not None:
             barrier()
@@ -84,6 +100,20 @@ def tokenizer_path(cfg: TrainArgs) -> str | None:
     return cfg.data.tokenizer.path if cfg.data.tokenizer.name == "bpe" else None
 
 
+def zero_config(cfg: TrainArgs) -> dict:
+    """DeepSpeed's `zero_optimization` section; bucket sizes scale with the widest stage unless
+    `distributed.zero_*` sets them (see aunet/config/train.py for the reasons)."""
+    d, hidden = cfg.distributed, max(cfg.model.dimensions)
+    zero = {"stage": d.zero, "reduce_bucket_size": d.zero_reduce_bucket_size if d.zero_reduce_bucket_size is not None else hidden * hidden}
+    if d.zero == 3:
+        zero["stage3_prefetch_bucket_size"] = d.zero_prefetch_bucket_size if d.zero_prefetch_bucket_size is not None else int(0.9 * hidden * hidden)
+        zero["stage3_param_persistence_threshold"] = (d.zero_param_persistence_threshold
+                                                      if d.zero_param_persistence_threshold is not None else 10 * hidden)
+        if d.zero_max_live_parameters is not None:
+            zero["stage3_max_live_parameters"] = d.zero_max_live_parameters
+    return zero
+
+
 def deepspeed_config(cfg: TrainArgs, on_gpu: bool) -> dict:
     bf16 = on_gpu and cfg.distributed.model_dtype == "bf16"
     fp16 = on_gpu and cfg.distributed.model_dtype == "fp16"
@@ -91,7 +121,7 @@ def deepspeed_config(cfg: TrainArgs, on_gpu: bool) -> dict:
         "train_micro_batch_size_per_gpu": cfg.data.batch_size,
         "gradient_accumulation_steps": cfg.grad_acc_steps,
         "gradient_clipping": cfg.optim.clip,
-        "zero_optimization": {"stage": cfg.distributed.zero, "stage3_param_persistence_threshold": 0},
+        "zero_optimization": zero_config(cfg),
         "bf16": {"enabled": bf16},
         "fp16": {"enabled": fp16},
         "optimizer": {
@@ -131,7 +161,6 @@ def train(cfg: TrainArgs, unused: list[str] | None = None, stop_at: int | None =
     from deepspeed.accelerator import get_accelerator
 
     from aunet.data import LoaderArgs, PackedLoader
-    from aunet.model import HierarchicalTransformer, byte_nats
     from aunet.model.flops import flops_per_byte
 
     init_distributed()
@@ -149,19 +178,19 @@ def train(cfg: TrainArgs, unused: list[str] | None = None, stop_at: int | None =
         if unused:
             print(f"config keys not used by this trainer: {', '.join(unused)}", flush=True)
 
-    sources = source_paths(cfg, rank=rank, barrier=dist.barrier)
-    validation = source_paths(cfg, "eval.validation.sources", rank=rank, barrier=dist.barrier)
+    sources = source_paths(cfg, rank=rank, world_size=world, barrier=dist.barrier)
+    validation = source_paths(cfg, "eval.validation.sources", rank=rank, world_size=world, barrier=dist.barrier)
     loader = PackedLoader(
         LoaderArgs(sources, seq_len=cfg.data.seq_len, batch_size=cfg.data.batch_size, add_bos=cfg.data.add_bos,
                    add_eos=cfg.data.add_eos, seed=cfg.data.seed, prefetch=cfg.data.prefetch_size if cfg.data.load_async else 0,
-                   rank=rank, world_size=world, tokenizer=tokenizer_path(cfg))
+                   rank=rank, world_size=world, tokenizer=tokenizer_path(cfg), pin_memory=on_gpu)
     )
     if len(loader.token_bytes) > cfg.model.vocab_size:
         raise ValueError(f"model.vocab_size = {cfg.model.vocab_size} is smaller than the tokenizer's {len(loader.token_bytes)} ids")
-    torch.manual_seed(cfg.model.seed)
-    model = HierarchicalTransformer(cfg.model)
+    ds_config = deepspeed_config(cfg, on_gpu)
+    model = build_model(cfg, ds_config)
     model.set_activation_checkpointing(cfg.distributed.selective_activation_checkpointing)
-    engine, optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=deepspeed_config(cfg, on_gpu))
+    engine, optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
     if cfg.distributed.compile:
         engine.compile()
 
@@ -179,48 +208,22 @@ def train(cfg: TrainArgs, unused: list[str] | None = None, stop_at: int | None =
     peak = PEAK_FLOPS["cuda" if on_gpu else "cpu"] * world
     log = MetricsLog(dump / "metrics.jsonl", rank == 0)
     torch.manual_seed(cfg.seed + 1000 * rank + start)
-    tic, window_bytes, window_tokens = time.perf_counter(), 0, 0
+    metrics = DeviceMetrics(device)
+    tic = time.perf_counter()
     last = {}
     end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
     for step in range(start + 1, end + 1):
         lr = cfg.optim.lr * lr_factor(step, cfg.optim.warmup, cfg.steps, cfg.optim.lr_min_ratio, cfg.optim.scheduler)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        nats = torch.zeros((), dtype=torch.float64)
-        count = torch.zeros((), dtype=torch.float64)
         for _ in range(cfg.grad_acc_steps):
-            batch = {k: v.to(device, non_blocking=True) for k, v in next(loader).items()}
-            logits, loss = engine(batch["tokens"], batch["levels"], batch["targets"], batch["target_levels"])
-            engine.backward(loss)
-            engine.step()
-            with torch.no_grad():
-                n, c = byte_nats(logits.detach(), batch["targets"], batch["target_bytes"])
-            loss_sum += loss.detach().double().cpu()
-            nats += n.double().cpu()
-            count += c.double().cpu()
-            window_bytes += int(batch["target_bytes"].sum())
-            window_tokens += batch["tokens"].numel()
+            micro_step(engine, next(loader), device, metrics)
         if step % cfg.logging.freq == 0 or step == end:
-            totals = torch.tensor([float(loss_sum), float(nats), float(count), float(window_bytes), float(window_tokens)],
-                                  dtype=torch.float64)
-            dist.all_reduce(totals)
-            elapsed = time.perf_counter() - tic
-            bytes_per_s = float(totals[3]) / elapsed
-            tokens_per_s = float(totals[4]) / elapsed
-            grad_norm = engine.get_global_grad_norm()
-            last = {
-                "step": step,
-                "loss": float(totals[0]) / (cfg.grad_acc_steps * world),
-                "bpb": float(totals[1] / totals[2].clamp(min=1)) / math.log(2),
-                "lr": lr,
-                "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-                "bytes_per_s": bytes_per_s,
-                "tokens_per_s": tokens_per_s,
-                "mfu": tokens_per_s * flops / peak,
-            }
+            last = log_record(step, lr, metrics.reduced(dist.all_reduce).tolist(), metrics, time.perf_counter() - tic,
+                              engine.get_global_grad_norm(), world, flops / peak)
             log.write(last)
-            tic, window_bytes, window_tokens = time.perf_counter(), 0, 0
+            metrics.reset()
+            tic = time.perf_counter()
         if validation and (step % cfg.checkpoint.eval.every == 0 or step == end):
             from aunet.inference.evaluate import heldout_bpb
 
@@ -234,6 +237,51 @@ def train(cfg: TrainArgs, unused: list[str] | None = None, stop_at: int | None =
     dist.barrier()
     dist.destroy_process_group()
     return last
+
+
+def build_model(cfg: TrainArgs, ds_config: dict):
+    """The model, under ZeRO-3 partitioned as it is built (`deepspeed.zero.Init`): each
+    module's parameters are split across the ranks as soon as its constructor has initialised
+    them, so no rank ever holds the whole model (an 8B model is 32 GB in fp32). Every module
+    initialises inside its own constructor, in construction order, from the same seed on every
+    rank, so the weights do not depend on the number of ranks."""
+    import deepspeed
+    import torch
+
+    from aunet.model import HierarchicalTransformer
+
+    torch.manual_seed(cfg.model.seed)
+    with deepspeed.zero.Init(config_dict_or_path=ds_config, enabled=ds_config["zero_optimization"]["stage"] == 3):
+        return HierarchicalTransformer(cfg.model)
+
+
+def micro_step(engine, batch: dict, device, metrics: DeviceMetrics) -> None:
+    """Forward, backward and (at the accumulation boundary) the optimizer step of one
+    micro-batch. Nothing here reads a tensor on the host: the copies are asynchronous (the
+    loader pins its batches on GPUs) and the metrics stay on the device."""
+    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    _, loss, (nats, scored) = engine(batch["tokens"], batch["levels"], batch["targets"], batch["target_levels"],
+                                     batch["target_bytes"])
+    engine.backward(loss)
+    engine.step()
+    metrics.add(loss, nats, scored, batch["target_bytes"], batch["tokens"].numel())
+
+
+def log_record(step: int, lr: float, totals: list[float], metrics: DeviceMetrics, elapsed: float, grad_norm,
+               world: int, flops_share: float) -> dict:
+    """One metrics.jsonl record from the summed (all-reduced) totals of `DeviceMetrics`."""
+    sums = dict(zip(FIELDS, totals))
+    tokens_per_s = metrics.tokens * world / elapsed
+    return {
+        "step": step,
+        "loss": sums["loss"] / (metrics.micro_steps * world),
+        "bpb": sums["nats"] / max(sums["scored_bytes"], 1.0) / math.log(2),
+        "lr": lr,
+        "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+        "bytes_per_s": sums["text_bytes"] / elapsed,
+        "tokens_per_s": tokens_per_s,
+        "mfu": tokens_per_s * flops_share,
+    }
 
 
 def save(engine, loader, root: Path, step: int, rank: int, cfg: TrainArgs) -> None:

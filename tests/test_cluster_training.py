@@ -1,0 +1,96 @@
+"""What a GPU cluster needs from the trainer, proved on the CPU (SPEC section 6): no host
+synchronisation in a training step, collectives only on the model's device, ZeRO-3
+partitioning from construction with weights independent of the number of ranks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from aunet import segment_corpus
+from aunet.config import load_config
+from aunet.training.metrics import DeviceMetrics
+from aunet.training.trainer import deepspeed_config, zero_config
+from helpers import REPO_ROOT, run_deepspeed
+from segment_fixtures import STRATEGY, sample_texts, write_jsonl
+
+SCRIPTS = REPO_ROOT / "tests" / "distributed"
+CONFIG = REPO_ROOT / "configs" / "tiny_aunet3.yaml"
+
+
+def reports(out: Path, ranks: int) -> list[dict]:
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(ranks)]
+
+
+def test_device_metrics_hand_the_collective_a_tensor_on_their_device():
+    seen = []
+    m = DeviceMetrics("meta")
+    for _ in range(3):
+        t = torch.ones((), device="meta")
+        m.add(t, t, t, torch.ones(4, 8, dtype=torch.int32, device="meta"), tokens=32)
+    totals = m.reduced(lambda x: seen.append(x.device))
+    assert seen == [torch.device("meta")] and totals.device.type == "meta" and totals.dtype == torch.float64
+    assert (m.micro_steps, m.tokens) == (3, 96)
+
+
+def test_zero_buckets_scale_with_the_widest_stage_and_keep_norms_whole():
+    cfg, _ = load_config(CONFIG)
+    hidden = max(cfg.model.dimensions)
+    zero = zero_config(cfg)
+    assert zero["reduce_bucket_size"] == hidden**2 and zero["stage3_prefetch_bucket_size"] == int(0.9 * hidden**2)
+    # Norm weights (hidden elements) stay whole on every rank; square matrices are partitioned.
+    assert hidden <= zero["stage3_param_persistence_threshold"] < hidden**2
+    cfg, _ = load_config(CONFIG, ["distributed.zero_param_persistence_threshold=0", "distributed.zero_reduce_bucket_size=1000",
+                                  "distributed.zero_max_live_parameters=5000000"])
+    zero = deepspeed_config(cfg, on_gpu=False)["zero_optimization"]
+    assert (zero["stage3_param_persistence_threshold"], zero["reduce_bucket_size"], zero["stage3_max_live_parameters"]) == (0, 1000, 5000000)
+    cfg, _ = load_config(CONFIG, ["distributed.fsdp_type=shard_grad_op"])
+    assert "stage3_param_persistence_threshold" not in zero_config(cfg)
+
+
+@pytest.mark.distributed
+def test_a_training_step_has_no_host_sync_and_collectives_stay_on_the_device(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", sample_texts(600))
+    segment_corpus(tmp_path / "a.jsonl", tmp_path / "data" / "train", STRATEGY)
+    write_jsonl(tmp_path / "b.jsonl", sample_texts(60, seed=5))
+    segment_corpus(tmp_path / "b.jsonl", tmp_path / "data" / "heldout", STRATEGY)
+    out = tmp_path / "out"
+    out.mkdir()
+    overrides = [f"data.root_dir={tmp_path / 'data'}", "data.sources={train: 1.0}", "eval.validation.sources={heldout: 1.0}",
+                 f"dump_dir={tmp_path / 'run'}", "steps=4", "grad_acc_steps=2", "logging.freq=2", "checkpoint.eval.every=2",
+                 "checkpoint.dump.every=100", "data.seq_len=128", "data.batch_size=2", "model.max_seqlens=[-1,64,48]"]
+    proc = run_deepspeed(SCRIPTS / "count_host_syncs.py", "--out", str(out), *overrides, ranks=2, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for rank in reports(out, 2):
+        assert rank["micro_steps"] == 8
+        ours = {k: v for k, v in rank["syncs"].items() if k.startswith("aunet:")}
+        assert ours == {}, rank["ours_at"]
+        # Logging (2 steps) and validation (2 runs: steps MAX, then the sums) all-reduce.
+        assert len(rank["collectives"]) == 2 + 2 * 2
+        assert {c["device"] for c in rank["collectives"]} == {rank["device"]}
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if "bpb" in r] == [2, 4] and all(0 < r["bpb"] < 12 for r in logged if "bpb" in r)
+    assert [r["step"] for r in logged if "val_bpb" in r] == [2, 4]
+
+
+@pytest.mark.distributed
+def test_zero3_construction_partitions_a_300m_model_and_weights_do_not_depend_on_the_ranks(tmp_path):
+    one, two = tmp_path / "w1", tmp_path / "w2"
+    one.mkdir(), two.mkdir()
+    for out, ranks, extra in ((one, 1, ["--plain"]), (two, 2, [])):
+        proc = run_deepspeed(SCRIPTS / "zero3_construction.py", "--out", str(out), *extra, ranks=ranks, timeout=900)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (single,), pair = reports(one, 1), reports(two, 2)
+    full = single["model_elements"]
+    assert 280e6 < full < 340e6
+    assert single["partition_elements"] == full
+    full_bytes = 4 * full
+    for rank in pair:
+        assert rank["model_elements"] == full
+        assert abs(rank["partition_elements"] / full - 0.5) < 0.01
+        # Each module is partitioned as soon as it is built: the peak never nears a full copy.
+        assert rank["rss_growth_bytes"] < 0.9 * full_bytes, rank["rss_growth_bytes"] / full_bytes
+    assert single["digest"] == pair[0]["digest"] == single["plain_digest"]
