@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -162,3 +163,163 @@ def test_parameters_are_only_read_inside_their_modules_call(pooling_type):
             p.data = data
     torch.testing.assert_close(got, want)
     assert torch.isfinite(loss)
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention routes: FlexAttention (the CUDA route) against the SDPA routes, run on the CPU.
+#
+# On the CPU, FlexAttention runs PyTorch's unfused reference (the fused kernels are CUDA's,
+# through torch.compile), so these tests pin down what the CUDA route is asked to compute
+# (mask_mod, block mask, grouped-query heads, layouts), not the Triton kernel's arithmetic.
+
+def flex_windows(T):
+    return sorted({1, 3, T // 4, T - 1, T, T + 5, -1})
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("T", [37, 64, 200, 300])
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_flex_route_equals_banded_route_and_the_definition(T, kv_heads):
+    gen = torch.Generator().manual_seed(T * kv_heads)
+    q = torch.randn(2, 4, T, 16, generator=gen)
+    k = torch.randn(2, kv_heads, T, 16, generator=gen)
+    v = torch.randn(2, kv_heads, T, 16, generator=gen)
+    for window in flex_windows(T):
+        flex = causal_attention(q, k, v, window, impl="flex")
+        torch.testing.assert_close(flex, causal_attention(q, k, v, window, impl="banded"))
+        torch.testing.assert_close(flex, causal_attention(q, k, v, window, impl="masked"))
+        torch.testing.assert_close(flex, attention_by_definition(q.double(), k.double(), v.double(), window).float())
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("T", [37, 200])
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_flex_route_gradients_equal_banded_route_and_the_definition(T, kv_heads, monkeypatch):
+    """PyTorch refuses FlexAttention inputs that require grad on the CPU (a device check in
+    `flex_attention`); the autograd formula behind it runs on the CPU all the same, so the
+    check is lifted here and gradients go through the flex route unchanged."""
+    import torch.nn.attention.flex_attention as flex_module
+
+    monkeypatch.setattr(flex_module, "_validate_device", lambda *tensors: None)
+    gen = torch.Generator().manual_seed(T + kv_heads)
+    # As Attention.forward passes them: [B, T, H, D] storage seen as [B, H, T, D].
+    q = torch.randn(2, T, 4, 16, generator=gen).transpose(1, 2).requires_grad_()
+    k = torch.randn(2, T, kv_heads, 16, generator=gen).transpose(1, 2).requires_grad_()
+    v = torch.randn(2, T, kv_heads, 16, generator=gen).transpose(1, 2).requires_grad_()
+    grad_out = torch.randn(2, 4, T, 16, generator=gen)
+    for window in flex_windows(T):
+        want_banded = torch.autograd.grad(causal_attention(q, k, v, window, impl="banded"), (q, k, v), grad_out)
+        qd, kd, vd = (x.detach().double().requires_grad_() for x in (q, k, v))
+        want_def = torch.autograd.grad(attention_by_definition(qd, kd, vd, window), (qd, kd, vd), grad_out.double())
+        got = torch.autograd.grad(causal_attention(q, k, v, window, impl="flex"), (q, k, v), grad_out)
+        for g, b, d in zip(got, want_banded, want_def):
+            torch.testing.assert_close(g, b)
+            torch.testing.assert_close(g, d.float())
+
+
+@pytest.mark.parametrize("T,window", [(300, 1), (300, 40), (512, 128), (512, 200), (257, 256), (300, -1), (300, 300)])
+def test_flex_block_mask_is_the_window_band_at_block_level(T, window):
+    """The mask_mod is the band of causal_attention's definition, and the block mask lists
+    exactly the 128 x 128 tiles that hold an allowed (query, key) pair: none missing (which
+    would drop keys) and none extra (which would waste the sparsity)."""
+    from torch.nn.attention.flex_attention import create_mask
+
+    from aunet.model.attention import FLEX_BLOCK, window_block_mask, window_mask_mod
+
+    t = torch.arange(T)[:, None]
+    s = torch.arange(T)[None, :]
+    band = (s <= t) & ((t - s < window) if 0 < window < T else True)
+    w = window if 0 < window < T else 0
+    assert torch.equal(create_mask(window_mask_mod(w), 1, 1, T, T, device="cpu")[0, 0], band)
+    n = -(-T // FLEX_BLOCK)
+    padded = F.pad(band, (0, n * FLEX_BLOCK - T, 0, n * FLEX_BLOCK - T))
+    tiles = padded.view(n, FLEX_BLOCK, n, FLEX_BLOCK).any(3).any(1)
+    mask = window_block_mask(T, window, torch.device("cpu"))
+    assert torch.equal(mask.to_dense()[0, 0].bool(), tiles)
+    assert window_block_mask(T, window, torch.device("cpu")) is mask  # cached
+    if w == 0:
+        assert window_block_mask(T, -1, torch.device("cpu")) is window_block_mask(T, T + 3, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("T,window", [(37, 8), (64, 16), (20, 12), (16, 16), (50, -1), (300, 40), (300, 1)])
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_auto_on_the_cpu_takes_the_sdpa_routes(T, window, kv_heads, monkeypatch):
+    import aunet.model.attention as attention
+
+    def no_flex(*args):
+        raise AssertionError("the flex route ran on the CPU")
+
+    monkeypatch.setattr(attention, "_flex_attention", no_flex)
+    gen = torch.Generator().manual_seed(T)
+    q = torch.randn(2, 4, T, 16, generator=gen)
+    k = torch.randn(2, kv_heads, T, 16, generator=gen)
+    v = torch.randn(2, kv_heads, T, 16, generator=gen)
+    assert torch.equal(causal_attention(q, k, v, window), causal_attention(q, k, v, window, impl="sdpa"))
+    assert attention._resolve(q, k, window, "auto") == "sdpa"
+
+
+def test_auto_on_cuda_takes_flex_for_short_windows_and_flash_otherwise():
+    """The choice made for CUDA tensors, read off fake (shape-only) CUDA tensors: this machine
+    has no GPU."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from aunet.model.attention import _resolve
+
+    with FakeTensorMode():
+        q = torch.empty(2, 8, 1024, 64, device="cuda")
+        k = torch.empty(2, 2, 1024, 64, device="cuda")
+        assert q.device.type == "cuda"
+        assert _resolve(q, k, 512, "auto") == "flex"
+        assert _resolve(q, q, 1, "auto") == "flex"
+        assert _resolve(q.bfloat16(), k.bfloat16(), 1023, "auto") == "flex"
+        # Window covering the sequence: plain causal SDPA (flash).
+        assert _resolve(q, k, 1024, "auto") == "sdpa"
+        assert _resolve(q, k, -1, "auto") == "sdpa"
+        # Shapes the fused kernel does not take: the SDPA routes.
+        assert _resolve(q[..., :8], k[..., :8], 512, "auto") == "sdpa"  # head_dim < 16
+        assert _resolve(q[:, :, :100], k[:, :, :100], 50, "auto") == "sdpa"  # under one block
+        assert _resolve(q[:, :6], k, 512, "auto") == "sdpa"  # 3 query heads per key head
+        assert _resolve(q.double(), k.double(), 512, "auto") == "sdpa"
+        # Explicit choices are kept.
+        assert _resolve(q, k, 512, "sdpa") == "sdpa"
+        assert _resolve(q, k, 1024, "flex") == "flex"
+    with pytest.raises(ValueError, match="expected one of"):
+        causal_attention(torch.zeros(1, 1, 4, 8), torch.zeros(1, 1, 4, 8), torch.zeros(1, 1, 4, 8), 2, impl="fast")
+
+
+def test_environment_variable_forces_the_route_of_auto(monkeypatch):
+    import subprocess
+    import sys
+
+    import aunet.model.attention as attention
+
+    # The variable is read at import: one fresh interpreter imports the module twice.
+    code = ("import importlib, os, aunet.model.attention as a; print(a._FORCED)\n"
+            "os.environ['AUNET_ATTENTION'] = 'fast'\n"
+            "try:\n    importlib.reload(a)\nexcept ValueError as e:\n    print(e)\n")
+    run = subprocess.run([sys.executable, "-c", code], env={**os.environ, "AUNET_ATTENTION": " SDPA "},
+                         capture_output=True, text=True, check=True)
+    assert run.stdout.splitlines() == ["sdpa", "AUNET_ATTENTION='fast': expected one of auto, sdpa, banded, masked, flex"]
+    # What a forced route does to "auto" (set in-process: the variable is read at import).
+    calls = []
+    monkeypatch.setattr(attention, "_FORCED", "banded")
+    monkeypatch.setattr(attention, "_banded_attention", lambda q, k, v, w: calls.append(w) or q)
+    q = torch.randn(1, 2, 40, 8)
+    causal_attention(q, q, q, 30)  # "sdpa" would use one mask here (T < 2 * window)
+    assert calls == [30]
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_flex_route_traces_into_one_graph():
+    """No host syncs or graph breaks on the CUDA route either: the flex route, block mask
+    included, compiles with fullgraph=True (here with the eager backend, on the CPU)."""
+    import functools
+
+    flex = functools.partial(causal_attention, impl="flex")
+    compiled = torch.compile(flex, fullgraph=True, backend="eager", dynamic=False)
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 300, 4, 16, generator=gen).transpose(1, 2)
+    kv = torch.randn(2, 300, 2, 16, generator=gen).transpose(1, 2)
+    got = compiled(q, kv, kv, 40)
+    torch.testing.assert_close(got, flex(q, kv, kv, 40))
+    torch.testing.assert_close(got, causal_attention(q, kv, kv, 40, impl="banded"))

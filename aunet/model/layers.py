@@ -1,4 +1,4 @@
-"""Transformer building blocks: RMSNorm, RoPE, sliding-window causal attention, SwiGLU, a stack.
+"""Transformer building blocks: RMSNorm, RoPE, attention (routes in `aunet.model.attention`), SwiGLU, a stack.
 
 Every parametrised module initialises itself inside its own constructor (truncated normal,
 cut at 3 std), so building under `deepspeed.zero.Init`, which partitions each module's
@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aunet.config.model import BlockArgs
+from aunet.model.attention import causal_attention
 
 
 def trunc_normal_(weight: torch.Tensor, std: float) -> None:
@@ -73,47 +74,6 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     x0, x1 = xf[..., 0], xf[..., 1]
     cos, sin = cos[:, None, :], sin[:, None, :]
     return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2).type_as(x)
-
-
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
-    """Causal attention over [B, H, T, D] where query t sees keys t-window+1..t (window <= 0: all).
-
-    Three exact routes through scaled_dot_product_attention: plain causal (flash kernels) when
-    the window covers the sequence; for long sequences, banded blocks (queries in blocks of
-    `window`, each against the 2 * window keys that can reach it), which costs O(T * window)
-    instead of O(T^2); otherwise one boolean mask.
-    """
-    T = q.shape[-2]
-    if window <= 0 or window >= T:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=q.shape[1] != k.shape[1])
-    if q.shape[1] != k.shape[1]:
-        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-        v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
-    if T >= 2 * window:
-        return _banded_attention(q, k, v, window)
-    pos = torch.arange(T, device=q.device)
-    delta = pos[:, None] - pos[None, :]
-    mask = (delta >= 0) & (delta < window)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-
-
-def _banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: int) -> torch.Tensor:
-    T = q.shape[2]
-    nb = -(-T // w)
-    pad = nb * w - T
-    # The first block of queries sees every key before it: plain causal attention.
-    first = F.scaled_dot_product_attention(q[:, :, :w], k[:, :, :w], v[:, :, :w], is_causal=True)
-    # Query block n >= 1 (positions n*w .. n*w+w-1) sees keys (n-1)*w .. n*w+w-1, through one
-    # [w, 2w] band mask shared by all blocks; blocks go into the head dimension, so every call
-    # is 4-D and the fused (memory-efficient) kernels apply.
-    qb = F.pad(q, (0, 0, 0, pad))[:, :, w:].unflatten(2, (nb - 1, w)).flatten(1, 2)
-    kb = F.pad(k, (0, 0, 0, pad)).unfold(2, 2 * w, w).transpose(-1, -2).flatten(1, 2)
-    vb = F.pad(v, (0, 0, 0, pad)).unfold(2, 2 * w, w).transpose(-1, -2).flatten(1, 2)
-    i = torch.arange(w, device=q.device)[:, None]
-    j = torch.arange(2 * w, device=q.device)[None, :]
-    band = (j > i) & (j <= i + w)  # key j of the block is position j - w relative to query i
-    rest = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=band).unflatten(1, (q.shape[1], nb - 1))
-    return torch.cat([first, rest.flatten(2, 3)], dim=2)[:, :, :T]
 
 
 class Attention(nn.Module):
