@@ -81,8 +81,8 @@ def generate(args) -> int:
     gen = Generator(model, cfg.data.regex.strategy if cfg.data.regex is not None else None)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     sys.stdout.write(args.prompt)
-    for b in gen.stream(args.prompt.encode(), args.max_bytes, args.temperature, args.top_k, args.top_p,
-                        [s.encode() for s in args.stop], args.seed):
+    for b in gen.stream(args.prompt.encode(), args.max_bytes, temperature=args.temperature, top_k=args.top_k,
+                        top_p=args.top_p, stop=[s.encode() for s in args.stop], seed=args.seed):
         sys.stdout.write(decoder.decode(bytes([b])))
         sys.stdout.flush()
     sys.stdout.write(decoder.decode(b"", final=True) + "\n")

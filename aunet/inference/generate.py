@@ -313,22 +313,14 @@ class Generator:
         return [bytes(self._sample(state, logits, max_bytes, temperature, top_k, top_p, stop, seed))
                 for logits, state in zip(self.prefill(prompts), list(self.states))]
 
-    def stream(
-        self,
-        prompt: bytes,
-        max_bytes: int,
-        temperature: float = 0.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        stop: list[bytes] | tuple = (),
-        seed: int = 0,
-    ) -> Iterator[int]:
-        """The bytes `generate([prompt], ...)` returns, one at a time as they are sampled."""
+    def stream(self, prompt: bytes, max_bytes: int, **sampling) -> Iterator[int]:
+        """The bytes `generate([prompt], max_bytes, **sampling)` returns, one at a time as they
+        are sampled (`sampling`: temperature, top_k, top_p, stop, seed, as for `generate`)."""
         (logits,) = self.prefill([prompt])
-        return self._sample(self.states[0], logits, max_bytes, temperature, top_k, top_p, stop, seed)
+        return self._sample(self.states[0], logits, max_bytes, **sampling)
 
-    def _sample(self, state: SequenceState, logits: torch.Tensor, max_bytes: int, temperature: float, top_k: int,
-                top_p: float, stop, seed: int) -> Iterator[int]:
+    def _sample(self, state: SequenceState, logits: torch.Tensor, max_bytes: int, temperature: float = 0.0, top_k: int = 0,
+                top_p: float = 1.0, stop=(), seed: int = 0) -> Iterator[int]:
         """The one sampling loop: each prompt samples with its own generator seeded by `seed`."""
         stops = [s.encode() if isinstance(s, str) else bytes(s) for s in stop]
         rng = torch.Generator(device="cpu").manual_seed(seed)
