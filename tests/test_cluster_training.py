@@ -51,6 +51,13 @@ def test_zero_buckets_scale_with_the_widest_stage_and_keep_norms_whole():
     assert "stage3_param_persistence_threshold" not in zero_config(cfg)
 
 
+def test_gpu_runs_use_torchs_fused_adamw_not_a_jit_compiled_op():
+    cfg, _ = load_config(CONFIG)
+    gpu, cpu = (deepspeed_config(cfg, on_gpu=flag)["optimizer"]["params"] for flag in (True, False))
+    assert gpu["torch_adam"] and gpu["fused"]  # FusedAdam would need nvcc on the GPU machine
+    assert cpu["torch_adam"] and "fused" not in cpu
+
+
 @pytest.mark.distributed
 def test_a_training_step_has_no_host_sync_and_collectives_stay_on_the_device(tmp_path):
     write_jsonl(tmp_path / "a.jsonl", sample_texts(600))

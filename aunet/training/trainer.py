@@ -131,8 +131,10 @@ def deepspeed_config(cfg: TrainArgs, on_gpu: bool) -> dict:
                 "betas": [cfg.optim.beta1, cfg.optim.beta2],
                 "eps": cfg.optim.epsilon,
                 "weight_decay": cfg.optim.weight_decay,
-                # torch's AdamW: no JIT-compiled optimizer op needed on CPUs.
-                "torch_adam": not on_gpu,
+                # torch's AdamW everywhere, its fused CUDA kernel on GPUs: DeepSpeed's FusedAdam is
+                # JIT-compiled with nvcc on first use, which a pip-installed torch does not bring.
+                "torch_adam": True,
+                **({"fused": True} if on_gpu else {}),
             },
         },
         "steps_per_print": 10**9,
