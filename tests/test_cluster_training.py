@@ -13,7 +13,7 @@ import torch
 from aunet import segment_corpus
 from aunet.config import load_config
 from aunet.training.metrics import DeviceMetrics
-from aunet.training.trainer import deepspeed_config, zero_config
+from aunet.training.trainer import MIN_BUCKET, deepspeed_config, zero_config
 from helpers import REPO_ROOT, run_deepspeed
 from segment_fixtures import STRATEGY, sample_texts, write_jsonl
 
@@ -37,12 +37,19 @@ def test_device_metrics_hand_the_collective_a_tensor_on_their_device():
 
 
 def test_zero_buckets_scale_with_the_widest_stage_and_keep_norms_whole():
-    cfg, _ = load_config(CONFIG)
-    hidden = max(cfg.model.dimensions)
-    zero = zero_config(cfg)
-    assert zero["reduce_bucket_size"] == hidden**2 and zero["stage3_prefetch_bucket_size"] == int(0.9 * hidden**2)
-    # Norm weights (hidden elements) stay whole on every rank; square matrices are partitioned.
-    assert hidden <= zero["stage3_param_persistence_threshold"] < hidden**2
+    wide = ["model.dimensions=[1024,4096]", "model.layers=[1,1]", "model.head_dims=[64,128]", "model.residuals=[true]",
+            "model.sliding_windows=[128,128]", "model.max_seqlens=[-1,-1]", "data.regex.strategy={word1: 1@1}"]
+    for dims, overrides in (([48, 64, 96], []), ([1024, 4096], wide)):
+        cfg, _ = load_config(CONFIG, overrides)
+        assert cfg.model.dimensions == dims
+        hidden = max(dims)
+        zero = zero_config(cfg)
+        # Buckets of one square weight, never so small that a small model splits its step into
+        # hundreds of collectives.
+        bucket = max(hidden**2, MIN_BUCKET)
+        assert zero["reduce_bucket_size"] == bucket and zero["stage3_prefetch_bucket_size"] == int(0.9 * bucket)
+        # Norm weights (hidden elements) stay whole on every rank; square matrices are partitioned.
+        assert hidden <= zero["stage3_param_persistence_threshold"] < hidden**2
     cfg, _ = load_config(CONFIG, ["distributed.zero_param_persistence_threshold=0", "distributed.zero_reduce_bucket_size=1000",
                                   "distributed.zero_max_live_parameters=5000000"])
     zero = deepspeed_config(cfg, on_gpu=False)["zero_optimization"]

@@ -138,11 +138,12 @@ class DistributedArgs:
     compile_cache_size_limit: int = 8
     """torch._dynamo cache size limit."""
     zero_reduce_bucket_size: int | None = None
-    """ZeRO gradient reduce-scatter bucket (elements). Default: hidden^2, with hidden the widest
-    stage (`model.dimensions`): buckets of about one square weight keep the collectives large
-    enough to use the interconnect and small enough to overlap with the backward pass."""
+    """ZeRO gradient reduce-scatter bucket (elements). Default: hidden^2 (at least 2^22), with
+    hidden the widest stage (`model.dimensions`): buckets of about one square weight keep the
+    collectives large enough to use the interconnect and small enough to overlap with the
+    backward pass; the floor keeps small models from paying one collective per tiny bucket."""
     zero_prefetch_bucket_size: int | None = None
-    """ZeRO-3 parameters all-gathered ahead of use (elements). Default: 0.9 x hidden^2."""
+    """ZeRO-3 parameters all-gathered ahead of use (elements). Default: 0.9 x the reduce bucket."""
     zero_param_persistence_threshold: int | None = None
     """ZeRO-3 keeps parameters with fewer elements than this whole on every rank instead of
     gathering them in each forward and backward (norm weights, small embeddings). Default:
