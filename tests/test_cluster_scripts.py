@@ -306,8 +306,8 @@ def test_hostfile_example_has_deepspeeds_format():
 
 @pytest.fixture(scope="module")
 def ds_launcher():
-    runner = pytest.importorskip("deepspeed.launcher.runner")
-    launch = pytest.importorskip("deepspeed.launcher.launch")
+    import deepspeed.launcher.launch as launch  # a pinned dependency: a missing one must fail, not skip
+    import deepspeed.launcher.runner as runner
     return runner, launch
 
 
