@@ -19,6 +19,20 @@ START = {
 _ESCAPES = {0xDC80 + i: 0xFFFD for i in range(128)}
 
 
+# Every proper prefix of the UTF-8 encoding of a scalar value: the byte strings that more bytes
+# can still complete into one character. (Python's incremental decoder is no oracle here: it
+# also holds back b"\xed\xa0", which can only become a surrogate.)
+_UNFINISHED = frozenset(
+    chr(cp).encode()[:k] for cp in range(0x80, 0x110000) if not 0xD800 <= cp <= 0xDFFF
+    for k in range(1, len(chr(cp).encode()))
+)
+
+
+def incomplete_tail(data: bytes) -> int:
+    """How many bytes at the end of `data` are an unfinished character (0-3)."""
+    return next((k for k in (3, 2, 1) if data[-k:] in _UNFINISHED and len(data) >= k), 0)
+
+
 class OracleSegmenter:
     def __init__(self, strategy):
         items = strategy.items() if isinstance(strategy, dict) else strategy
@@ -40,13 +54,15 @@ class OracleSegmenter:
             self.rules.append((start, end, moduli))
 
     def levels(self, data: bytes) -> bytearray:
+        out = bytearray(len(data))
+        # An unfinished character at the end is left out (SPEC section 2).
+        data = data[: len(data) - incomplete_tail(data)]
         text = data.decode("utf-8", "surrogateescape")
         last, pos = [], 0
         for ch in text:
             pos += 1 if 0xDC80 <= ord(ch) <= 0xDCFF else len(ch.encode("utf-8"))
             last.append(pos - 1)
         text = text.translate(_ESCAPES)
-        out = bytearray(len(data))
         for i, (start, end, moduli) in enumerate(self.rules):
             if start is not None:
                 for m in start.finditer(text):

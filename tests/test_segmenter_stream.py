@@ -37,3 +37,37 @@ def test_causal_and_full_levels_differ_where_the_future_decides():
     # that has seen only "x " cannot know a newline follows.
     assert seg.levels(text).tolist() == [0, 1, 0, 0, 0]
     assert seg.stream().push(text).tolist() == [0, 0, 0, 0, 0]
+
+
+def non_final_bytes(data: bytes) -> list[int]:
+    """In valid UTF-8: indices of the bytes followed by a continuation byte (the bytes inside
+    a multi-byte character, before its last one)."""
+    return [i for i in range(len(data) - 1) if data[i + 1] & 0xC0 == 0x80]
+
+
+@pytest.mark.parametrize("name", list(STRATEGY_SETS))
+@settings(max_examples=80, deadline=None)
+@given(text=texts, cut=st.integers(0, 400))
+def test_no_pooled_position_inside_a_character(name, text, cut):
+    """SPEC section 2: every non-final byte of a multi-byte character gets level 0, in the full
+    mask of any prefix (even one that ends inside the character), in batches and in streams."""
+    seg = Segmenter(STRATEGY_SETS[name])
+    data = text.encode()
+    prefix = data[: min(cut, len(data))]
+    inside = non_final_bytes(data)
+    for levels in (seg.levels(data), seg.levels_batch([prefix, data])[1], seg.stream().push(data)):
+        assert all(levels[i] == 0 for i in inside)
+    # A prefix cut inside a character: the unfinished tail is 0 and the rest is as if it were absent.
+    whole = seg.levels(prefix)
+    tail = len(prefix) - len(prefix.decode("utf-8", "ignore").encode())  # valid text: only the cut tail is lost
+    assert whole[len(prefix) - tail:].tolist() == [0] * tail
+    assert whole[: len(prefix) - tail].tolist() == seg.levels(prefix[: len(prefix) - tail]).tolist()
+    assert seg.levels_batch([prefix])[0].tolist() == whole.tolist()
+
+
+def test_a_lone_lead_byte_waits_and_a_dead_one_does_not():
+    seg = Segmenter({"word1": "1@1", "word2": "2@1"})
+    assert seg.levels(b"ab \xe6").tolist() == [0, 0, 1, 0]  # could still become a character
+    assert seg.levels(b"ab \xff").tolist() == [0, 0, 1, 2]  # never will: an "other" symbol
+    assert seg.levels(b"ab \xed\xa0").tolist() == [0, 0, 1, 2, 0]  # only a surrogate could follow
+    assert seg.stream().push(b"ab \xe6").tolist() == [0, 0, 1, 0]

@@ -6,7 +6,7 @@ use crate::custom::DecodedText;
 use crate::error::{Result, SegmenterError};
 use crate::scan;
 use crate::strategy::{EndRule, StartRule, Strategy};
-use crate::symbols::{decode_into, Symbols};
+use crate::symbols::{decode_into, incomplete_tail, Symbols};
 
 /// Per-thread buffers reused from one document to the next.
 #[derive(Default, Debug)]
@@ -84,6 +84,9 @@ impl Segmenter {
     /// `levels_into` for an `out` that is already all zeros (a fresh batch buffer).
     fn levels_into_zeroed(&self, bytes: &[u8], out: &mut [u8], scratch: &mut Scratch) -> Result<()> {
         debug_assert_eq!(bytes.len(), out.len());
+        // An unfinished character at the end is left out (its bytes stay 0): SPEC section 2.
+        let kept = bytes.len() - incomplete_tail(bytes);
+        let (bytes, out) = (&bytes[..kept], &mut out[..kept]);
         let Scratch { symbols, masks } = scratch;
         decode_into(bytes, symbols);
         let text = self.has_custom.then(|| DecodedText::new(bytes, symbols));
@@ -239,6 +242,24 @@ mod tests {
         assert_eq!(one, four);
         let concat: Vec<u8> = refs.iter().flat_map(|d| seg.levels(d).unwrap()).collect();
         assert_eq!(one, concat);
+    }
+
+    #[test]
+    fn unfinished_character_at_the_end_is_left_out() {
+        let seg = Segmenter::from_keys(&[("word1", "1@1"), ("word2", "2@1")]).unwrap();
+        let wo = "我".as_bytes();
+        assert_eq!(seg.levels(wo).unwrap(), [0, 0, 0]);
+        for cut in 1..3 {
+            assert_eq!(seg.levels(&wo[..cut]).unwrap(), vec![0; cut], "{cut}");
+        }
+        // "ab " then a lone lead byte: the text is segmented as "ab ".
+        let mut text = b"ab ".to_vec();
+        text.push(wo[0]);
+        assert_eq!(seg.levels(&text).unwrap(), [0, 0, 1, 0]);
+        // A byte that can never start a character is still an "other" symbol (level 2).
+        assert_eq!(seg.levels(b"ab \xff").unwrap(), [0, 0, 1, 2]);
+        let batch = seg.levels_many(&[&wo[..1], b"x", &wo[..2]], 1).unwrap();
+        assert_eq!(batch, [0, 0, 0, 0]);
     }
 
     #[test]

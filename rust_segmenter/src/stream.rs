@@ -1,10 +1,10 @@
 //! Causal levels for generation: bytes in, one level per byte out, in O(1) per byte.
 //!
 //! The level of a new byte is its level in the mask of the prefix that ends at it (SPEC
-//! section 2). A character still incomplete at that byte is, in that prefix, a run of invalid
-//! bytes, each an "other" symbol; when the character completes, those hypothetical symbols are
-//! replaced by the real one. So the committed scanner state stops before the pending bytes, and
-//! a copy of it answers for each pending byte.
+//! section 2). A character still incomplete at that byte is, in that prefix, left out of the
+//! text, so its bytes get level 0 and the scanner state stays where it was; the character is
+//! pushed as one symbol when it completes, or, when a byte shows it never will, its bytes are
+//! pushed as invalid "other" symbols (as the full mask then sees them).
 //!
 //! Custom regexes have no causal scanner: a segmenter with one rescans the whole prefix per
 //! byte (exact, but O(prefix)).
@@ -29,7 +29,6 @@ struct RuleState {
 pub struct LevelStream {
     segmenter: Arc<Segmenter>,
     committed: Vec<RuleState>,
-    scratch: Vec<RuleState>,
     pending: Vec<u8>,
     /// Every byte so far, kept only for the rescanning path of custom regexes.
     history: Vec<u8>,
@@ -51,7 +50,7 @@ impl LevelStream {
                 chain: matches!(s.end, Some(EndRule::Chain { .. })).then(Chain::default),
             })
             .collect();
-        Self { scratch: committed.clone(), committed, segmenter, pending: Vec::with_capacity(4), history: Vec::new(), seen: 0 }
+        Self { committed, segmenter, pending: Vec::with_capacity(4), history: Vec::new(), seen: 0 }
     }
 
     pub fn bytes_seen(&self) -> usize {
@@ -77,16 +76,6 @@ impl LevelStream {
         Self::push_symbol(&self.segmenter, &mut self.committed, c)
     }
 
-    /// Level of the last pending byte, as if every pending byte were an invalid symbol.
-    fn hypothetical(&mut self) -> u8 {
-        self.scratch.copy_from_slice(&self.committed);
-        let mut level = 0;
-        for _ in 0..self.pending.len() {
-            level = Self::push_symbol(&self.segmenter, &mut self.scratch, OTHER);
-        }
-        level
-    }
-
     fn push_byte(&mut self, b: u8) -> u8 {
         if !self.pending.is_empty() {
             self.pending.push(b);
@@ -96,7 +85,7 @@ impl LevelStream {
                     self.pending.clear();
                     return self.commit(c);
                 }
-                Partial::Incomplete => return self.hypothetical(),
+                Partial::Incomplete => return 0,
                 Partial::Invalid => {
                     // The bytes before `b` were invalid after all; `b` starts afresh.
                     self.pending.pop();
@@ -112,7 +101,7 @@ impl LevelStream {
         }
         self.pending.push(b);
         match utf8_partial(&self.pending) {
-            Partial::Incomplete => self.hypothetical(),
+            Partial::Incomplete => 0,
             _ => {
                 self.pending.clear();
                 self.commit(OTHER)
@@ -182,14 +171,17 @@ mod tests {
     }
 
     #[test]
-    fn split_character_is_provisional() {
+    fn unfinished_character_waits_at_level_zero() {
         let seg = Arc::new(Segmenter::from_keys(&[("word", "1@1")]).unwrap());
         let euro = "€".as_bytes();
         let mut stream = LevelStream::new(seg.clone());
-        // Alone, the lead byte is an invalid "other" symbol, which starts a match.
-        assert_eq!(stream.push(&euro[..1]).unwrap(), [1]);
-        // With two invalid bytes, the second continues the first one's chunk.
+        assert_eq!(stream.push(&euro[..1]).unwrap(), [0]);
+        // '€' is an "other" symbol: it starts a match once complete.
         assert_eq!(stream.push(&euro[1..]).unwrap(), [0, 1]);
         assert_eq!(seg.levels(euro).unwrap(), [0, 0, 1]);
+        // A lead byte then ASCII: the lead byte is invalid after all, and "other" (level 1).
+        let mut stream = LevelStream::new(seg.clone());
+        assert_eq!(stream.push(b"\xe2a").unwrap(), [0, 0]);
+        assert_eq!(seg.levels(b"\xe2a").unwrap(), [1, 0]);
     }
 }

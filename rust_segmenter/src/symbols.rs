@@ -300,6 +300,33 @@ mod tests {
     }
 
     #[test]
+    fn incomplete_tails() {
+        let euro = "€".as_bytes();
+        let emoji = "🙂".as_bytes();
+        for (input, tail) in [
+            (&b""[..], 0),
+            (b"ab", 0),
+            (&euro[..1], 1),
+            (&euro[..2], 2),
+            (euro, 0),
+            (&emoji[..3], 3),
+            (b"a\xf0\x9f", 2),
+            // Never completable: the invalid-byte rule holds.
+            (b"a\xff", 0),
+            (b"\x80\x80", 0),
+            (b"\xe0\x80", 0),
+            (b"\xed\xa0", 0),
+            (b"\xf4\x90", 0),
+            (b"\xf8", 0),
+            // Three continuation bytes after a 3-byte lead: the lead is 4 back, so nothing pends.
+            (b"\xe2\x82\xac\x80", 0),
+            (b"\xc3", 1),
+        ] {
+            assert_eq!(incomplete_tail(input), tail, "{input:?}");
+        }
+    }
+
+    #[test]
     fn agrees_with_std_on_valid_prefixes() {
         let text = "Grüße, 世界! 🙂 ok";
         let s = decode(text.as_bytes());
@@ -313,6 +340,20 @@ pub enum Partial {
     Complete,
     Incomplete,
     Invalid,
+}
+
+/// Number of bytes at the end of `bytes` that form an incomplete character (a lead byte plus
+/// fewer continuation bytes than it announces, which more bytes could still complete): 0-3.
+/// SPEC section 2: such a tail is not a symbol; its bytes get level 0 and the text before it is
+/// segmented as if they were absent (the reference's `shrink_to_valid_bytes`).
+pub fn incomplete_tail(bytes: &[u8]) -> usize {
+    let n = bytes.len();
+    for k in 1..=n.min(3) {
+        if bytes[n - k] & 0xC0 != 0x80 {
+            return if utf8_partial(&bytes[n - k..]) == Partial::Incomplete { k } else { 0 };
+        }
+    }
+    0
 }
 
 pub fn utf8_partial(seq: &[u8]) -> Partial {
