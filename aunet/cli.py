@@ -2,7 +2,8 @@
 the library.
 
     aunet export --checkpoints DIR [--step N] --out DIR
-    aunet generate --model DIR --prompt TEXT [--max-bytes N] [--temperature T] [--top-k K] [--top-p P] [--stop S] [--seed S]
+    aunet generate --model DIR [--prompt TEXT]... [--prompts-file FILE] [--batch-size B] [--max-bytes N]
+                   [--temperature T] [--top-k K] [--top-p P] [--stop S] [--seed S]
     aunet eval --model DIR --data SHARD_DIR_OR_FILES... [--max-batches N] [--out FILE]
     aunet lm-eval ARGS...   lm-evaluation-harness's own command line, with `--model aunet`
 """
@@ -21,9 +22,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoints", type=Path, required=True, help="the run's checkpoint directory (<dump_dir>/checkpoints)")
     e.add_argument("--step", type=int, help="which step (default: the newest complete one)")
     e.add_argument("--out", type=Path, required=True)
-    g = sub.add_parser("generate", help="generate text with the cached hierarchical generator, streaming")
+    g = sub.add_parser("generate", help="generate text with the cached hierarchical generator (one prompt: "
+                       "streamed; several: one batch, one JSON line per prompt)")
     g.add_argument("--model", type=Path, required=True, help="an `aunet export` directory")
-    g.add_argument("--prompt", default="")
+    g.add_argument("--prompt", action="append", default=None, help="a prompt (repeatable; default: one empty prompt)")
+    g.add_argument("--prompts-file", type=Path, help="more prompts: one JSON string per line")
+    g.add_argument("--batch-size", type=int, default=32, help="prompts generated together (several prompts)")
     g.add_argument("--max-bytes", type=int, default=200)
     g.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     g.add_argument("--top-k", type=int, default=0)
@@ -67,26 +71,63 @@ def export(args) -> int:
 
 
 def generate(args) -> int:
-    """Stream bytes to stdout as they are sampled (an incremental UTF-8 decoder holds back a
-    character until it is complete)."""
+    """One prompt: stream bytes to stdout as they are sampled (an incremental UTF-8 decoder
+    holds back a character until it is complete). Several: generate them in batches and print
+    one JSON object per prompt, in input order: {"prompt": ..., "generated": ...}."""
     import codecs
+    import json
 
     from aunet.inference.export import load_model
-    from aunet.inference.generate import Generator
+    from aunet.inference.generate import Generator, decode_utf8
 
+    prompts = list(args.prompt or [])
+    if args.prompts_file is not None:
+        prompts += read_prompts(args.prompts_file)
+    if not prompts:
+        prompts = [""]
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     model, cfg = load_model(args.model)
     if cfg.data.tokenizer.name != "bytes":
         raise ValueError(f"generate works on byte-level models; this one reads {cfg.data.tokenizer.name} tokens "
                          "(a comparison baseline: evaluate it with `aunet eval`)")
     gen = Generator(model, cfg.data.regex.strategy if cfg.data.regex is not None else None)
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    sys.stdout.write(args.prompt)
-    for b in gen.stream(args.prompt.encode(), args.max_bytes, temperature=args.temperature, top_k=args.top_k,
-                        top_p=args.top_p, stop=[s.encode() for s in args.stop], seed=args.seed):
-        sys.stdout.write(decoder.decode(bytes([b])))
+    sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                    stop=[s.encode() for s in args.stop], seed=args.seed)
+    if len(prompts) == 1:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        sys.stdout.write(prompts[0])
+        for b in gen.stream(prompts[0].encode("utf-8", "surrogatepass"), args.max_bytes, **sampling):
+            sys.stdout.write(decoder.decode(bytes([b])))
+            sys.stdout.flush()
+        sys.stdout.write(decoder.decode(b"", final=True) + "\n")
+        return 0
+    for start in range(0, len(prompts), args.batch_size):
+        chunk = prompts[start:start + args.batch_size]
+        outs = gen.generate([p.encode("utf-8", "surrogatepass") for p in chunk], args.max_bytes, **sampling)
+        for prompt, out in zip(chunk, outs):
+            sys.stdout.write(json.dumps({"prompt": prompt, "generated": decode_utf8(out)}, ensure_ascii=False) + "\n")
         sys.stdout.flush()
-    sys.stdout.write(decoder.decode(b"", final=True) + "\n")
     return 0
+
+
+def read_prompts(path: Path) -> list[str]:
+    """Prompts from a file of one JSON string per line (blank lines skipped)."""
+    import json
+
+    prompts = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}, line {n}: not JSON ({err.msg})") from None
+            if not isinstance(value, str):
+                raise ValueError(f"{path}, line {n}: expected a JSON string, got {type(value).__name__}")
+            prompts.append(value)
+    return prompts
 
 
 def evaluate(args) -> int:

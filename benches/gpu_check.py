@@ -595,21 +595,21 @@ def part_generation(ctx: "Context", rec: dict, budget: Budget) -> None:
     rec.update(params=param_count(cfg.model), prompt_bytes=len(prompt), pushed_bytes=len(rest), tolerance=TOLERANCE)
     reset_peak(device)
     gen = Generator(model, cfg.data.regex.strategy)
-    (first,) = gen.prefill([prompt])
-    state = gen.states[0]
+    (first,) = gen.prefill([prompt], room=len(rest))
     sync(device)
     t = time.monotonic()
-    cached = torch.stack([first, *(gen.push(state, b) for b in rest)])
+    cached = torch.stack([first, *(gen.step([b])[0] for b in rest)])
     sync(device)
     rec["cached_bytes_per_s"] = round(len(rest) / (time.monotonic() - t), 1)
-    tokens = torch.tensor([state.tokens], device=device)
-    levels = torch.tensor([state.levels], device=device)
+    state = gen.state
+    tokens = torch.tensor([state.tokens[0]], device=device)
+    levels = torch.tensor([state.levels[0]], device=device)
     with torch.no_grad():
         full = model(tokens, levels)[0][0, len(prompt):]
         with exact_fp32():
             exact = reference(tokens, levels)[0][0, len(prompt):]
     rec["peak_memory_gb"] = peak_gb(device)
-    rec["stage_steps"] = list(state.stage_steps)
+    rec["stage_steps"] = state.stage_steps[0].tolist()
     rec["cached_vs_full_bf16"] = compare(cached, full)
     rec["cached_bf16_vs_fp32"] = compare(cached, exact)
     rec["full_bf16_vs_fp32"] = compare(full, exact)

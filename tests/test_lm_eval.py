@@ -68,9 +68,13 @@ def setup(tmp_path_factory):
 
 
 def direct_logprob(model, strategy, context: bytes, continuation: bytes) -> float:
-    """Sum of log p(continuation | BOS + context), one forward pass, causal levels."""
+    """Sum of log p(continuation | BOS + context), one forward pass, with the levels generation
+    gives (SPEC section 7): the context's full-document levels, the continuation's causal ones."""
     data = context + continuation
-    levels = [model.n_levels] + Segmenter(strategy).stream().push(data).tolist()
+    seg = Segmenter(strategy)
+    stream = seg.stream()
+    stream.push(context)
+    levels = seg.levels(context, bos=True).tolist() + stream.push(continuation).tolist()
     with torch.no_grad():
         logits, _ = model(torch.tensor([[256, *data]]), torch.tensor([levels]))
     logprobs = logits[0].float().log_softmax(-1)
@@ -164,14 +168,20 @@ def test_generate_until_is_the_generator_output_cut_at_the_stop_string(setup):
     from lm_eval.api.instance import Instance
 
     root, model, cfg = setup
-    lm = AUNetLM(path=str(root / "export"))
-    kwargs = {"until": ["e"], "max_gen_toks": 40, "do_sample": False}
-    requests = [Instance("generate_until", {}, (p["prompt"], kwargs), 0) for p in PROMPTS]
-    got = lm.generate_until(requests)
-    for p, text in zip(PROMPTS, got):
-        full = decode_utf8(Generator(model, cfg.data.regex.strategy).generate([p["prompt"].encode()], 40)[0])
-        assert text == full.split("e")[0]
-        assert "e" not in text
+    lm = AUNetLM(path=str(root / "export"), batch_size=2)
+    greedy = {"until": ["e"], "max_gen_toks": 40, "do_sample": False}
+    sampled = {"until": ["\n"], "max_gen_toks": 30, "do_sample": True, "temperature": 0.8, "seed": 3}
+    prompts = [p["prompt"] for p in PROMPTS] + ["Ünïcödé", "x = [1, 2,"]
+    requests = [Instance("generate_until", {}, (p, kw), 0) for kw in (greedy, sampled) for p in prompts]
+    got = lm.generate_until(requests)  # batches of 2, grouped by options
+    assert len(got) == len(requests)
+    for r, text in zip(requests, got):
+        prompt, kw = r.args
+        temperature = kw["temperature"] if kw["do_sample"] else 0.0
+        alone = Generator(model, cfg.data.regex.strategy).generate([prompt.encode()], kw["max_gen_toks"], temperature,
+                                                                   seed=kw.get("seed", 0))[0]
+        assert text == decode_utf8(alone).split(kw["until"][0])[0]
+        assert kw["until"][0] not in text
 
 
 def test_aunet_lm_eval_command_writes_results(setup, tmp_path):

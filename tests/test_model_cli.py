@@ -11,7 +11,7 @@ import torch
 
 from aunet.config import load_config
 from aunet.inference.export import load_model
-from aunet.inference.generate import Generator
+from aunet.inference.generate import Generator, decode_utf8
 from aunet.model import byte_nats
 from model_helpers import export_random_model
 from helpers import REPO_ROOT, venv_script
@@ -103,3 +103,23 @@ def test_generate_cli_streams_what_the_generator_produces(exported):
     model, cfg = load_model(exported / "export")
     (expected,) = Generator(model, cfg.data.regex.strategy).generate([b"The cat"], max_bytes=24, temperature=0)
     assert proc.stdout == "The cat" + expected.decode("utf-8", "replace") + "\n"
+
+
+def test_generate_cli_runs_several_prompts_as_one_batch_in_order(exported, tmp_path):
+    prompts_file = tmp_path / "prompts.jsonl"
+    prompts_file.write_text('"def f(x):\\n"\n\n"Кошка"\n')
+    proc = subprocess.run([venv_script("aunet"), "generate", "--model", str(exported / "export"), "--prompt", "The cat",
+                           "--prompts-file", str(prompts_file), "--batch-size", "2", "--max-bytes", "16",
+                           "--temperature", "0.9", "--seed", "4"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    prompts = ["The cat", "def f(x):\n", "Кошка"]
+    assert [r["prompt"] for r in rows] == prompts
+    model, cfg = load_model(exported / "export")
+    for r in rows:
+        (alone,) = Generator(model, cfg.data.regex.strategy).generate([r["prompt"].encode()], 16, temperature=0.9, seed=4)
+        assert r["generated"] == decode_utf8(alone)
+    prompts_file.write_text('"ok"\n{"text": "not a string"}\n')
+    bad = subprocess.run([venv_script("aunet"), "generate", "--model", str(exported / "export"),
+                          "--prompts-file", str(prompts_file)], capture_output=True, text=True)
+    assert bad.returncode == 1 and f"{prompts_file}, line 2: expected a JSON string" in bad.stderr

@@ -16,17 +16,21 @@ Choices the harness leaves to the model:
 - Tokens are bytes: a request's context and continuation are UTF-8 encoded and scored byte by
   byte after a BOS, so `loglikelihood_rolling` sums over exactly the document's bytes and the
   harness's `bits_per_byte` is the model's bpb on that text.
-- Levels are causal by default (`levels=causal`): each byte's level is its level in the mask of
-  the prefix that ends at it, what the generator sees, so a score never depends on a byte that
-  comes after it. `levels=full` uses the whole window's mask, as training and `aunet eval` do.
+- Levels follow generation by default (`levels=generate`, SPEC section 7): the context gets
+  its full-document levels, as a prompt does, and each scored byte its causal level (its level
+  in the mask of the prefix that ends at it, what the generator gives a byte it samples), so a
+  score is the probability the generator would give the continuation, and never depends on a
+  scored byte that comes after it. `levels=full` uses the whole window's mask, as training and
+  `aunet eval` do.
 - Text longer than `max_length` bytes (default: the training `data.seq_len`) is scored in
   windows of BOS + up to `max_length - 1` bytes: the first window is filled, later ones predict
   half a window each and keep the other half as context (see `plan_windows`).
 - Requests are sorted by length and scored `batch_size` at a time in one forward pass, right
   padded (every stage is causal, so padding changes no earlier logit).
-- `generate_until` uses the cached generator (greedy unless `do_sample`); the output is cut
-  before the first `until` string; `max_gen_toks` counts bytes. A prompt longer than
-  `prompt_room` keeps its last bytes, with a warning.
+- `generate_until` uses the cached generator (greedy unless `do_sample`), `batch_size` requests
+  with the same generation options at a time, as one batch; the output is cut before the
+  first `until` string; `max_gen_toks` counts bytes. A prompt longer than `prompt_room` keeps
+  its last bytes, with a warning.
 """
 
 from __future__ import annotations
@@ -69,7 +73,7 @@ class AUNetLM(LM):
         batch_size: int | str = DEFAULT_BATCH,
         max_batch_size: int | None = None,
         max_length: int | None = None,
-        levels: str = "causal",
+        levels: str = "generate",
         device: str | None = None,
         dtype: str = "float32",
     ) -> None:
@@ -83,8 +87,8 @@ class AUNetLM(LM):
             model, config = load_model(Path(path), device="cpu")
         if config.data.tokenizer.name != "bytes":
             raise ValueError(f"aunet lm-eval: byte-level models only; this one reads {config.data.tokenizer.name} tokens")
-        if levels not in ("causal", "full"):
-            raise ValueError(f"aunet lm-eval: levels must be 'causal' or 'full', got {levels!r}")
+        if levels not in ("generate", "full"):
+            raise ValueError(f"aunet lm-eval: levels must be 'generate' or 'full', got {levels!r}")
         if not hasattr(torch, str(dtype)) or not isinstance(getattr(torch, str(dtype)), torch.dtype):
             raise ValueError(f"aunet lm-eval: unknown dtype {dtype!r} (float32, bfloat16, float16)")
         self.device_ = _pick_device(device)
@@ -114,14 +118,18 @@ class AUNetLM(LM):
 
     # --- scoring -------------------------------------------------------------------------
 
-    def window_levels(self, data: bytes) -> list[int]:
-        """Levels of [BOS] + data (BOS opens a segment at every stage)."""
+    def window_levels(self, data: bytes, scored: int) -> list[int]:
+        """Levels of [BOS] + data, whose last `scored` bytes are scored (BOS opens a segment at
+        every stage)."""
         depth = self.model.n_levels
         if self.segmenter is None or depth == 0:
             return [depth] + [0] * len(data)
         if self.levels_mode == "full":
             return self.segmenter.levels(data, bos=True).tolist()
-        return [depth] + self.segmenter.stream().push(data).tolist()
+        context = data[: len(data) - scored]
+        stream = self.segmenter.stream()
+        stream.push(context)
+        return self.segmenter.levels(context, bos=True).tolist() + stream.push(data[len(context):]).tolist()
 
     def score(self, texts: list[tuple[bytes, bytes]]) -> list[tuple[float, bool]]:
         """(sum of log-probabilities in nats, whether every byte was the argmax) of each
@@ -147,10 +155,10 @@ class AUNetLM(LM):
         T = 1 + max(len(d) for d, _ in batch)
         tokens = torch.full((len(batch), T), EOS_ID, dtype=torch.long)
         levels = torch.zeros((len(batch), T), dtype=torch.long)
-        for j, (data, _) in enumerate(batch):
+        for j, (data, k) in enumerate(batch):
             tokens[j, 0] = BOS_ID
             tokens[j, 1:1 + len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8).long() if data else 0
-            levels[j, :1 + len(data)] = torch.tensor(self.window_levels(data))
+            levels[j, :1 + len(data)] = torch.tensor(self.window_levels(data, k))
         logits, _ = self.model(tokens.to(self.device_), levels.to(self.device_))
         logprobs = logits.float().log_softmax(-1).cpu()
         results = []
@@ -193,11 +201,11 @@ class AUNetLM(LM):
         from aunet.inference.generate import Generator, decode_utf8
 
         generator = Generator(self.model, self.strategy)
-        results = []
-        for r in requests:
+        jobs = []  # (request index, prompt, options): options are hashable, to group requests
+        for n, r in enumerate(requests):
             context, kwargs = r.args[0], dict(r.args[1] or {})
             until = kwargs.pop("until", None) or []
-            until = [until] if isinstance(until, str) else list(until)
+            until = (until,) if isinstance(until, str) else tuple(until)
             max_bytes = int(kwargs.pop("max_gen_toks", DEFAULT_GEN_BYTES))
             # As HF models do: sampling without a temperature samples at 1.0.
             temperature = float(kwargs.pop("temperature", 1.0)) if kwargs.pop("do_sample", False) else 0.0
@@ -205,11 +213,26 @@ class AUNetLM(LM):
             top_p = float(kwargs.pop("top_p", 1.0) or 1.0)
             seed = int(kwargs.pop("seed", 0))
             prompt = self._fit_prompt(_utf8(context), max_bytes)
-            (out,) = generator.generate([prompt], max_bytes, temperature, top_k, top_p, until, seed)
-            text = decode_utf8(out)
-            cut = min((text.find(s) for s in until if s and s in text), default=len(text))
-            results.append(text[:cut])
-            self.cache_hook.add_partial("generate_until", r.args, text[:cut])
+            jobs.append((n, prompt, (max_bytes, temperature, top_k, top_p, until, seed)))
+        results: list[str] = [""] * len(jobs)
+        # Requests with the same options run as one batch (longest first, so that a batch's
+        # prompts have similar lengths); each sequence samples as it would alone.
+        groups: dict[tuple, list[tuple[int, bytes]]] = {}
+        for n, prompt, options in jobs:
+            groups.setdefault(options, []).append((n, prompt))
+        for options, members in groups.items():
+            max_bytes, temperature, top_k, top_p, until, seed = options
+            members.sort(key=lambda m: -len(m[1]))
+            stops = [s.encode() for s in until if s]
+            for b in range(0, len(members), self.batch_size):
+                chunk = members[b:b + self.batch_size]
+                outs = generator.generate([p for _, p in chunk], max_bytes, temperature, top_k, top_p, stops, seed)
+                for (n, _), out in zip(chunk, outs):
+                    text = decode_utf8(out)
+                    cut = min((text.find(s) for s in until if s and s in text), default=len(text))
+                    results[n] = text[:cut]
+        for r, text in zip(requests, results):
+            self.cache_hook.add_partial("generate_until", r.args, text)
         return results
 
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from aunet.config.model import BlockArgs
 from aunet.model.attention import causal_attention
+from aunet.model.kv_cache import CachePrefill, CacheStep, LayerCache, StackCache
 
 
 def trunc_normal_(weight: torch.Tensor, std: float) -> None:
@@ -68,11 +69,20 @@ def rope_tables(length: int, head_dim: int, theta: float, device: torch.device) 
     return angles.cos(), angles.sin()
 
 
+def rope_at(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin, [b, 1, head_dim / 2], of one position per row (decoding); the same
+    arithmetic as `rope_tables`, so angles round the same way."""
+    freqs = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    angles = positions.to(torch.float32)[:, None, None] * freqs
+    return angles.cos(), angles.sin()
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent feature pairs (0,1), (2,3), ... of x [B, T, H, D] (the reference's layout)."""
+    """Rotate adjacent feature pairs (0,1), (2,3), ... of x [B, T, H, D] (the reference's layout);
+    cos and sin are [T, D/2] (shared by the batch) or [B, T, D/2] (per row)."""
     xf = x.to(torch.promote_types(x.dtype, torch.float32)).unflatten(-1, (-1, 2))
     x0, x1 = xf[..., 0], xf[..., 1]
-    cos, sin = cos[:, None, :], sin[:, None, :]
+    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
     return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2).type_as(x)
 
 
@@ -87,12 +97,25 @@ class Attention(nn.Module):
         self.wv = Linear(dim, n_kv_heads * head_dim, std)
         self.wo = Linear(self.n_heads * head_dim, dim, out_std)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], window: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], window: int,
+                cache: LayerCache | None = None, step: CacheStep | CachePrefill | None = None) -> torch.Tensor:
+        """Training, and the two decoding phases: with a cache and a `CachePrefill`, the same
+        causal attention, then each row's keys and values are cached; with a `CacheStep` (one
+        new position per row), attention over the row's cached keys."""
         B, T, _ = x.shape
-        q = apply_rope(self.wq(x).view(B, T, self.n_heads, self.head_dim), *rope)
-        k = apply_rope(self.wk(x).view(B, T, self.n_kv_heads, self.head_dim), *rope)
-        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
-        out = causal_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), window)
+        q = apply_rope(self.wq(x).view(B, T, self.n_heads, self.head_dim), *rope).transpose(1, 2)
+        k = apply_rope(self.wk(x).view(B, T, self.n_kv_heads, self.head_dim), *rope).transpose(1, 2)
+        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if isinstance(step, CacheStep):
+            assert cache is not None and step.mask is not None
+            keys, values = cache.append(k, v, step)
+            out = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=step.mask,
+                                                 enable_gqa=self.n_heads != self.n_kv_heads)
+        else:
+            out = causal_attention(q, k, v, window)
+            if cache is not None:
+                assert isinstance(step, CachePrefill)
+                cache.prefill(k, v, step.lengths)
         return self.wo(out.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -120,8 +143,9 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(dim, args.norm_eps)
         self.feed_forward = FeedForward(dim, hidden, (base or hidden**-0.5) / factor, base)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], window: int) -> torch.Tensor:
-        x = x + self.attention(self.attention_norm(x), rope, window)
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], window: int,
+                cache: LayerCache | None = None, step: CacheStep | CachePrefill | None = None) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x), rope, window, cache, step)
         return x + self.feed_forward(self.ffn_norm(x))
 
 
@@ -135,12 +159,20 @@ class Stack(nn.Module):
         self.checkpointing = False
         """Recompute each block's activations in the backward pass (less memory, more compute)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: StackCache | None = None,
+                step: CacheStep | CachePrefill | None = None) -> torch.Tensor:
+        """x [B, T, dim]. For decoding, `cache` with a `CachePrefill` (a fresh right-padded
+        batch) or a `CacheStep` (x [b, 1, dim]: one new position for each of the step's rows)."""
         if not len(self.layers):
             return x
-        rope = rope_tables(x.shape[1], self.head_dim, self.rope_theta, x.device)
-        for layer in self.layers:
-            if self.checkpointing and self.training and torch.is_grad_enabled():
+        if isinstance(step, CacheStep):
+            rope = rope_at(step.positions, self.head_dim, self.rope_theta)
+        else:
+            rope = rope_tables(x.shape[1], self.head_dim, self.rope_theta, x.device)
+        for n, layer in enumerate(self.layers):
+            if cache is not None:
+                x = layer(x, rope, self.window, cache.layers[n], step)
+            elif self.checkpointing and self.training and torch.is_grad_enabled():
                 x = torch.utils.checkpoint.checkpoint(layer, x, rope, self.window, use_reentrant=False)
             else:
                 x = layer(x, rope, self.window)
