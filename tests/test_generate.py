@@ -368,3 +368,14 @@ def test_decoding_steps_build_no_tensor_from_python_lists(monkeypatch):
     for t in b"sat on the mat":
         gen.step([t, t])
     assert calls == []
+
+
+def test_level_head_batches_equal_each_prompt_alone():
+    model = build(2, seed=9, lambda_level=0.5)
+    batch = Generator(model, None, levels="head")
+    prompts = [b"The cat", b"", b"A longer prompt here"]
+    out = batch.generate(prompts, 12, temperature=0.9, seed=5)
+    for b, prompt in enumerate(prompts):
+        alone = Generator(model, None, levels="head")
+        assert alone.generate([prompt], 12, temperature=0.9, seed=5) == [out[b]]
+        assert Row(alone).levels == Row(batch, b).levels
