@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--max-batches", type=int, help="batches per source (default: one pass)")
     v.add_argument("--batch-size", type=int, default=8)
     v.add_argument("--out", type=Path, help="also write the JSON here")
+    v.add_argument("--allow-shard-mismatch", action="store_true",
+                   help="score shard directories segmented with another strategy list or depth than the model's "
+                        "(refused by default; each difference is reported)")
     sub.add_parser("lm-eval", help="run EleutherAI's lm-evaluation-harness with the model name 'aunet' registered",
                    add_help=False)
     return p
@@ -91,6 +94,11 @@ def generate(args) -> int:
     if cfg.data.tokenizer.name != "bytes":
         raise ValueError(f"generate works on byte-level models; this one reads {cfg.data.tokenizer.name} tokens "
                          "(a comparison baseline: evaluate it with `aunet eval`)")
+    limit = cfg.eval.generator.max_tokens
+    if args.max_bytes >= limit:
+        raise ValueError(f"--max-bytes {args.max_bytes} leaves no room for a prompt within the model's "
+                         f"eval.generator.max_tokens = {limit} bytes")
+    prompts = [keep_tail(p, limit - args.max_bytes) for p in prompts]
     gen = Generator(model, cfg.data.regex.strategy if cfg.data.regex is not None else None)
     sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                     stop=[s.encode() for s in args.stop], seed=args.seed)
@@ -109,6 +117,20 @@ def generate(args) -> int:
             sys.stdout.write(json.dumps({"prompt": prompt, "generated": decode_utf8(out)}, ensure_ascii=False) + "\n")
         sys.stdout.flush()
     return 0
+
+
+def keep_tail(prompt: str, room: int) -> str:
+    """The last `room` bytes of `prompt` (whole characters): prompt plus generation stay within
+    `eval.generator.max_tokens`, as the reference's generator keeps them."""
+    data = prompt.encode("utf-8", "surrogatepass")
+    if len(data) <= room:
+        return prompt
+    tail = data[len(data) - room:]
+    while tail and (tail[0] & 0xC0) == 0x80:  # do not start inside a character
+        tail = tail[1:]
+    print(f"aunet generate: prompt of {len(data)} bytes cut to its last {len(tail)} "
+          "(eval.generator.max_tokens minus --max-bytes)", file=sys.stderr)
+    return tail.decode("utf-8", "surrogatepass")
 
 
 def read_prompts(path: Path) -> list[str]:
@@ -136,7 +158,8 @@ def evaluate(args) -> int:
 
     from aunet.inference.evaluate import evaluate_model
 
-    report = evaluate_model(args.model, args.data, batch_size=args.batch_size, max_batches=args.max_batches)
+    report = evaluate_model(args.model, args.data, batch_size=args.batch_size, max_batches=args.max_batches,
+                            allow_shard_mismatch=args.allow_shard_mismatch)
     text = json.dumps(report, indent=1)
     print(text)
     if args.out:

@@ -11,7 +11,7 @@ import yaml
 from aunet.config import ConfigError, ModelArgs, TrainArgs, apply_overrides, config_from_dict, load_config, to_dict
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-REFERENCE_UNUSED = ["probe_freq", "profiling", "async_eval_gpus", "eval.harness"]
+REFERENCE_UNUSED = ["probe_freq", "profiling", "async_eval_gpus", "eval.harness", "checkpoint.eval.keep"]
 
 
 def test_aunet2_published_config_has_the_spec_values():

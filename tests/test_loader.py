@@ -118,6 +118,30 @@ def test_ranks_are_disjoint_and_complete_over_an_epoch(shards, world):
     assert max(weight) - min(weight) <= 2 * longest  # balanced by bytes, to a document
 
 
+@pytest.mark.parametrize("world,buffer", [(2, 8), (3, 5)])
+def test_ranks_with_a_shuffle_buffer_are_disjoint_and_complete_over_epochs(shards, world, buffer):
+    """With a shuffle buffer, documents of consecutive epochs mix at the boundary, so the exact
+    invariant is on what has left the share's reading stream: the documents drawn plus those
+    still buffered are whole epochs of the rank's share, each document once per epoch."""
+    from collections import Counter
+
+    source = ShardSource(shards)
+    epochs = 3
+    shares = []
+    for rank in range(world):
+        order = DocOrder(source, rank, world, seed=5, shuffle_buffer=buffer)
+        share = list(RankShare(source, rank, world).documents())
+        drawn = [order.next() for _ in range(epochs * len(share) - (buffer - 1))]
+        held = [tuple(ref) for ref in order.buffer[: order.filled].tolist()]
+        counts = Counter(drawn) + Counter(held)
+        assert set(counts) == set(share) and set(counts.values()) == {epochs}  # nothing skipped, nothing twice
+        assert all(Counter(drawn)[ref] >= epochs - 1 for ref in share)  # at most the buffer is still to come
+        assert drawn[: len(share)] != share  # the buffer really shuffles
+        shares.append(set(share))
+    everything = set().union(*shares)
+    assert sum(len(s) for s in shares) == len(everything) == source.documents  # disjoint and complete
+
+
 def test_mixing_follows_the_weights(tmp_path):
     a, b = make_source(tmp_path, "a", "a"), make_source(tmp_path, "b", "b")
     loader = PackedLoader(LoaderArgs({str(a): 3.0, str(b): 1.0}, seq_len=16, batch_size=8, prefetch=2))

@@ -58,7 +58,9 @@ class DataArgs:
     seq_len: int = 2048
     """Bytes per sequence (windows of seq_len + 1 are packed: inputs and shifted targets)."""
     n_views: int = 2
-    """Shifted views per window; 2 = inputs and next-byte targets."""
+    """Shifted views per window: 2 = inputs and next-byte targets, the only value AU-Net trains
+    with (the reference's published configs all say 2; more views would add multi-byte-ahead
+    targets, which no AU-Net objective uses). Checked, so a config asking for more fails."""
     seed: int = 42
     """Seed of the shuffle buffer and of source sampling."""
     add_bos: bool = True
@@ -68,10 +70,18 @@ class DataArgs:
     load_async: bool = True
     """Prepare batches in a background worker."""
     prefetch_size: int = 64
-    """Batches held by the shuffle buffer."""
+    """Batches the background worker (`load_async`) prepares ahead of the training loop. Not
+    the shuffle buffer: that is `shuffle_buffer`."""
+    shuffle_buffer: int = 1024
+    """Documents held in each source's shuffle buffer (seeded; 1 = documents in shard order
+    within each rank's share)."""
     tokenizer: TokenizerArgs = field(default_factory=TokenizerArgs)
     regex: RegexArgs | None = field(default_factory=RegexArgs)
     """Segmentation strategies that produce the level masks; null for a flat model (L = 0)."""
+    allow_shard_mismatch: bool = False
+    """Train on shard directories whose strategy list (compared in order) or depth differs from
+    `regex.strategy` and the model's pooling levels. Off: such a run stops with an error naming
+    both; on: it goes on and reports each difference."""
 
     @property
     def shard_strategy(self) -> dict[str, str | None]:
@@ -81,9 +91,9 @@ class DataArgs:
         return dict(self.regex.strategy) if self.regex is not None else dict(DEFAULT_STRATEGY)
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "seq_len", "prefetch_size"):
+        for name in ("batch_size", "seq_len", "prefetch_size", "shuffle_buffer"):
             require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
-        require(self.n_views >= 2, "n_views", f"must be >= 2 (inputs and targets), got {self.n_views}")
+        require(self.n_views == 2, "n_views", f"only 2 (inputs and next-byte targets) is supported, got {self.n_views}")
         for source, weight in self.sources.items():
             require(weight >= 0, f"sources.{source}", f"weight must be >= 0, got {weight}")
         require(not self.sources or sum(self.sources.values()) > 0, "sources", "weights sum to 0")
@@ -131,12 +141,17 @@ class DistributedArgs:
     model_dtype: str = "bf16"
     """Training precision on GPUs (``bf16``, ``fp16``, ``fp32``); CPUs always train in fp32."""
     matmul_allow_tf32: bool = False
+    """Let fp32 matrix products on NVIDIA GPUs use TF32 tensor cores (sets
+    `torch.backends.cuda.matmul.allow_tf32` and cuDNN's in the trainer); no effect on CPUs or in
+    bf16 training, whose products are bf16 already."""
     selective_activation_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, more compute)."""
     tp_size: int = 1
     """Tensor parallelism is not supported: must be 1."""
     compile_cache_size_limit: int = 8
-    """torch._dynamo cache size limit."""
+    """`torch._dynamo.config.cache_size_limit` when `compile` is on: how many recompilations of
+    one function (new shapes: each pooled stage's length varies per batch) before dynamo falls
+    back to eager for it."""
     zero_reduce_bucket_size: int | None = None
     """ZeRO gradient reduce-scatter bucket (elements). Default: hidden^2 (at least 2^22), with
     hidden the widest stage (`model.dimensions`): buckets of about one square weight keep the
@@ -187,11 +202,22 @@ class SaveEvery:
 
 
 @dataclass
+class EvalEvery:
+    every: int = 1000
+    """Steps between validations."""
+
+    def __post_init__(self) -> None:
+        require(self.every >= 1, "every", f"must be >= 1, got {self.every}")
+
+
+@dataclass
 class CheckpointArgs:
     dump: SaveEvery = field(default_factory=SaveEvery)
     """Training checkpoints (model, optimizer, data-loader states)."""
-    eval: SaveEvery = field(default_factory=SaveEvery)
-    """Evaluation points (validation bpb)."""
+    eval: EvalEvery = field(default_factory=EvalEvery)
+    """Evaluation points (validation bpb). The reference's `eval.keep` (how many evaluation
+    dumps to keep) has no counterpart here, since validation writes only metrics.jsonl lines:
+    it is reported as unused."""
     path: str | None = None
     """Checkpoint directory; None means <dump_dir>/checkpoints."""
     init_ckpt_path: str | None = None
@@ -224,9 +250,11 @@ class ValidationArgs:
 @dataclass
 class GeneratorArgs:
     max_tokens: int = 16384
-    """Longest context + generation, in bytes."""
+    """Longest prompt + generation of `aunet generate`, in bytes: a longer prompt keeps its last
+    `max_tokens - max_bytes` bytes (the cache is sized for this many bytes)."""
     dtype: str = "bf16"
-    """Generation precision on GPUs."""
+    """Precision of `aunet lm-eval` on GPUs when its `dtype` model argument is not given
+    (CPUs always use fp32)."""
 
     def __post_init__(self) -> None:
         require(self.max_tokens >= 1, "max_tokens", f"must be >= 1, got {self.max_tokens}")
@@ -250,7 +278,9 @@ class TrainArgs:
     grad_acc_steps: int = 1
     """Micro-batches per optimizer step."""
     gc_collect_freq: int = 1000
-    """Steps between manual garbage collections."""
+    """Steps between garbage collections: the trainer turns Python's automatic collector off
+    and collects every this many steps on every rank at once, so no rank stalls a collective
+    with a collection of its own at a random step."""
     steps: int = 1000
     """Optimizer steps."""
     data: DataArgs = field(default_factory=DataArgs)

@@ -118,14 +118,21 @@ def heldout_bpb(model, sources: dict[str, float], seq_len: int, batch_size: int,
     return {"bpb": nats / max(count, 1.0) / math.log(2), "bytes": int(count)}
 
 
-def evaluate_model(model_dir: str | Path, data: list[str], batch_size: int = 8, max_batches: int | None = None) -> dict:
+def evaluate_model(model_dir: str | Path, data: list[str], batch_size: int = 8, max_batches: int | None = None,
+                   allow_shard_mismatch: bool = False) -> dict:
     """`aunet eval`: bits per byte of the exported model in `model_dir` on each item of `data`
     and overall, as {"model", "sources": {item: {"bpb", "bytes"}}, "overall": {"bpb", "bytes"}}.
 
     An item is an `aunet-segment` directory, a corpus in any `segment_corpus` input format, or
-    a plain file (one document), segmented with the model's strategy into a temporary folder."""
-    import json
+    a plain file (one document, its bytes as they are, valid UTF-8 or not), segmented with the
+    model's strategy into a temporary folder. Shard directories must have been segmented with
+    the model's strategy list and depth (`aunet.data.contract`), unless `allow_shard_mismatch`."""
+    import sys
     import tempfile
+
+    import pyarrow as pa
+
+    from aunet.data.contract import check_shards
 
     from aunet.inference.export import load_model
     from aunet.segment import segment_corpus
@@ -137,12 +144,21 @@ def evaluate_model(model_dir: str | Path, data: list[str], batch_size: int = 8, 
     with tempfile.TemporaryDirectory() as tmp:
         for i, item in enumerate(data):
             path = Path(item)
-            if not (path / "manifest.json").is_file():
+            if (path / "manifest.json").is_file():
+                strategy = cfg.data.regex.strategy if cfg.data.regex is not None else None
+                for problem in check_shards([path], strategy, cfg.model.n_levels, allow_shard_mismatch,
+                                            "pass --allow-shard-mismatch"):
+                    print(f"aunet eval: warning: {problem}", file=sys.stderr)
+            else:
                 inputs = [item]
                 if path.is_file() and detect_format(path) is None:
-                    jsonl = Path(tmp) / f"txt{i}.jsonl"
-                    jsonl.write_text(json.dumps({"text": path.read_text(errors="surrogateescape")}) + "\n")
-                    inputs = [str(jsonl)]
+                    # An Arrow file with a binary text column carries the bytes unchanged; JSON
+                    # could only hold invalid UTF-8 as escaped surrogates, 3 bytes each.
+                    doc = Path(tmp) / f"txt{i}.arrow"
+                    table = pa.table({"text": pa.array([path.read_bytes()], pa.large_binary())})
+                    with pa.ipc.new_file(str(doc), table.schema) as writer:
+                        writer.write_table(table)
+                    inputs = [str(doc)]
                 path = Path(tmp) / f"source{i}"
                 segment_corpus(inputs, path, cfg.data.shard_strategy, on_error="skip")
             results[item] = heldout_bpb(model, {str(path): 1.0}, cfg.data.seq_len, batch_size, max_batches, tokenizer=tokenizer,

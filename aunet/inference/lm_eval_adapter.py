@@ -63,6 +63,10 @@ def plan_windows(n: int, first: int, width: int) -> Iterator[tuple[int, int, int
         pos = end
 
 
+#: `eval.generator.dtype` in torch's names.
+CONFIG_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
 @register_model("aunet")
 class AUNetLM(LM):
     def __init__(
@@ -75,9 +79,11 @@ class AUNetLM(LM):
         max_length: int | None = None,
         levels: str = "generate",
         device: str | None = None,
-        dtype: str = "float32",
+        dtype: str | None = None,
     ) -> None:
-        """Either `path` (an `aunet export` directory) or an in-memory `model` and its `config`."""
+        """Either `path` (an `aunet export` directory) or an in-memory `model` and its `config`.
+        `dtype` (float32, bfloat16, float16): by default the config's `eval.generator.dtype` on
+        a GPU, float32 on a CPU."""
         super().__init__()
         if (path is None) == (model is None):
             raise ValueError("aunet lm-eval: give model_args path=EXPORT_DIR (or, from Python, model= and config=)")
@@ -89,9 +95,11 @@ class AUNetLM(LM):
             raise ValueError(f"aunet lm-eval: byte-level models only; this one reads {config.data.tokenizer.name} tokens")
         if levels not in ("generate", "full"):
             raise ValueError(f"aunet lm-eval: levels must be 'generate' or 'full', got {levels!r}")
+        self.device_ = _pick_device(device)
+        if dtype is None:
+            dtype = CONFIG_DTYPES[config.eval.generator.dtype] if self.device_.type == "cuda" else "float32"
         if not hasattr(torch, str(dtype)) or not isinstance(getattr(torch, str(dtype)), torch.dtype):
             raise ValueError(f"aunet lm-eval: unknown dtype {dtype!r} (float32, bfloat16, float16)")
-        self.device_ = _pick_device(device)
         self.model = model.to(self.device_, getattr(torch, str(dtype))).eval()
         self.config = config
         self.levels_mode = levels

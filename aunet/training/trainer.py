@@ -11,6 +11,7 @@ a rerun of the same command resumes from the newest complete checkpoint, batch f
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -93,6 +94,18 @@ def source_paths(cfg: TrainArgs, key: str = "data.sources", rank: int = 0, world
             barrier()
         out[str(cache)] = weight
     return out
+
+
+def check_sources(cfg: TrainArgs, directories: list[str], rank: int) -> None:
+    """Refuse shards made with another strategy list or depth than the model's, unless
+    `data.allow_shard_mismatch` (then rank 0 reports each difference)."""
+    from aunet.data.contract import check_shards
+
+    strategy = cfg.data.regex.strategy if cfg.data.regex is not None else None
+    for problem in check_shards(directories, strategy, cfg.model.n_levels, cfg.data.allow_shard_mismatch,
+                                "set data.allow_shard_mismatch=true"):
+        if rank == 0:
+            print(f"warning (data.allow_shard_mismatch): {problem}", flush=True)
 
 
 def tokenizer_path(cfg: TrainArgs) -> str | None:
@@ -190,14 +203,17 @@ def train(cfg: TrainArgs, unused: list[str] | None = None, stop_at: int | None =
 
     sources = source_paths(cfg, rank=rank, world_size=world, barrier=dist.barrier)
     validation = source_paths(cfg, "eval.validation.sources", rank=rank, world_size=world, barrier=dist.barrier)
+    check_sources(cfg, [*sources, *validation], rank)
     loader = PackedLoader(
         LoaderArgs(sources, seq_len=cfg.data.seq_len, batch_size=cfg.data.batch_size, add_bos=cfg.data.add_bos,
                    add_eos=cfg.data.add_eos, seed=cfg.data.seed, prefetch=cfg.data.prefetch_size if cfg.data.load_async else 0,
+                   shuffle_buffer=cfg.data.shuffle_buffer,
                    rank=rank, world_size=world, tokenizer=tokenizer_path(cfg), pin_memory=on_gpu)
     )
     if len(loader.token_bytes) > cfg.model.vocab_size:
         raise ValueError(f"model.vocab_size = {cfg.model.vocab_size} is smaller than the tokenizer's {len(loader.token_bytes)} ids")
     ds_config = deepspeed_config(cfg, on_gpu)
+    apply_torch_settings(cfg, on_gpu)
     model = build_model(cfg, ds_config)
     model.set_activation_checkpointing(cfg.distributed.selective_activation_checkpointing)
     engine, optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
@@ -228,6 +244,8 @@ def train(cfg: TrainArgs, unused: list[str] | None = None, stop_at: int | None =
             group["lr"] = lr
         for _ in range(cfg.grad_acc_steps):
             micro_step(engine, next(loader), device, metrics)
+        if step % cfg.gc_collect_freq == 0:
+            gc.collect()
         if step % cfg.logging.freq == 0 or step == end:
             last = log_record(step, lr, metrics.reduced(dist.all_reduce).tolist(), metrics, time.perf_counter() - tic,
                               engine.get_global_grad_norm(), world, flops / peak)
@@ -244,9 +262,28 @@ def train(cfg: TrainArgs, unused: list[str] | None = None, stop_at: int | None =
         if step % cfg.checkpoint.dump.every == 0 or step == end:
             save(engine, loader, ckpt_root, step, rank, cfg)
     loader.close()
+    gc.enable()
     dist.barrier()
     dist.destroy_process_group()
     return last
+
+
+def apply_torch_settings(cfg: TrainArgs, on_gpu: bool) -> None:
+    """The process-wide torch switches the config asks for, and the collector schedule:
+    automatic collection is off during training, `gc_collect_freq` collects instead (on every
+    rank at the same step, as the reference does, so that no rank pauses alone in the middle of
+    a collective)."""
+    import torch
+
+    if on_gpu:
+        torch.backends.cuda.matmul.allow_tf32 = cfg.distributed.matmul_allow_tf32
+        torch.backends.cudnn.allow_tf32 = cfg.distributed.matmul_allow_tf32
+    if cfg.distributed.compile:
+        import torch._dynamo
+
+        torch._dynamo.config.cache_size_limit = cfg.distributed.compile_cache_size_limit
+    gc.disable()
+    gc.collect()
 
 
 def build_model(cfg: TrainArgs, ds_config: dict):
