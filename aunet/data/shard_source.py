@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from aunet.config.model import BOS_ID, EOS_ID
 from aunet.segment.shards import META_STRATEGY, Manifest, open_shard
+from aunet.segment.strategy_order import describe_strategy, same_strategy
 
 
 #: Bytes of text each id stands for: 1 per byte, 0 for BOS and EOS.
@@ -57,8 +58,16 @@ class ShardSource:
             except (OSError, pa.ArrowInvalid) as e:
                 raise ValueError(f"data source {self.directory}: shard {path} is unreadable: {e}") from e
             meta = reader.schema.metadata or {}
-            if json.loads(meta.get(META_STRATEGY, b"null")) != self.strategy:
-                raise ValueError(f"data source {self.directory}: shard {path} has a different strategy from the manifest")
+            try:
+                theirs = json.loads(meta.get(META_STRATEGY, b"null"))
+                same = theirs is not None and same_strategy(theirs, self.strategy)
+            except (ValueError, TypeError):
+                theirs, same = None, False
+            if not same:
+                # Stage order matters (strategy i defines stage i+1): compared as ordered lists.
+                found = describe_strategy(theirs) if theirs is not None else "none"
+                raise ValueError(f"data source {self.directory}: shard {path} has a different strategy ({found}) "
+                                 f"from the manifest ({describe_strategy(self.strategy)})")
             self._readers[shard] = reader
         return self._readers[shard]
 

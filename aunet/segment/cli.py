@@ -20,6 +20,7 @@ import yaml
 
 from aunet.segment.corpus import manifest_name, parse_size, segment_corpus
 from aunet.segment.errors import BadDocument, InvalidRequest, ManifestError
+from aunet.segment.readers import DEFAULT_MAX_DOCUMENT_BYTES
 from aunet.segment.shards import Manifest
 from aunet.segment.tools import inspect, merge, verify
 
@@ -52,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank", type=int, default=0, help="this machine's rank among --world-size (inputs are split by index)")
     p.add_argument("--world-size", type=int, default=1)
     p.add_argument("--on-error", choices=["fail", "skip"], default="fail", help="stop at the first bad document, or record it in rejects/ and go on")
+    p.add_argument("--max-document-bytes", type=_size, default=DEFAULT_MAX_DOCUMENT_BYTES, metavar="SIZE",
+                   help="a longer document (JSONL line, Parquet/Arrow text value) is a bad document (default 64MB)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -85,7 +88,7 @@ def run(argv: list[str]) -> int:
             args.inputs, args.out, strategy_from_args(args), workers=args.workers, threads=args.threads,
             shard_size=args.shard_size, compression=args.compression, on_error=args.on_error, rank=args.rank,
             world_size=args.world_size, text_field=args.text_field, keep_fields=args.keep_fields,
-            progress=not args.no_progress and sys.stderr.isatty(),
+            max_document_bytes=args.max_document_bytes, progress=not args.no_progress and sys.stderr.isatty(),
         )
     except InvalidRequest as e:
         parser.error(str(e))

@@ -22,9 +22,9 @@ from pathlib import Path
 from aunet import __version__
 from aunet.segment.errors import InvalidRequest
 from aunet.segment.job import FileResult, JobOptions, load_done, process_file
-from aunet.segment.readers import detect_format
+from aunet.segment.readers import DEFAULT_MAX_DOCUMENT_BYTES, detect_format
 from aunet.segment.segmenter import Segmenter
-from aunet.segment.shards import FORMAT, MANIFEST, Manifest, RunReport
+from aunet.segment.shards import FORMAT, MANIFEST, Manifest, RunReport, input_list_digest
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "M": 1 << 20, "MB": 1 << 20, "G": 1 << 30, "GB": 1 << 30}
 
@@ -104,7 +104,8 @@ class _Progress:
         self.bar.close()
 
 
-def _options(strategy, threads, workers, shard_size, compression, on_error, rank, world_size, text_field, keep_fields) -> JobOptions:
+def _options(strategy, threads, workers, shard_size, compression, on_error, rank, world_size, text_field, keep_fields,
+             max_document_bytes) -> JobOptions:
     """Checked options: every mistake in the call is an `InvalidRequest` before any work."""
     try:
         Segmenter(strategy)
@@ -126,7 +127,8 @@ def _options(strategy, threads, workers, shard_size, compression, on_error, rank
         keep_fields = [f for f in keep_fields.split(",") if f]
     cpus = len(os.sched_getaffinity(0))
     return JobOptions(strategy=strategy, text_field=text_field, extra_fields=tuple(keep_fields), compression=compression,
-                      shard_bytes=parse_size(shard_size), threads=threads or max(1, cpus // workers), on_error=on_error)
+                      shard_bytes=parse_size(shard_size), threads=threads or max(1, cpus // workers), on_error=on_error,
+                      max_document_bytes=parse_size(max_document_bytes))
 
 
 def segment_corpus(
@@ -143,6 +145,7 @@ def segment_corpus(
     world_size: int = 1,
     text_field: str | None = None,
     keep_fields: Sequence[str] | str = (),
+    max_document_bytes: str | int = DEFAULT_MAX_DOCUMENT_BYTES,
     progress: bool = False,
 ) -> Manifest:
     """Segment `inputs` (files, directories, glob patterns: JSONL / .gz / .zst, Parquet, Arrow)
@@ -153,13 +156,15 @@ def segment_corpus(
     call does the files k with k % world_size == rank and writes `manifest.rankR-ofW.json`;
     `aunet.segment.merge` combines them. A rerun skips files already done with the same
     options. `on_error="fail"` raises `BadDocument` at the first bad document;
-    ``"skip"`` records it under `out/rejects/` (the manifest counts it). Bad arguments raise
-    `InvalidRequest`.
+    ``"skip"`` records it under `out/rejects/` (the manifest counts it). A document longer than
+    `max_document_bytes` (a JSONL line's raw bytes, a Parquet/Arrow text value) is such a bad
+    document. Bad arguments raise `InvalidRequest`.
 
     >>> m = segment_corpus("corpus/*.jsonl.zst", "shards", {"word1": "1@1"})  # doctest: +SKIP
     >>> m.documents_written, len(m.shards)                                     # doctest: +SKIP
     """
-    opts = _options(strategy, threads, workers, shard_size, compression, on_error, rank, world_size, text_field, keep_fields)
+    opts = _options(strategy, threads, workers, shard_size, compression, on_error, rank, world_size, text_field, keep_fields,
+                    max_document_bytes)
     out = Path(out)
     files = expand_inputs([inputs] if isinstance(inputs, (str, Path)) else list(inputs), out)
     out.mkdir(parents=True, exist_ok=True)
@@ -199,6 +204,7 @@ def segment_corpus(
         documents_written=sum(r.written for r in ordered),
         documents_rejected=sum(r.rejected_total for r in ordered),
         rejected_by_reason=dict(sum((Counter(r.rejected) for r in ordered), Counter())),
+        input_list=input_list_digest([str(f) for f in files]),
     )
     manifest.write(out, manifest_name(rank, world_size))
     manifest.run = RunReport(files_processed=len(pending), files_done_before=len(mine) - len(pending),

@@ -25,9 +25,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from aunet.segment.errors import BadDocument
-from aunet.segment.readers import Reject, read_batches
+from aunet.segment.readers import DEFAULT_MAX_DOCUMENT_BYTES, Reject, read_batches
 from aunet.segment.segmenter import Segmenter
-from aunet.segment.shards import ShardInfo, shard_schema, write_atomic
+from aunet.segment.shards import ShardInfo, confined, shard_schema, write_atomic
+from aunet.segment.strategy_order import ordered_strategy
 
 PROGRESS_DIR = ".progress"
 REJECTS_DIR = "rejects"
@@ -42,12 +43,17 @@ class JobOptions:
     shard_bytes: int
     threads: int
     on_error: str  # "fail" | "skip"
+    max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES  # longer documents are rejected, not written
 
     def fingerprint(self) -> str:
         """Everything that changes the bytes of the output (threads do not)."""
         from aunet import __version__
 
         keys = {k: v for k, v in asdict(self).items() if k not in ("threads", "on_error")}
+        # sort_keys would reorder a strategy mapping, yet stage order changes every mask: the
+        # stages go in as an ordered list, and the spelling as given (written verbatim into
+        # the schema metadata) as a string, which sort_keys leaves alone.
+        keys["strategy"] = [ordered_strategy(self.strategy), json.dumps(self.strategy)]
         return hashlib.sha256(json.dumps([keys, __version__], sort_keys=True).encode()).hexdigest()
 
 
@@ -87,9 +93,11 @@ def load_done(out: Path, index: int, source: Path, opts: JobOptions) -> FileResu
     except (OSError, ValueError, TypeError):
         return None
     st = source.stat()
-    if (done.fingerprint, done.input_size, done.input_mtime_ns) != (opts.fingerprint(), st.st_size, st.st_mtime_ns):
+    # The source name too: with another input list, index k may name another file.
+    if (done.fingerprint, done.source, done.input_size, done.input_mtime_ns) != (opts.fingerprint(), str(source), st.st_size, st.st_mtime_ns):
         return None
-    if not all((out / s.path).is_file() and (out / s.path).stat().st_size == s.file_bytes for s in done.shards):
+    # A marker's paths go into the manifest: one pointing outside `out` means the file is redone.
+    if not all(confined(out, s.path) and (out / s.path).is_file() and (out / s.path).stat().st_size == s.file_bytes for s in done.shards):
         return None
     return done
 
@@ -194,7 +202,7 @@ def process_file(
     writer = _ShardWriter(out, index, schema, opts)
     rejects: list[Reject] = []
     reported = 0
-    for batch in read_batches(source, name, opts.text_field, list(opts.extra_fields)):
+    for batch in read_batches(source, name, opts.text_field, list(opts.extra_fields), max_document_bytes=opts.max_document_bytes):
         if batch.rejects and opts.on_error == "fail":
             first = batch.rejects[0]
             raise BadDocument(first.file, first.location, first.reason)

@@ -16,12 +16,20 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import zstandard
 
 JSONL_SUFFIXES = {".jsonl", ".json", ".ndjson"}
 FORMATS = ("jsonl", "jsonl.gz", "jsonl.zst", "parquet", "arrow")
 TEXT_TYPES = (pa.string(), pa.large_string(), pa.binary(), pa.large_binary())
+
+# The longest document (a JSONL line's raw bytes, a Parquet/Arrow text value) that is segmented.
+# Segmenting holds several copies of a document at once (its bytes, its decoded code points at
+# 4 bytes each, its mask), so one multi-gigabyte "line" (a file without newlines, a dumped
+# blob) would need many gigabytes per worker; 64 MiB is still hundreds of times longer than a
+# long book, so real documents pass and the model's windows (8 KiB) never notice the cap.
+DEFAULT_MAX_DOCUMENT_BYTES = 64 << 20
 
 
 @dataclass
@@ -67,15 +75,18 @@ def detect_format(path: Path) -> str | None:
     return None
 
 
-def read_batches(path: Path, name: str, text_field: str | None, extra_fields: list[str], batch_bytes: int = 8 << 20) -> Iterator[Batch]:
+def read_batches(path: Path, name: str, text_field: str | None, extra_fields: list[str], batch_bytes: int = 8 << 20,
+                 max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES) -> Iterator[Batch]:
+    """Documents of `path`; one longer than `max_document_bytes` is rejected (see
+    `DEFAULT_MAX_DOCUMENT_BYTES`)."""
     fmt = detect_format(path)
     try:
         if fmt in ("jsonl", "jsonl.gz", "jsonl.zst"):
-            yield from _jsonl(path, name, fmt, text_field, extra_fields, batch_bytes)
+            yield from _jsonl(path, name, fmt, text_field, extra_fields, batch_bytes, max_document_bytes)
         elif fmt == "parquet":
-            yield from _parquet(path, name, text_field, extra_fields)
+            yield from _parquet(path, name, text_field, extra_fields, max_document_bytes)
         elif fmt == "arrow":
-            yield from _arrow(path, name, text_field, extra_fields)
+            yield from _arrow(path, name, text_field, extra_fields, max_document_bytes)
         else:
             raise ValueError(f"{name}: unsupported input format (expected one of {', '.join(FORMATS)})")
     except OSError as e:
@@ -110,14 +121,53 @@ def _gzip_chunks(raw) -> Iterator[bytes]:
             yield chunk
 
 
-def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    tail = b""
+class LongLine:
+    """A line longer than the cap, skipped: only its length is kept, not its bytes."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+
+def _lines(chunks: Iterator[bytes], max_bytes: int | None = None) -> Iterator[bytes | LongLine]:
+    """The lines of a stream of chunks (without their newline), in time linear in the bytes:
+    a line that spans chunks is kept as a list of pieces and joined once, when it ends
+    (re-concatenating a growing tail per chunk is quadratic in the line's length). A line
+    longer than `max_bytes` comes out as a `LongLine`, and no more than `max_bytes` plus one
+    chunk of it is ever held."""
+    pieces: list[bytes] = []  # the unfinished line
+    held = 0  # bytes in `pieces`
+    skipped = -1  # bytes so far of an over-long line being skipped, or -1
+
+    def add(piece: bytes) -> None:
+        nonlocal pieces, held, skipped
+        if skipped >= 0:
+            skipped += len(piece)
+            return
+        pieces.append(piece)
+        held += len(piece)
+        if max_bytes is not None and held > max_bytes:
+            pieces, held, skipped = [], 0, held
+
+    def finish() -> bytes | LongLine:
+        nonlocal pieces, held, skipped
+        line = LongLine(skipped) if skipped >= 0 else pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        pieces, held, skipped = [], 0, -1
+        return line
+
     for chunk in chunks:
-        parts = (tail + chunk).split(b"\n")
-        tail = parts.pop()
-        yield from parts
-    if tail:
-        yield tail
+        parts = chunk.split(b"\n")
+        add(parts[0])
+        if len(parts) == 1:
+            continue  # no newline: the line goes on
+        yield finish()
+        if max_bytes is None or len(chunk) <= max_bytes:
+            yield from parts[1:-1]  # whole lines inside this chunk, none over the cap
+        else:
+            for line in parts[1:-1]:
+                yield line if len(line) <= max_bytes else LongLine(len(line))
+        add(parts[-1])
+    if held or skipped >= 0:
+        yield finish()
 
 
 def _pick_text(obj: dict, text_field: str | None) -> tuple[str | None, object]:
@@ -156,7 +206,12 @@ def _extra_value(value: object) -> str | None:
     return json.dumps(value, ensure_ascii=False)
 
 
-def _jsonl(path: Path, name: str, fmt: str, text_field: str | None, extra_fields: list[str], batch_bytes: int) -> Iterator[Batch]:
+def _too_long(size: int, cap: int, what: str) -> str:
+    return f"document too long: {what} of {size:,} bytes is over max_document_bytes ({cap:,})"
+
+
+def _jsonl(path: Path, name: str, fmt: str, text_field: str | None, extra_fields: list[str], batch_bytes: int,
+           max_document_bytes: int) -> Iterator[Batch]:
     wanted = f"{text_field!r}" if text_field else "'text' or 'content'"
     with open(path, "rb") as raw:
         chunks = {"jsonl": lambda: iter(lambda: raw.read(1 << 20), b""), "jsonl.gz": lambda: _gzip_chunks(raw), "jsonl.zst": lambda: _zstd_chunks(raw)}[fmt]()
@@ -180,8 +235,11 @@ def _jsonl(path: Path, name: str, fmt: str, text_field: str | None, extra_fields
             return batch
 
         try:
-            for line in _lines(chunks):
+            for line in _lines(chunks, max_document_bytes):
                 line_no += 1
+                if isinstance(line, LongLine):
+                    rejects.append(Reject(name, f"line {line_no}", _too_long(line.size, max_document_bytes, "line")))
+                    continue
                 if not line.strip():
                     continue  # blank lines hold no document
                 obj, value = _parse_line(line, text_field, wanted)
@@ -211,7 +269,8 @@ def _choose_column(schema: pa.Schema, text_field: str | None) -> str | None:
     return next((c for c in ("text", "content") if c in schema.names), None)
 
 
-def _table_batches(batches: Iterator[pa.RecordBatch], schema: pa.Schema, num_rows: int | None, name: str, text_field: str | None, extra_fields: list[str], file_bytes: int) -> Iterator[Batch]:
+def _table_batches(batches: Iterator[pa.RecordBatch], schema: pa.Schema, num_rows: int | None, name: str, text_field: str | None, extra_fields: list[str], file_bytes: int,
+                   max_document_bytes: int) -> Iterator[Batch]:
     column = _choose_column(schema, text_field)
     wanted = f"{text_field!r}" if text_field else "'text' or 'content'"
     if column is None or schema.field(column).type not in TEXT_TYPES:
@@ -226,7 +285,12 @@ def _table_batches(batches: Iterator[pa.RecordBatch], schema: pa.Schema, num_row
         text = rb.column(column)
         text = text.cast(pa.large_binary()) if text.type != pa.large_binary() else text
         valid = np.asarray(text.is_valid())
-        rejects = [Reject(name, f"row {start + i}", f"text column {column!r} is null") for i in np.flatnonzero(~valid)]
+        lengths = pc.binary_length(text).fill_null(0).to_numpy(zero_copy_only=False)
+        too_long = lengths > max_document_bytes
+        rejects = [Reject(name, f"row {start + i}", f"text column {column!r} is null") if not valid[i]
+                   else Reject(name, f"row {start + i}", _too_long(int(lengths[i]), max_document_bytes, f"{column!r} value"))
+                   for i in np.flatnonzero(~valid | too_long)]
+        valid = valid & ~too_long
         keep = pa.array(valid)
         extra = {}
         for f in extra_fields:
@@ -240,7 +304,7 @@ def _table_batches(batches: Iterator[pa.RecordBatch], schema: pa.Schema, num_row
         start += n
 
 
-def _parquet(path: Path, name: str, text_field: str | None, extra_fields: list[str]) -> Iterator[Batch]:
+def _parquet(path: Path, name: str, text_field: str | None, extra_fields: list[str], max_document_bytes: int) -> Iterator[Batch]:
     size = path.stat().st_size
     try:
         pf = pq.ParquetFile(path)
@@ -264,7 +328,7 @@ def _parquet(path: Path, name: str, text_field: str | None, extra_fields: list[s
                 yield rb
 
     try:
-        yield from _table_batches(batches(), pf.schema_arrow, pf.metadata.num_rows, name, text_field, extra_fields, size)
+        yield from _table_batches(batches(), pf.schema_arrow, pf.metadata.num_rows, name, text_field, extra_fields, size, max_document_bytes)
     except _CorruptGroup as e:
         yield Batch.rejected(Reject(name, f"rows {e.start}-{pf.metadata.num_rows - 1}", f"corrupt Parquet data: {e.error}", pf.metadata.num_rows - e.start))
 
@@ -275,7 +339,7 @@ class _CorruptGroup(Exception):
         self.start, self.rows, self.error = start, rows, error
 
 
-def _arrow(path: Path, name: str, text_field: str | None, extra_fields: list[str]) -> Iterator[Batch]:
+def _arrow(path: Path, name: str, text_field: str | None, extra_fields: list[str], max_document_bytes: int) -> Iterator[Batch]:
     size = path.stat().st_size
     source = pa.memory_map(str(path), "r")
     try:
@@ -299,7 +363,7 @@ def _arrow(path: Path, name: str, text_field: str | None, extra_fields: list[str
             yield rb
 
     try:
-        yield from _table_batches(counted(), schema, num_rows, name, text_field, extra_fields, 0)
+        yield from _table_batches(counted(), schema, num_rows, name, text_field, extra_fields, 0, max_document_bytes)
     except (pa.ArrowInvalid, OSError) as e:
         where = f"after row {read - 1}" if read else "file"
         yield Batch.rejected(Reject(name, where, f"corrupt Arrow IPC file: {e}"), size)

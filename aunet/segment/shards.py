@@ -11,7 +11,8 @@ without a copy when uncompressed) with the columns
 
 Schema metadata holds the strategy list, the tool version and the source file. The manifest
 (``manifest.json``, written last and atomically) lists every shard with its document and byte
-counts and a SHA-256 checksum.
+counts and a SHA-256 checksum. Shard paths in a manifest are relative and must stay inside its
+directory (SPEC section 8): `Manifest.load` refuses any other.
 """
 
 from __future__ import annotations
@@ -51,6 +52,21 @@ def shard_schema(strategy: dict[str, str] | list, source: str, extra_fields: lis
             META_SOURCE: source.encode(),
         },
     )
+
+
+def confined(directory: str | Path, path: object) -> bool:
+    """Whether `path` (from a manifest or marker) names a file inside `directory`: relative, no
+    `..`, and inside it still once symlinks are resolved."""
+    if not isinstance(path, str) or not path or Path(path).is_absolute() or ".." in Path(path).parts:
+        return False
+    root = Path(directory).resolve()
+    return root in (root / path).resolve().parents
+
+
+def input_list_digest(names: list[str]) -> dict:
+    """What a rank manifest records of the whole input list: input k of every rank must be the
+    same file, or `merge` would combine shards of a different corpus split."""
+    return {"files": len(names), "sha256": hashlib.sha256(json.dumps(names).encode()).hexdigest()}
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -121,6 +137,9 @@ class Manifest:
     documents_written: int = 0
     documents_rejected: int = 0
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    input_list: dict | None = None
+    """`input_list_digest` of every rank's input list (not only this rank's `inputs`); None in
+    manifests written before it existed."""
     run: RunReport | None = field(default=None, compare=False)
     """Set on the manifest `segment_corpus` returns; None when loaded from disk."""
 
@@ -148,9 +167,14 @@ class Manifest:
             hint = f" (found {len(ranks)} rank manifests: run `aunet-segment merge {directory}`)" if ranks and name == MANIFEST else ""
             raise MissingManifest(f"{path}: no manifest{hint}", file=str(path))
         try:
-            return cls.from_json(path.read_bytes())
+            manifest = cls.from_json(path.read_bytes())
         except (ValueError, TypeError, KeyError) as e:
             raise ManifestError(f"{path}: not a valid manifest: {e}", file=str(path)) from e
+        for shard in manifest.shards:
+            if not confined(directory, shard.path):
+                raise ManifestError(f"{path}: shard path {shard.path!r} is outside the directory "
+                                    "(it must be relative, without '..', and not a link out of it)", file=str(path))
+        return manifest
 
     def write(self, directory: Path, name: str = MANIFEST) -> Path:
         path = directory / name

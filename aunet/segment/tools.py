@@ -13,6 +13,7 @@ import pyarrow as pa
 from aunet.segment.segmenter import Segmenter
 from aunet.segment.errors import ManifestError
 from aunet.segment.shards import FORMAT, MANIFEST, META_SOURCE, META_STRATEGY, Manifest, open_shard, sha256_file
+from aunet.segment.strategy_order import describe_strategy, same_strategy
 
 
 def verify(directory: str | Path, deep: bool = False) -> list[str]:
@@ -53,8 +54,15 @@ def _verify_shard(path: Path, documents: int, text_bytes: int, strategy, segment
         if schema.get_field_index(name) < 0 or schema.field(name).type != pa.large_binary():
             problems.append(f"{path}: column {name!r} missing or not large_binary")
     meta = schema.metadata or {}
-    if META_STRATEGY not in meta or json.loads(meta[META_STRATEGY]) != strategy:
-        problems.append(f"{path}: strategy in the schema metadata differs from the manifest's")
+    try:
+        theirs = json.loads(meta[META_STRATEGY])
+        same = same_strategy(theirs, strategy)
+    except (KeyError, ValueError, TypeError):
+        theirs, same = None, False
+    if not same:
+        # Compared as ordered stage lists: a mapping's key order is its stage order.
+        problems.append(f"{path}: strategy {describe_strategy(theirs) if theirs is not None else '(none)'} in the schema "
+                        f"metadata differs from the manifest's {describe_strategy(strategy)}")
     if problems:
         return problems
     depth = len(strategy)
@@ -139,10 +147,15 @@ def merge(directory: str | Path) -> Manifest:
     manifests = [Manifest.load(directory, p.name) for p in parts]
     first = manifests[0]
     for p, m in zip(parts, manifests):
-        same = (m.format, m.strategy, m.compression, m.text_field, m.extra_fields, m.world_size) == (
-            first.format, first.strategy, first.compression, first.text_field, first.extra_fields, first.world_size)
+        same = same_strategy(m.strategy, first.strategy) and (m.format, m.compression, m.text_field, m.extra_fields, m.world_size) == (
+            first.format, first.compression, first.text_field, first.extra_fields, first.world_size)
         if not same:
             raise ManifestError(f"{p}: options differ from {parts[0]} (strategy, compression, fields or world size)", file=str(p))
+        # Rank r did the inputs k with k % world_size == r of ITS list: only one list for all
+        # ranks makes the ranks' shares disjoint and complete.
+        if m.input_list != first.input_list:
+            raise ManifestError(f"{p}: its input list ({_files(m)}) differs from that of {parts[0]} ({_files(first)}): "
+                                "every rank must be given the same inputs", file=str(p))
     ranks = sorted(r for m in manifests for r in m.ranks)
     if ranks != list(range(first.world_size)):
         missing = sorted(set(range(first.world_size)) - set(ranks))
@@ -163,6 +176,12 @@ def merge(directory: str | Path) -> Manifest:
         documents_written=sum(m.documents_written for m in manifests),
         documents_rejected=sum(m.documents_rejected for m in manifests),
         rejected_by_reason=dict(sum((Counter(m.rejected_by_reason) for m in manifests), Counter())),
+        input_list=first.input_list,
     )
     merged.write(directory, MANIFEST)
     return merged
+
+
+def _files(m: Manifest) -> str:
+    info = m.input_list if isinstance(m.input_list, dict) else {}
+    return f"{info.get('files')} files, sha256 {str(info.get('sha256'))[:12]}" if info else "not recorded"
