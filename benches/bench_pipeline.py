@@ -33,7 +33,7 @@ from report import save  # noqa: E402
 from corpora import multilingual_docs, stdlib_docs  # noqa: E402
 from oracle import OracleSegmenter  # noqa: E402
 
-from aunet.segment.job import JobOptions, _ShardWriter  # noqa: E402
+from aunet.segment.shard_writer import LocalFiles, ShardWriter  # noqa: E402
 from aunet.segment.readers import _lines, _zstd_chunks, read_batches  # noqa: E402
 from aunet.segment.segmenter import Segmenter  # noqa: E402
 from aunet.segment.shards import shard_schema  # noqa: E402
@@ -77,9 +77,8 @@ def stage_times(path: Path, out: Path) -> dict[str, float]:
     masks = [seg.levels_batch(b.texts, threads=1) for b in batches]
     segment = time.perf_counter() - t
 
-    opts = JobOptions(STRATEGY, None, (), "none", 256 << 20, 1, "fail")
     schema = shard_schema(STRATEGY, path.name, [])
-    writer = _ShardWriter(out, 0, schema, opts)
+    writer = ShardWriter(LocalFiles(out), 0, schema, 256 << 20, "none")
     import numpy as np
     import pyarrow.compute as pc
 

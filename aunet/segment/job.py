@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 from aunet.segment.errors import BadDocument
 from aunet.segment.readers import DEFAULT_MAX_DOCUMENT_BYTES, Reject, read_batches
 from aunet.segment.segmenter import Segmenter
+from aunet.segment.shard_writer import LocalFiles, ShardWriter, shard_name
 from aunet.segment.shards import ShardInfo, confined, shard_schema, write_atomic
 from aunet.segment.strategy_order import ordered_strategy
 
@@ -75,10 +76,6 @@ class FileResult:
         return sum(self.rejected.values())
 
 
-def shard_name(index: int, part: int) -> str:
-    return f"part-{index:06d}-{part:04d}.arrow"
-
-
 def marker_path(out: Path, index: int) -> Path:
     return out / PROGRESS_DIR / f"{index:06d}.json"
 
@@ -111,80 +108,6 @@ def _clear_file_outputs(out: Path, index: int) -> None:
     marker.with_name(marker.name + ".tmp").unlink(missing_ok=True)
 
 
-class _HashingFile(io.RawIOBase):
-    """A write-only file that hashes what goes through it, so a shard's checksum costs no
-    second read of the shard."""
-
-    def __init__(self, path: Path):
-        self._f = open(path, "wb")
-        self._hash = hashlib.sha256()
-        self._size = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data) -> int:
-        self._hash.update(data)
-        n = self._f.write(data)
-        self._size += n
-        return n
-
-    def finish(self) -> tuple[int, str]:
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
-        return self._size, self._hash.hexdigest()
-
-
-class _ShardWriter:
-    """Writes record batches into numbered shards of about `shard_bytes` text bytes each."""
-
-    def __init__(self, out: Path, index: int, schema: pa.Schema, opts: JobOptions):
-        self.out, self.index, self.schema, self.opts = out, index, schema, opts
-        compression = None if opts.compression == "none" else opts.compression
-        self.write_options = pa.ipc.IpcWriteOptions(compression=compression)
-        self.shards: list[ShardInfo] = []
-        self._writer = None
-        self._tmp: Path | None = None
-        self._docs = self._bytes = 0
-        self._batches: list[list[int]] = []
-
-    def write(self, batch: pa.RecordBatch, lengths: np.ndarray) -> None:
-        """Write `batch` (whose documents have `lengths` text bytes), closing a shard each time
-        it reaches the target size, so shards stay near the target whatever the batch size."""
-        start = 0
-        while start < batch.num_rows:
-            room = self.opts.shard_bytes - self._bytes
-            cum = np.cumsum(lengths[start:])
-            # Rows up to and including the one that reaches the target go to this shard.
-            take = int(np.searchsorted(cum, room, side="left")) + 1
-            take = min(take, batch.num_rows - start)
-            self._write_slice(batch.slice(start, take), int(cum[take - 1]))
-            start += take
-
-    def _write_slice(self, batch: pa.RecordBatch, text_bytes: int) -> None:
-        if self._writer is None:
-            self._tmp = self.out / (shard_name(self.index, len(self.shards)) + ".tmp")
-            self._sink = _HashingFile(self._tmp)
-            self._writer = pa.ipc.new_file(pa.PythonFile(self._sink, mode="w"), self.schema, options=self.write_options)
-        self._writer.write_batch(batch)
-        self._batches.append([batch.num_rows, text_bytes])
-        self._docs += batch.num_rows
-        self._bytes += text_bytes
-        if self._bytes >= self.opts.shard_bytes:
-            self.close_shard()
-
-    def close_shard(self) -> None:
-        if self._writer is None:
-            return
-        self._writer.close()
-        size, digest = self._sink.finish()
-        final = self._tmp.with_suffix("")  # drop ".tmp"
-        os.replace(self._tmp, final)
-        self.shards.append(ShardInfo(final.name, self._docs, self._bytes, size, digest, self._batches))
-        self._writer, self._tmp, self._docs, self._bytes, self._batches = None, None, 0, 0, []
-
-
 def process_file(
     out: Path,
     index: int,
@@ -199,7 +122,7 @@ def process_file(
     result = FileResult(index, name, st.st_size, st.st_mtime_ns, opts.fingerprint())
     segmenter = Segmenter(opts.strategy)
     schema = shard_schema(opts.strategy, name, list(opts.extra_fields))
-    writer = _ShardWriter(out, index, schema, opts)
+    writer = ShardWriter(LocalFiles(out), index, schema, opts.shard_bytes, opts.compression)
     rejects: list[Reject] = []
     reported = 0
     for batch in read_batches(source, name, opts.text_field, list(opts.extra_fields), max_document_bytes=opts.max_document_bytes):

@@ -1,0 +1,126 @@
+"""Shard files written from record batches: numbered, near a target size, checksummed while
+written, published under their final name only when complete.
+
+One writer serves `aunet-segment` (a local directory) and the datatrove writer (any fsspec
+filesystem through a datatrove `DataFolder`); the difference is the `ShardFiles` it is given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from aunet.segment.shards import ShardInfo
+
+
+def shard_name(index: int, part: int) -> str:
+    return f"part-{index:06d}-{part:04d}.arrow"
+
+
+class LocalFiles:
+    """Shards in a local directory: fsynced, then renamed into place (atomic on POSIX)."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+
+    def create(self, name: str):
+        return open(self.directory / name, "wb")
+
+    def publish(self, tmp: str, final: str) -> None:
+        os.replace(self.directory / tmp, self.directory / final)
+
+
+class FolderFiles:
+    """Shards in a datatrove `DataFolder` (local, s3://, memory://...): written under the
+    temporary name and moved to the final one, as the filesystem allows."""
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def create(self, name: str):
+        return self.folder.open(name, "wb")
+
+    def publish(self, tmp: str, final: str) -> None:
+        self.folder.mv(tmp, final)
+
+
+class _HashingFile(io.RawIOBase):
+    """A write-only file that hashes what goes through it, so a shard's checksum costs no
+    second read of the shard."""
+
+    def __init__(self, f):
+        self._f = f
+        self._hash = hashlib.sha256()
+        self._size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self._hash.update(data)
+        n = self._f.write(data)
+        self._size += n if n is not None else len(data)
+        return n if n is not None else len(data)
+
+    def finish(self) -> tuple[int, str]:
+        self._f.flush()
+        try:
+            os.fsync(self._f.fileno())  # local files: durable before they are renamed
+        except (AttributeError, OSError, io.UnsupportedOperation):
+            pass  # object stores make a file durable when it is closed
+        self._f.close()
+        return self._size, self._hash.hexdigest()
+
+
+class ShardWriter:
+    """Writes record batches into shards `part-{index}-{j}.arrow` of about `shard_bytes` text
+    bytes each; `shards` lists the finished ones."""
+
+    def __init__(self, files, index: int, schema: pa.Schema, shard_bytes: int, compression: str):
+        self.files, self.index, self.schema, self.shard_bytes = files, index, schema, shard_bytes
+        self.write_options = pa.ipc.IpcWriteOptions(compression=None if compression == "none" else compression)
+        self.shards: list[ShardInfo] = []
+        self._writer = None
+        self._tmp: str | None = None
+        self._docs = self._bytes = 0
+        self._batches: list[list[int]] = []
+
+    def write(self, batch: pa.RecordBatch, lengths: np.ndarray) -> None:
+        """Write `batch` (whose documents have `lengths` text bytes), closing a shard each time
+        it reaches the target size, so shards stay near the target whatever the batch size."""
+        start = 0
+        while start < batch.num_rows:
+            room = self.shard_bytes - self._bytes
+            cum = np.cumsum(lengths[start:])
+            # Rows up to and including the one that reaches the target go to this shard.
+            take = int(np.searchsorted(cum, room, side="left")) + 1
+            take = min(take, batch.num_rows - start)
+            self._write_slice(batch.slice(start, take), int(cum[take - 1]))
+            start += take
+
+    def _write_slice(self, batch: pa.RecordBatch, text_bytes: int) -> None:
+        if self._writer is None:
+            self._tmp = shard_name(self.index, len(self.shards)) + ".tmp"
+            self._sink = _HashingFile(self.files.create(self._tmp))
+            self._writer = pa.ipc.new_file(pa.PythonFile(self._sink, mode="w"), self.schema, options=self.write_options)
+        self._writer.write_batch(batch)
+        self._batches.append([batch.num_rows, text_bytes])
+        self._docs += batch.num_rows
+        self._bytes += text_bytes
+        if self._bytes >= self.shard_bytes:
+            self.close_shard()
+
+    def close_shard(self) -> None:
+        if self._writer is None:
+            return
+        self._writer.close()
+        size, digest = self._sink.finish()
+        final = self._tmp.removesuffix(".tmp")
+        self.files.publish(self._tmp, final)
+        self.shards.append(ShardInfo(final, self._docs, self._bytes, size, digest, self._batches))
+        self._writer, self._tmp, self._docs, self._bytes, self._batches = None, None, 0, 0, []
