@@ -144,7 +144,22 @@ def merge(directory: str | Path) -> Manifest:
     parts = sorted(directory.glob("manifest.rank*-of*.json"))
     if not parts:
         raise ManifestError(f"{directory}: no rank manifests (manifest.rankR-ofW.json)", file=str(directory))
-    manifests = [Manifest.load(directory, p.name) for p in parts]
+    merged = combine(parts, [Manifest.load(directory, p.name) for p in parts], str(directory))
+    merged.write(directory, MANIFEST)
+    return merged
+
+
+def combine(parts: list, manifests: list[Manifest], where: str) -> Manifest:
+    """The merged manifest of rank manifests (`parts` names them in errors; `where` is their
+    directory), checked as `merge` describes; writes nothing (the datatrove writer stores it
+    through its own filesystem). A datatrove task that received no document records no
+    strategy list (None): it takes the others'."""
+    known = [m.strategy for m in manifests if m.strategy is not None]
+    if not known:
+        raise ManifestError(f"{where}: no rank wrote a document, so no strategy list is known", file=where)
+    for m in manifests:
+        if m.strategy is None and not m.shards:
+            m.strategy = known[0]
     first = manifests[0]
     for p, m in zip(parts, manifests):
         same = same_strategy(m.strategy, first.strategy) and (m.format, m.compression, m.text_field, m.extra_fields, m.world_size) == (
@@ -159,9 +174,9 @@ def merge(directory: str | Path) -> Manifest:
     ranks = sorted(r for m in manifests for r in m.ranks)
     if ranks != list(range(first.world_size)):
         missing = sorted(set(range(first.world_size)) - set(ranks))
-        raise ManifestError(f"{directory}: ranks {missing} of {first.world_size} have no manifest yet (or a rank appears twice: {ranks})",
-                            file=str(directory))
-    merged = Manifest(
+        raise ManifestError(f"{where}: ranks {missing} of {first.world_size} have no manifest yet (or a rank appears twice: {ranks})",
+                            file=where)
+    return Manifest(
         format=FORMAT,
         version=first.version,
         strategy=first.strategy,
@@ -178,8 +193,6 @@ def merge(directory: str | Path) -> Manifest:
         rejected_by_reason=dict(sum((Counter(m.rejected_by_reason) for m in manifests), Counter())),
         input_list=first.input_list,
     )
-    merged.write(directory, MANIFEST)
-    return merged
 
 
 def _files(m: Manifest) -> str:
