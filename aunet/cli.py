@@ -18,7 +18,11 @@ from pathlib import Path
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aunet", description="Commands on trained AU-Net models.")
     sub = p.add_subparsers(dest="command", required=True)
-    e = sub.add_parser("export", help="ZeRO checkpoint -> model.safetensors + config.yaml")
+    e = sub.add_parser("export", help="ZeRO checkpoint -> model.safetensors + config.yaml",
+                       description="Gather a ZeRO checkpoint's weights into DIR/model.safetensors + DIR/config.yaml, which "
+                                   "load without DeepSpeed or pickle. DeepSpeed checkpoints are pickles, loaded with "
+                                   "torch.load(weights_only=False), which can run code stored in the file: only export "
+                                   "checkpoints you trust.")
     e.add_argument("--checkpoints", type=Path, required=True, help="the run's checkpoint directory (<dump_dir>/checkpoints)")
     e.add_argument("--step", type=int, help="which step (default: the newest complete one)")
     e.add_argument("--out", type=Path, required=True)

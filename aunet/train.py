@@ -18,7 +18,13 @@ if __name__ == "__main__" and sys.path and os.path.abspath(sys.path[0]) == os.pa
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog="A rerun of the same command resumes from the run's newest complete checkpoint; a run without one may start "
+               "from other weights with checkpoint.init_ckpt_path=DIR (an `aunet export` directory, or a checkpoint directory: "
+               "weights only, fresh optimizer, schedule and data). DeepSpeed checkpoints are pickles, loaded with "
+               "torch.load(weights_only=False), which can run code stored in the file: only resume or initialise from "
+               "checkpoints you trust.")
     parser.add_argument("--config", required=True, help="YAML config (configs/tiny_aunet3.yaml, ...)")
     parser.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # set by the DeepSpeed launcher
     parser.add_argument("--stop-at", type=int, metavar="STEP", help="checkpoint and stop after this step (the schedule still runs to `steps`): for time-limited jobs")

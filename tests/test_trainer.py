@@ -59,6 +59,23 @@ def validation(dump: Path) -> dict[int, dict]:
     return {r["step"]: r for r in map(json.loads, (dump / "metrics.jsonl").read_text().splitlines()) if "val_bpb" in r}
 
 
+def rank_batch(data_root: Path, cfg, rank: int, state: dict | None = None, world_size: int = 2) -> dict:
+    """The next batch of rank `rank`'s training loader (from loader state `state`, else from the
+    start), built as the trainer builds it for `cfg`."""
+    from aunet.data import LoaderArgs, PackedLoader
+
+    d = cfg.data
+    loader = PackedLoader(LoaderArgs({str(data_root / "stdlib"): 1.0}, seq_len=d.seq_len, batch_size=d.batch_size, add_bos=d.add_bos,
+                                     add_eos=d.add_eos, seed=d.seed, prefetch=0, shuffle_buffer=d.shuffle_buffer, rank=rank,
+                                     world_size=world_size))
+    if state is not None:
+        loader.load_state_dict(state)
+    try:
+        return next(loader)
+    finally:
+        loader.close()
+
+
 def loader_states(dump: Path, step: int) -> list[dict]:
     d = dump / "checkpoints" / f"step_{step:08d}"
     return [json.loads((d / f"loader_rank{r}.json").read_text()) for r in range(2)]
@@ -138,6 +155,27 @@ def test_export_gives_a_model_that_loads_without_deepspeed(tmp_path, straight, d
         trained_bpb = float(bpb(model(batch["tokens"], batch["levels"])[0], batch["targets"]))
         fresh_bpb = float(bpb(fresh(batch["tokens"], batch["levels"])[0], batch["targets"]))
     assert np.isfinite(trained_bpb) and trained_bpb < fresh_bpb
+    # The export holds exactly the weights of the step it names: by default the newest (6) ...
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "export" / "model.safetensors"), framework="pt") as f:
+        assert f.metadata()["step"] == "6"
+        consolidated = get_fp32_state_dict_from_zero_checkpoint(str(straight / "checkpoints"), tag="step_00000006")
+        assert sorted(f.keys()) == sorted(consolidated)
+        assert all(torch.equal(f.get_tensor(k), consolidated[k]) for k in consolidated)
+    # ... and with --step 4 those that the trained engine ran step 5 with: the exported model's loss
+    # on each rank's step-5 batch (the loaders restored from checkpoint 4) is the logged loss.
+    proc = subprocess.run([venv_script("aunet"), "export", "--checkpoints", str(straight / "checkpoints"), "--step", "4",
+                           "--out", str(tmp_path / "export4")], capture_output=True, text=True, env=cpu_dist_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model4, _ = load_model(tmp_path / "export4")
+    losses = []
+    for rank, state in enumerate(loader_states(straight, 4)):
+        b = rank_batch(data_root, cfg, rank, state)
+        with torch.no_grad():
+            losses.append(float(model4(b["tokens"], b["levels"], b["targets"], b["target_levels"], b["target_bytes"])[1]))
+    assert abs(sum(losses) / 2 - metrics(straight)[5]["loss"]) <= 1e-6, (losses, metrics(straight)[5])
     missing = subprocess.run([venv_script("aunet"), "export", "--checkpoints", str(tmp_path / "none"), "--out", str(tmp_path / "x")], capture_output=True, text=True)
     assert missing.returncode == 1 and "no complete checkpoint" in missing.stderr
 
@@ -168,3 +206,13 @@ def test_bad_config_and_missing_data_fail_early(tmp_path, data_root):
     assert bad.returncode == 2 and "optim.lr" in bad.stderr
     missing = subprocess.run([sys.executable, TRAIN, "--config", CONFIG, f"data.root_dir={tmp_path / 'nowhere'}"], capture_output=True, text=True, env=env, cwd=REPO_ROOT)
     assert missing.returncode == 2 and str(tmp_path / "nowhere") in missing.stderr
+
+
+def test_commands_that_read_deepspeed_checkpoints_say_they_are_pickles():
+    train_help = subprocess.run([sys.executable, TRAIN, "--help"], capture_output=True, text=True, cwd=REPO_ROOT)
+    export_help = subprocess.run([venv_script("aunet"), "export", "--help"], capture_output=True, text=True)
+    for proc in (train_help, export_help):
+        assert proc.returncode == 0, proc.stderr
+        text = " ".join(proc.stdout.split())
+        assert "pickle" in text and "trust" in text, text
+    assert "checkpoint.init_ckpt_path" in " ".join(train_help.stdout.split())

@@ -221,7 +221,13 @@ class CheckpointArgs:
     path: str | None = None
     """Checkpoint directory; None means <dump_dir>/checkpoints."""
     init_ckpt_path: str | None = None
-    """Weights to start from (an exported safetensors file or checkpoint directory)."""
+    """Weights to start a new run from: an `aunet export` directory (or its model.safetensors),
+    a checkpoint directory (its newest complete step_N/) or one step_N/ directory. Weights only:
+    optimizer, schedule step and data start fresh; ignored (and logged) once the run has a
+    checkpoint of its own to resume from. The model section (except its init settings), the
+    segmentation strategy and the tokenizer must match the run's, else the run stops naming the
+    path and the differing keys. Checkpoint directories are DeepSpeed pickles: only point this at
+    checkpoints you trust."""
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """A training checkpoint -> one safetensors file plus its config, loadable without DeepSpeed.
 
 `export_checkpoint` gathers the ZeRO-partitioned fp32 weights (DeepSpeed's own
-zero_to_fp32 reader: the checkpoint is this run's output, not an untrusted file) and writes
+zero_to_fp32 reader; DeepSpeed checkpoints are pickles, unpickled by that reader, so only
+checkpoints one trusts, such as one's own runs', should be exported) and writes
 `model.safetensors` and `config.yaml` (the whole training config, whose `model` and
 `data.regex.strategy` sections are what generation and evaluation need). `load_model` reads
 them back with safetensors and `yaml.safe_load`: no pickle.

@@ -25,6 +25,12 @@ def tag_for(step: int) -> str:
     return f"step_{step:08d}"
 
 
+def step_of(directory: Path) -> int | None:
+    """N for a directory named like `tag_for(N)`, else None."""
+    m = _TAG.match(directory.name)
+    return int(m.group(1)) if m else None
+
+
 def mark_complete(root: Path, step: int, info: dict) -> Path:
     """Rank 0, after a barrier that follows every rank's writes."""
     directory = root / tag_for(step)

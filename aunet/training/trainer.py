@@ -7,6 +7,8 @@ bytes/s and estimated MFU to the console and to `<dump_dir>/metrics.jsonl`. Ever
 `checkpoint.dump.every` steps the DeepSpeed state and every rank's loader state go to
 `<checkpoint dir>/step_N/`, marked complete only once all ranks are done (`aunet.training.checkpoint`);
 a rerun of the same command resumes from the newest complete checkpoint, batch for batch.
+A run without a checkpoint of its own may start from other weights (`checkpoint.init_ckpt_path`,
+`aunet.training.init_weights`): the weights only, with a fresh optimizer, schedule and data.
 """
 
 from __future__ import annotations
@@ -200,6 +202,14 @@ def train(cfg: TrainArgs, unused: list[str] | None = None, stop_at: int | None =
         (dump / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         if unused:
             print(f"config keys not used by this trainer: {', '.join(unused)}", flush=True)
+    latest = latest_complete(ckpt_root)
+    init_from = None
+    if cfg.checkpoint.init_ckpt_path and latest is None:
+        from aunet.training.init_weights import resolve
+
+        # Checked on every rank before segmenting or building anything, so that a source that
+        # does not fit fails at once, on all ranks alike.
+        init_from = resolve(cfg.checkpoint.init_ckpt_path, cfg)
 
     sources = source_paths(cfg, rank=rank, world_size=world, barrier=dist.barrier)
     validation = source_paths(cfg, "eval.validation.sources", rank=rank, world_size=world, barrier=dist.barrier)
@@ -216,19 +226,28 @@ def train(cfg: TrainArgs, unused: list[str] | None = None, stop_at: int | None =
     apply_torch_settings(cfg, on_gpu)
     model = build_model(cfg, ds_config)
     model.set_activation_checkpointing(cfg.distributed.selective_activation_checkpointing)
+    if init_from is not None:
+        from aunet.training.init_weights import load_into
+
+        # Before `initialize`: the optimizer takes its fp32 master weights from the parameters.
+        load_into(model, init_from, rank)
+        if rank == 0:
+            print(f"initialised the weights from {init_from.describe()}; optimizer, learning-rate schedule and data start fresh",
+                  flush=True)
     engine, optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
     if cfg.distributed.compile:
         engine.compile()
 
     start = 0
-    latest = latest_complete(ckpt_root)
     if latest is not None:
         engine.load_checkpoint(str(ckpt_root), tag=tag_for(latest), load_lr_scheduler_states=False)
         state = json.loads((ckpt_root / tag_for(latest) / f"loader_rank{rank}.json").read_text())
         loader.load_state_dict(state)
         start = latest
         if rank == 0:
-            print(f"resumed from {ckpt_root / tag_for(latest)}", flush=True)
+            ignored = (f" (checkpoint.init_ckpt_path={cfg.checkpoint.init_ckpt_path} not used: a run resumes from its own checkpoint)"
+                       if cfg.checkpoint.init_ckpt_path else "")
+            print(f"resumed from {ckpt_root / tag_for(latest)}{ignored}", flush=True)
 
     flops = flops_per_byte(cfg.model, cfg.data.seq_len).total  # per input position: a byte, or a BPE token
     peak = PEAK_FLOPS["cuda" if on_gpu else "cpu"] * world
