@@ -9,6 +9,9 @@ processes each take whole files.
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import dataclasses
 import glob
 import os
 import queue
@@ -16,7 +19,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from aunet import __version__
@@ -177,6 +180,10 @@ def segment_corpus(
             results[k] = done
         else:
             pending.append((k, f))
+    if threads is None and pending:
+        # CPUs / workers by default; when fewer files than workers are left to do, a file gets
+        # the threads of the workers that have none (threads never change the output).
+        opts = dataclasses.replace(opts, threads=max(1, len(os.sched_getaffinity(0)) // min(workers, len(pending))))
     started = time.monotonic()
     bar = _Progress(sum(f.stat().st_size for _, f in pending), enabled=progress)
     try:
@@ -228,7 +235,26 @@ def _worker(out: Path, index: int, source: Path, name: str, opts: JobOptions) ->
     return process_file(out, index, source, name, opts, lambda d, t, i: _QUEUE.put((d, t, i)))
 
 
+@contextlib.contextmanager
+def _worker_environment():
+    """Environment for the spawned workers (they copy it when they start): numpy's OpenBLAS
+    without a thread pool, whose threads spin after numpy's import-time check (a worker makes
+    no BLAS calls). Variables the user set are kept."""
+    added = [k for k in ("OPENBLAS_NUM_THREADS",) if k not in os.environ]
+    for k in added:
+        os.environ[k] = "1"
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
 def _run_parallel(out: Path, pending, opts: JobOptions, workers: int, progress: _Progress) -> dict[int, FileResult]:
+    """Files to `workers` workers: this process is one (it has everything imported already) and
+    `workers - 1` spawned processes are the others. Each takes the next file in order when it is
+    free; after an error no new file is started, the running ones finish, and the error of the
+    lowest file index is raised."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")  # no state inherited from a parent that may hold threads
@@ -242,18 +268,42 @@ def _run_parallel(out: Path, pending, opts: JobOptions, workers: int, progress: 
             except queue.Empty:
                 continue
 
+    todo = collections.deque(pending)
+    lock = threading.Lock()
+    results: dict[int, FileResult] = {}
+    errors: list[tuple[int, BaseException]] = []
+
+    def take():
+        with lock:
+            return todo.popleft() if todo and not errors else None
+
+    def run(k: int, do) -> None:
+        try:
+            results[k] = do()
+        except BaseException as e:  # noqa: BLE001 - raised below, after the other workers stop
+            with lock:
+                errors.append((k, e))
+
+    def remote(pool: ProcessPoolExecutor) -> None:
+        while (item := take()) is not None:
+            k, f = item
+            run(k, lambda: pool.submit(_worker, out, k, f, str(f), opts).result())
+
     pumper = threading.Thread(target=pump, daemon=True)
     pumper.start()
-    results = {}
     try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(progress_queue,)) as pool:
-            futures = {pool.submit(_worker, out, k, f, str(f), opts): k for k, f in pending}
-            done, not_done = wait(futures, return_when=FIRST_EXCEPTION)
-            for fut in not_done:
-                fut.cancel()
-            for fut in done:
-                results[futures[fut]] = fut.result()  # re-raises BadDocument
+        with _worker_environment(), ProcessPoolExecutor(max_workers=workers - 1, mp_context=ctx, initializer=_init_worker, initargs=(progress_queue,)) as pool:
+            feeders = [threading.Thread(target=remote, args=(pool,), daemon=True) for _ in range(workers - 1)]
+            for t in feeders:
+                t.start()
+            while (item := take()) is not None:
+                k, f = item
+                run(k, lambda: process_file(out, k, f, str(f), opts, progress))
+            for t in feeders:
+                t.join()
     finally:
         stop.set()
         pumper.join()
+    if errors:
+        raise min(errors, key=lambda ke: ke[0])[1]
     return results

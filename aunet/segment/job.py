@@ -22,10 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from aunet.segment.errors import BadDocument
-from aunet.segment.readers import DEFAULT_MAX_DOCUMENT_BYTES, Reject, read_batches
+from aunet.segment.readers import DEFAULT_MAX_DOCUMENT_BYTES, Reject, ahead, int64_array, read_batches
 from aunet.segment.segmenter import Segmenter
 from aunet.segment.shard_writer import LocalFiles, ShardWriter, shard_name
 from aunet.segment.shards import ShardInfo, confined, shard_schema, write_atomic
@@ -33,6 +32,10 @@ from aunet.segment.strategy_order import ordered_strategy
 
 PROGRESS_DIR = ".progress"
 REJECTS_DIR = "rejects"
+# Text bytes per batch (a record batch of the shards; a function of the input alone), and the
+# batches each pipeline stage may run ahead of the next.
+BATCH_BYTES = 8 << 20
+PIPELINE_DEPTH = 2
 
 
 @dataclass(frozen=True)
@@ -125,22 +128,35 @@ def process_file(
     writer = ShardWriter(LocalFiles(out), index, schema, opts.shard_bytes, opts.compression)
     rejects: list[Reject] = []
     reported = 0
-    for batch in read_batches(source, name, opts.text_field, list(opts.extra_fields), max_document_bytes=opts.max_document_bytes):
-        if batch.rejects and opts.on_error == "fail":
-            first = batch.rejects[0]
-            raise BadDocument(first.file, first.location, first.reason)
-        rejects.extend(batch.rejects)
-        result.read += batch.documents + sum(r.count for r in batch.rejects)
-        if batch.documents:
-            masks = segmenter.levels_batch(batch.texts, threads=opts.threads)
-            lengths = pc.binary_length(batch.texts).to_numpy(zero_copy_only=False).astype(np.int64)
-            text_bytes = int(lengths.sum())
-            columns = [batch.texts, masks, pa.array(batch.rows, pa.int64()), *(batch.extra[f] for f in opts.extra_fields)]
-            writer.write(pa.RecordBatch.from_arrays(columns, schema=schema), lengths)
-            result.written += batch.documents
-            result.text_bytes += text_bytes
-            progress(batch.documents, text_bytes, batch.input_bytes)
-        reported += batch.input_bytes
+
+    def segmented(batches):
+        for batch in batches:
+            yield batch, (segmenter.levels_batch(batch.texts, threads=opts.threads) if batch.documents else None)
+
+    # A pipeline of threads, each stage a few batches ahead of the next: decompressing and cutting
+    # lines, parsing (or decoding Parquet), segmenting, and writing here. Every stage keeps the
+    # order, so the shards are those of a serial run.
+    batches = read_batches(source, name, opts.text_field, list(opts.extra_fields), BATCH_BYTES, opts.max_document_bytes, ahead=PIPELINE_DEPTH)
+    stream = ahead(segmented(batches), PIPELINE_DEPTH, "aunet-segment") if PIPELINE_DEPTH else segmented(batches)
+    try:
+        for batch, masks in stream:
+            if batch.rejects and opts.on_error == "fail":
+                first = batch.rejects[0]
+                raise BadDocument(first.file, first.location, first.reason)
+            rejects.extend(batch.rejects)
+            result.read += batch.documents + sum(r.count for r in batch.rejects)
+            if batch.documents:
+                lengths = np.diff(np.frombuffer(batch.texts.buffers()[1], np.int64)[batch.texts.offset : batch.texts.offset + batch.documents + 1])
+                text_bytes = int(lengths.sum())
+                columns = [batch.texts, masks, int64_array(batch.rows), *(batch.extra[f] for f in opts.extra_fields)]
+                writer.write(pa.RecordBatch.from_arrays(columns, schema=schema), lengths)
+                result.written += batch.documents
+                result.text_bytes += text_bytes
+                progress(batch.documents, text_bytes, batch.input_bytes)
+            reported += batch.input_bytes
+    finally:
+        stream.close()  # stops the threads (the segmenting one reads `batches`) before the file closes
+        batches.close()
     writer.close_shard()
     progress(0, 0, max(0, st.st_size - reported))
     result.shards = writer.shards

@@ -3,22 +3,33 @@
 Each reader yields `Batch`es of documents (text bytes and their line/row numbers) together with
 the documents it had to reject, so that every document read is either written or counted with
 its reason. Compressed JSONL is streamed and never fully decompressed in memory.
+
+JSONL is read in blocks of whole lines (about `batch_bytes` each, cut by content only) and
+parsed with orjson; a line orjson refuses, or whose text is not a plain string, goes through
+the standard `json` module, so what is accepted and every rejection message are exactly
+`json.loads`'s. With `ahead` > 0 the stages (decompressing and cutting lines; parsing) run in
+threads of their own, a few blocks ahead of the consumer; the batches are the same either way.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import queue
+import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
+import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import zstandard
+
+T = TypeVar("T")
 
 JSONL_SUFFIXES = {".jsonl", ".json", ".ndjson"}
 FORMATS = ("jsonl", "jsonl.gz", "jsonl.zst", "parquet", "arrow")
@@ -30,6 +41,34 @@ TEXT_TYPES = (pa.string(), pa.large_string(), pa.binary(), pa.large_binary())
 # blob) would need many gigabytes per worker; 64 MiB is still hundreds of times longer than a
 # long book, so real documents pass and the model's windows (8 KiB) never notice the cap.
 DEFAULT_MAX_DOCUMENT_BYTES = 64 << 20
+
+
+# Arrays are built from buffers: `pa.array` on a Python list or a numpy array imports pandas
+# (a quarter of a second per worker process) when it is installed.
+
+
+def int64_array(values: np.ndarray) -> pa.Array:
+    """An Arrow int64 array viewing a numpy int64 array."""
+    values = np.ascontiguousarray(values, dtype=np.int64)
+    return pa.Array.from_buffers(pa.int64(), len(values), [None, pa.py_buffer(values)])
+
+
+def binary_array(values: list[bytes], type: pa.DataType = pa.large_binary()) -> pa.Array:
+    """A large_binary (or large_string) array of `values`: one join and one cumulative sum."""
+    offsets = np.zeros(len(values) + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, values), np.int64, len(values)), out=offsets[1:])
+    return pa.Array.from_buffers(type, len(values), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(values))])
+
+
+def string_array(values: list[str | None]) -> pa.Array:
+    """A large_string array of `values` (None is null)."""
+    builder = pa.lib.StringBuilder()
+    builder.append_values(values)
+    return builder.finish().cast(pa.large_string())
+
+
+def _bool_array(values: np.ndarray) -> pa.Array:
+    return pa.Array.from_buffers(pa.bool_(), len(values), [None, pa.py_buffer(np.packbits(values, bitorder="little"))])
 
 
 @dataclass
@@ -55,7 +94,7 @@ class Batch:
     @classmethod
     def rejected(cls, reject: Reject, input_bytes: int = 0) -> "Batch":
         """A batch holding no document, only a rejection (a file or part that is unreadable)."""
-        return cls(np.zeros(0, np.int64), pa.array([], pa.large_binary()), rejects=[reject], input_bytes=input_bytes)
+        return cls(np.zeros(0, np.int64), binary_array([]), rejects=[reject], input_bytes=input_bytes)
 
 
 def detect_format(path: Path) -> str | None:
@@ -75,18 +114,71 @@ def detect_format(path: Path) -> str | None:
     return None
 
 
+def ahead(items: Iterable[T], depth: int = 2, name: str = "aunet-ahead") -> Iterator[T]:
+    """`items`, produced in a thread of their own at most `depth` items ahead of the consumer,
+    in order; an exception in the producer is raised here, after the items before it. Closing
+    this generator (or leaving it early) stops the producer and waits for it, so whatever the
+    producer reads from is free again when this returns."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        it = iter(items)
+        try:
+            for item in it:
+                if not put((item, None)):
+                    return
+            put((end, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            put((end, e))
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name=name, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = q.get()
+            if error is not None:
+                raise error
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                q.get(timeout=0.05)  # unblock a producer waiting for room
+            except queue.Empty:
+                pass
+        thread.join()
+
+
 def read_batches(path: Path, name: str, text_field: str | None, extra_fields: list[str], batch_bytes: int = 8 << 20,
-                 max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES) -> Iterator[Batch]:
-    """Documents of `path`; one longer than `max_document_bytes` is rejected (see
-    `DEFAULT_MAX_DOCUMENT_BYTES`)."""
+                 max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES, ahead: int = 0) -> Iterator[Batch]:
+    """Documents of `path` in batches of about `batch_bytes` (a function of the file's contents
+    only); one longer than `max_document_bytes` is rejected (see `DEFAULT_MAX_DOCUMENT_BYTES`).
+    With `ahead` > 0, reading runs in background threads up to `ahead` batches ahead."""
     fmt = detect_format(path)
     try:
         if fmt in ("jsonl", "jsonl.gz", "jsonl.zst"):
-            yield from _jsonl(path, name, fmt, text_field, extra_fields, batch_bytes, max_document_bytes)
+            yield from _jsonl(path, name, fmt, text_field, extra_fields, batch_bytes, max_document_bytes, ahead)
         elif fmt == "parquet":
-            yield from _parquet(path, name, text_field, extra_fields, max_document_bytes)
+            yield from _parquet(path, name, text_field, extra_fields, max_document_bytes, batch_bytes, ahead)
         elif fmt == "arrow":
-            yield from _arrow(path, name, text_field, extra_fields, max_document_bytes)
+            yield from _arrow(path, name, text_field, extra_fields, max_document_bytes, batch_bytes, ahead)
         else:
             raise ValueError(f"{name}: unsupported input format (expected one of {', '.join(FORMATS)})")
     except OSError as e:
@@ -210,54 +302,206 @@ def _too_long(size: int, cap: int, what: str) -> str:
     return f"document too long: {what} of {size:,} bytes is over max_document_bytes ({cap:,})"
 
 
-def _jsonl(path: Path, name: str, fmt: str, text_field: str | None, extra_fields: list[str], batch_bytes: int,
-           max_document_bytes: int) -> Iterator[Batch]:
-    wanted = f"{text_field!r}" if text_field else "'text' or 'content'"
-    with open(path, "rb") as raw:
-        chunks = {"jsonl": lambda: iter(lambda: raw.read(1 << 20), b""), "jsonl.gz": lambda: _gzip_chunks(raw), "jsonl.zst": lambda: _zstd_chunks(raw)}[fmt]()
+@dataclass
+class _Block:
+    """Whole lines of a JSONL stream, in order: `pieces` are (buffer, start, end) ranges of
+    complete lines (the last line of a file may lack its newline) or `LongLine`s."""
+
+    pieces: list
+    input_pos: int  # source bytes read when the block was cut (for progress)
+    error: str | None = None  # the stream broke after these lines
+
+
+def _line_blocks(chunks: Iterator[bytes], tell, max_bytes: int, block_bytes: int, fmt: str) -> Iterator[_Block]:
+    """The lines of a stream of chunks, in blocks of whole lines. A block ends with the line
+    during which it reaches `block_bytes` bytes, so blocks (and the batches made of them) are
+    a function of the contents alone, whatever the chunks. Lines are not copied, except one
+    that spans chunks, joined once when it ends (linear time). A line longer than `max_bytes`
+    (newline excluded) becomes a `LongLine`, and no more than `max_bytes` plus one chunk of it
+    is ever held. A broken stream ends with a block that holds the complete lines before the
+    damage and says why (`error`)."""
+    pieces: list = []
+    size = 0  # bytes in `pieces`, newlines included
+    ready: list[_Block] = []
+    tail: list = []  # the unfinished line
+    held = 0  # bytes in `tail`
+    skipped = -1  # bytes so far of an over-long unfinished line, or -1
+
+    def hold(part) -> None:
+        nonlocal tail, held, skipped
+        if skipped >= 0:
+            skipped += len(part)
+            return
+        tail.append(part)
+        held += len(part)
+        if held > max_bytes:
+            tail, held, skipped = [], 0, held
+
+    def finish_tail(with_newline: bool) -> None:
+        nonlocal tail, held, skipped, size
+        if skipped >= 0:
+            pieces.append(LongLine(skipped))
+        else:
+            line = tail[0] if len(tail) == 1 and isinstance(tail[0], bytes) else b"".join(tail)
+            pieces.append((line, 0, len(line)))
+            size += len(line) + with_newline
+        tail, held, skipped = [], 0, -1
+        if size >= block_bytes:
+            cut()
+
+    def cut() -> None:
+        nonlocal pieces, size
+        ready.append(_Block(pieces, tell()))
+        pieces, size = [], 0
+
+    def add_run(buf: bytes, start: int, end: int) -> None:
+        """Whole lines buf[start:end] (buf[end - 1] is a newline)."""
+        nonlocal size
+        while start < end:
+            need = block_bytes - size
+            if end - start < need:
+                pieces.append((buf, start, end))
+                size += end - start
+                return
+            stop = buf.find(b"\n", start + need - 1) + 1  # the end of the line that fills the block
+            pieces.append((buf, start, stop))
+            size += stop - start
+            cut()
+            start = stop
+
+    try:
+        for chunk in chunks:
+            pos = 0
+            if held or skipped >= 0:
+                nl = chunk.find(b"\n")
+                if nl < 0:
+                    hold(chunk)
+                    continue
+                hold(chunk[:nl])
+                finish_tail(True)
+                pos = nl + 1
+            last = chunk.rfind(b"\n", pos)
+            if last < 0:
+                if pos < len(chunk):
+                    hold(chunk[pos:])
+            else:
+                if last + 1 - pos <= max_bytes:
+                    add_run(chunk, pos, last + 1)  # no line in there can be over the cap
+                else:
+                    run = line = pos
+                    while line <= last:
+                        nl = chunk.find(b"\n", line)
+                        if nl - line > max_bytes:
+                            if line > run:
+                                add_run(chunk, run, line)
+                            pieces.append(LongLine(nl - line))
+                            run = nl + 1
+                        line = nl + 1
+                    if run <= last:
+                        add_run(chunk, run, last + 1)
+                if last + 1 < len(chunk):
+                    hold(chunk[last + 1 :])
+            if ready:
+                yield from ready
+                ready.clear()
+    except (zstandard.ZstdError, EOFError, gzip.BadGzipFile, zlib.error) as e:
+        yield from ready
+        yield _Block(pieces, tell(), f"corrupt or truncated {fmt} stream: {e}")
+        return
+    if held or skipped >= 0:
+        finish_tail(False)
+    yield from ready
+    yield _Block(pieces, tell())
+
+
+class _JsonlParser:
+    """Blocks of lines -> batches, in order (it counts the lines). orjson parses; a line it
+    refuses or whose text is not a plain string is parsed again by `_parse_line` (the `json`
+    module), which decides, so acceptance and messages are exactly those of `json.loads`
+    (lone surrogates from escapes, NaN, big integers, a BOM: all as before)."""
+
+    def __init__(self, name: str, text_field: str | None, extra_fields: list[str], max_document_bytes: int):
+        self.name, self.text_field, self.extra_fields, self.cap = name, text_field, extra_fields, max_document_bytes
+        self.wanted = f"{text_field!r}" if text_field else "'text' or 'content'"
+        self.line_no = 0
+        self.input_pos = 0
+
+    def __call__(self, block: _Block) -> Batch:
+        loads, text_field, extra_fields, name = orjson.loads, self.text_field, self.extra_fields, self.name
         rows: list[int] = []
-        texts: list[bytes] = []
+        texts: list[str] = []
         extras: dict[str, list] = {f: [] for f in extra_fields}
         rejects: list[Reject] = []
-        size, last_pos, line_no = 0, 0, 0
-
-        def flush() -> Batch:
-            nonlocal rows, texts, extras, rejects, size, last_pos
-            pos = raw.tell()
-            batch = Batch(
-                np.array(rows, dtype=np.int64),
-                pa.array(texts, type=pa.large_binary()),
-                {f: pa.array(v, type=pa.large_string()) for f, v in extras.items()},
-                rejects,
-                pos - last_pos,
-            )
-            rows, texts, extras, rejects, size, last_pos = [], [], {f: [] for f in extra_fields}, [], 0, pos
-            return batch
-
-        try:
-            for line in _lines(chunks, max_document_bytes):
+        surrogates = False  # a text from `json` holds lone surrogates: encode with surrogatepass
+        line_no = self.line_no
+        for piece in block.pieces:
+            if isinstance(piece, LongLine):
                 line_no += 1
-                if isinstance(line, LongLine):
-                    rejects.append(Reject(name, f"line {line_no}", _too_long(line.size, max_document_bytes, "line")))
-                    continue
-                if not line.strip():
-                    continue  # blank lines hold no document
-                obj, value = _parse_line(line, text_field, wanted)
-                if isinstance(value, _Problem):
-                    rejects.append(Reject(name, f"line {line_no}", value.reason))
-                    continue
-                # surrogatepass keeps lone surrogates from JSON escapes, as invalid UTF-8 bytes.
-                data = value.encode("utf-8", "surrogatepass")
+                rejects.append(Reject(name, f"line {line_no}", _too_long(piece.size, self.cap, "line")))
+                continue
+            buf, pos, end = piece
+            view, find = memoryview(buf), buf.find
+            while pos < end:
+                nl = find(b"\n", pos, end)
+                if nl < 0:
+                    nl = end
+                line_no += 1
+                try:
+                    obj = loads(view[pos:nl])
+                    value = (obj["text"] if "text" in obj else obj["content"]) if text_field is None else obj[text_field]
+                    if type(value) is not str:
+                        raise TypeError
+                except Exception:  # noqa: BLE001 - `json` decides, and says why
+                    line = bytes(view[pos:nl])
+                    pos = nl + 1
+                    if not line.strip():
+                        continue  # blank lines hold no document
+                    obj, value = _parse_line(line, text_field, self.wanted)
+                    if isinstance(value, _Problem):
+                        rejects.append(Reject(name, f"line {line_no}", value.reason))
+                        continue
+                    if not surrogates:
+                        try:
+                            value.encode("utf-8")
+                        except UnicodeEncodeError:
+                            surrogates = True
+                    for f in extra_fields:
+                        extras[f].append(_extra_value(obj.get(f)))
+                else:
+                    for f in extra_fields:
+                        v = obj.get(f)
+                        if not (v is None or type(v) is str):
+                            # orjson reads integers past 64 bits as floats: `json` gives the value
+                            v = json.dumps(v) if type(v) in (int, bool) else _extra_value(json.loads(bytes(view[pos:nl])).get(f))
+                        extras[f].append(v)
+                    pos = nl + 1
                 rows.append(line_no)
-                texts.append(data)
-                for f in extra_fields:
-                    extras[f].append(_extra_value(obj.get(f)))
-                size += len(data)
-                if size >= batch_bytes:
-                    yield flush()
-        except (zstandard.ZstdError, EOFError, gzip.BadGzipFile, zlib.error) as e:
-            rejects.append(Reject(name, f"after line {line_no}", f"corrupt or truncated {fmt} stream: {e}"))
-        yield flush()
+                texts.append(value)
+        self.line_no = line_no
+        if block.error is not None:
+            rejects.append(Reject(name, f"after line {line_no}", block.error))
+        # surrogatepass keeps lone surrogates from JSON escapes (only `json` gives those), as invalid UTF-8 bytes.
+        text_array = binary_array([t.encode("utf-8", "surrogatepass") for t in texts] if surrogates else [t.encode() for t in texts])
+        consumed, self.input_pos = block.input_pos - self.input_pos, block.input_pos
+        return Batch(np.array(rows, dtype=np.int64), text_array, {f: string_array(v) for f, v in extras.items()}, rejects, consumed)
+
+
+def _jsonl(path: Path, name: str, fmt: str, text_field: str | None, extra_fields: list[str], batch_bytes: int,
+           max_document_bytes: int, depth: int = 0) -> Iterator[Batch]:
+    parse = _JsonlParser(name, text_field, extra_fields, max_document_bytes)
+    with open(path, "rb") as raw:
+        chunks = {"jsonl": lambda: iter(lambda: raw.read(1 << 20), b""), "jsonl.gz": lambda: _gzip_chunks(raw), "jsonl.zst": lambda: _zstd_chunks(raw)}[fmt]()
+        blocks = _line_blocks(chunks, raw.tell, max_document_bytes, batch_bytes, fmt)
+        if depth:
+            blocks = ahead(blocks, depth, "aunet-read")
+        batches = (parse(b) for b in blocks)
+        if depth:
+            batches = ahead(batches, depth, "aunet-parse")
+        try:
+            yield from batches
+        finally:
+            batches.close()  # stops the parsing thread first: it reads `blocks`
+            blocks.close()
 
 
 # ---------------------------------------------------------------- Parquet and Arrow
@@ -270,13 +514,18 @@ def _choose_column(schema: pa.Schema, text_field: str | None) -> str | None:
 
 
 def _table_batches(batches: Iterator[pa.RecordBatch], schema: pa.Schema, num_rows: int | None, name: str, text_field: str | None, extra_fields: list[str], file_bytes: int,
-                   max_document_bytes: int) -> Iterator[Batch]:
+                   max_document_bytes: int, batch_bytes: int = 8 << 20) -> Iterator[Batch]:
+    """Batches of Arrow record batches, without a Python object per document: the text column
+    goes on as Arrow buffers (widened to large_binary without copying the data), nulls and
+    over-long values are found with numpy, and a record batch is cut into slices of about
+    `batch_bytes` text bytes (where a slice reaches it: a function of the contents), so a large
+    row group is segmented and written in pieces."""
     column = _choose_column(schema, text_field)
     wanted = f"{text_field!r}" if text_field else "'text' or 'content'"
     if column is None or schema.field(column).type not in TEXT_TYPES:
         reason = f"missing text column ({wanted})" if column is None else f"text column {column!r} has type {schema.field(column).type}, not string or binary"
         rows = sum(b.num_rows for b in batches) if num_rows is None else num_rows
-        yield Batch(np.zeros(0, np.int64), pa.array([], pa.large_binary()), rejects=[Reject(name, f"rows 0-{rows - 1}", reason, rows)] if rows else [], input_bytes=file_bytes)
+        yield Batch(np.zeros(0, np.int64), binary_array([]), rejects=[Reject(name, f"rows 0-{rows - 1}", reason, rows)] if rows else [], input_bytes=file_bytes)
         return
     start = 0
     total = num_rows or 0
@@ -284,14 +533,12 @@ def _table_batches(batches: Iterator[pa.RecordBatch], schema: pa.Schema, num_row
         n = rb.num_rows
         text = rb.column(column)
         text = text.cast(pa.large_binary()) if text.type != pa.large_binary() else text
-        valid = np.asarray(text.is_valid())
-        lengths = pc.binary_length(text).fill_null(0).to_numpy(zero_copy_only=False)
+        lengths = np.diff(np.frombuffer(text.buffers()[1], np.int64)[text.offset : text.offset + n + 1]) if n else np.zeros(0, np.int64)
         too_long = lengths > max_document_bytes
-        rejects = [Reject(name, f"row {start + i}", f"text column {column!r} is null") if not valid[i]
+        bad = too_long if not text.null_count else too_long | ~np.unpackbits(np.frombuffer(text.buffers()[0], np.uint8), count=text.offset + n, bitorder="little")[text.offset :].astype(bool)
+        rejects = [Reject(name, f"row {start + i}", f"text column {column!r} is null") if not text[i].is_valid
                    else Reject(name, f"row {start + i}", _too_long(int(lengths[i]), max_document_bytes, f"{column!r} value"))
-                   for i in np.flatnonzero(~valid | too_long)]
-        valid = valid & ~too_long
-        keep = pa.array(valid)
+                   for i in np.flatnonzero(bad).tolist()]
         extra = {}
         for f in extra_fields:
             if f in rb.schema.names:
@@ -299,12 +546,30 @@ def _table_batches(batches: Iterator[pa.RecordBatch], schema: pa.Schema, num_row
                 extra[f] = col.cast(pa.large_string()) if col.type != pa.large_string() else col
             else:
                 extra[f] = pa.nulls(n, pa.large_string())
-        rows = np.arange(start, start + n, dtype=np.int64)[valid]
-        yield Batch(rows, text.filter(keep), {f: c.filter(keep) for f, c in extra.items()}, rejects, file_bytes * n // total if total else 0)
+        rows = np.arange(start, start + n, dtype=np.int64)
+        if rejects:
+            keep = ~bad
+            mask = _bool_array(keep)
+            text, rows, lengths = text.filter(mask), rows[keep], lengths[keep]
+            extra = {f: c.filter(mask) for f, c in extra.items()}
+        # Slices end at the document that brings them to `batch_bytes`.
+        cum = np.cumsum(lengths)
+        cuts = [0]
+        while cuts[-1] < len(rows):
+            base = cum[cuts[-1] - 1] if cuts[-1] else 0
+            cuts.append(min(len(rows), int(np.searchsorted(cum, base + batch_bytes, side="left")) + 1))
+        if len(cuts) == 1:
+            cuts.append(0)  # no document left: one batch all the same, for the rejects and progress
+        consumed = file_bytes * n // total if total else 0
+        for j, (a, b) in enumerate(zip(cuts, cuts[1:])):
+            yield Batch(rows[a:b], text.slice(a, b - a), {f: c.slice(a, b - a) for f, c in extra.items()}, rejects if j == 0 else [],
+                        consumed if j == 0 else 0)
         start += n
 
 
-def _parquet(path: Path, name: str, text_field: str | None, extra_fields: list[str], max_document_bytes: int) -> Iterator[Batch]:
+def _parquet(path: Path, name: str, text_field: str | None, extra_fields: list[str], max_document_bytes: int, batch_bytes: int = 8 << 20,
+             depth: int = 0) -> Iterator[Batch]:
+    """Only the needed columns, one row group at a time (with `depth`, decoded in a thread ahead)."""
     size = path.stat().st_size
     try:
         pf = pq.ParquetFile(path)
@@ -327,10 +592,13 @@ def _parquet(path: Path, name: str, text_field: str | None, extra_fields: list[s
                 done += rb.num_rows
                 yield rb
 
+    groups = ahead(batches(), depth, "aunet-read") if depth else batches()
     try:
-        yield from _table_batches(batches(), pf.schema_arrow, pf.metadata.num_rows, name, text_field, extra_fields, size, max_document_bytes)
+        yield from _table_batches(groups, pf.schema_arrow, pf.metadata.num_rows, name, text_field, extra_fields, size, max_document_bytes, batch_bytes)
     except _CorruptGroup as e:
         yield Batch.rejected(Reject(name, f"rows {e.start}-{pf.metadata.num_rows - 1}", f"corrupt Parquet data: {e.error}", pf.metadata.num_rows - e.start))
+    finally:
+        groups.close()
 
 
 class _CorruptGroup(Exception):
@@ -339,7 +607,8 @@ class _CorruptGroup(Exception):
         self.start, self.rows, self.error = start, rows, error
 
 
-def _arrow(path: Path, name: str, text_field: str | None, extra_fields: list[str], max_document_bytes: int) -> Iterator[Batch]:
+def _arrow(path: Path, name: str, text_field: str | None, extra_fields: list[str], max_document_bytes: int, batch_bytes: int = 8 << 20,
+           depth: int = 0) -> Iterator[Batch]:
     size = path.stat().st_size
     source = pa.memory_map(str(path), "r")
     try:
@@ -363,7 +632,7 @@ def _arrow(path: Path, name: str, text_field: str | None, extra_fields: list[str
             yield rb
 
     try:
-        yield from _table_batches(counted(), schema, num_rows, name, text_field, extra_fields, 0, max_document_bytes)
+        yield from _table_batches(counted(), schema, num_rows, name, text_field, extra_fields, 0, max_document_bytes, batch_bytes)
     except (pa.ArrowInvalid, OSError) as e:
         where = f"after row {read - 1}" if read else "file"
         yield Batch.rejected(Reject(name, where, f"corrupt Arrow IPC file: {e}"), size)
