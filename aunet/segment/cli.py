@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from aunet.segment.corpus import manifest_name, parse_size, segment_corpus
-from aunet.segment.errors import BadDocument, InvalidRequest, ManifestError
+from aunet.segment.errors import BadDocument, InvalidRequest, ManifestError, SegmentError
 from aunet.segment.readers import DEFAULT_MAX_DOCUMENT_BYTES
 from aunet.segment.shards import Manifest
 from aunet.segment.tools import inspect, merge, verify
@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-document-bytes", type=_size, default=DEFAULT_MAX_DOCUMENT_BYTES, metavar="SIZE",
                    help="a longer document (JSONL line, Parquet/Arrow text value) is a bad document (default 64MB)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--repair", action="store_true",
+                   help="on a rerun, also check the SHA-256 of every finished shard (reads them all) and redo the files "
+                        "whose shards differ; without it a rerun checks that each shard exists with its recorded size")
     return p
 
 
@@ -63,11 +66,16 @@ def strategy_from_args(args) -> dict[str, str]:
     if bool(args.strategy) == bool(args.config):
         raise InvalidRequest("give either --strategy KEY=PARAM (one or more) or --config CFG.yaml")
     if args.strategy:
-        strategy = {}
+        strategy: dict[str, str] = {}
         for item in args.strategy:
             key, sep, param = item.partition("=")
             if not sep or not key:
                 raise InvalidRequest(f"--strategy {item!r}: expected KEY=PARAM, e.g. word1=1@1")
+            if key in strategy:
+                # A mapping keeps one value per key: the second stage would silently replace the
+                # first. Stages of one kind take distinct keys (word1=1@1 --strategy word2=2@1).
+                raise InvalidRequest(f"--strategy {item!r}: key {key!r} given twice (--strategy {key}={strategy[key]}); "
+                                     f"give each stage its own key, e.g. {key}1=... {key}2=...")
             strategy[key] = param
         return strategy
     try:
@@ -89,11 +97,15 @@ def run(argv: list[str]) -> int:
             shard_size=args.shard_size, compression=args.compression, on_error=args.on_error, rank=args.rank,
             world_size=args.world_size, text_field=args.text_field, keep_fields=args.keep_fields,
             max_document_bytes=args.max_document_bytes, progress=not args.no_progress and sys.stderr.isatty(),
+            repair=args.repair,
         )
     except InvalidRequest as e:
         parser.error(str(e))
     except BadDocument as e:
         print(f"aunet-segment: error: {e}\n(rerun with --on-error skip to record bad documents in {args.out}/rejects/ and go on)", file=sys.stderr)
+        return 1
+    except SegmentError as e:
+        print(f"aunet-segment: error: {e}", file=sys.stderr)
         return 1
     print_summary(manifest, args.out)
     return EXIT_REJECTED if manifest.documents_rejected else 0
@@ -101,7 +113,10 @@ def run(argv: list[str]) -> int:
 
 def print_summary(m: Manifest, out: Path) -> None:
     run = m.run
-    print(f"files: {len(m.inputs)} ({run.files_processed} processed now, {run.files_done_before} already done)")
+    duplicates = f"; {run.duplicate_inputs} repeated inputs (a file already listed, by another path) skipped" if run.duplicate_inputs else ""
+    print(f"files: {len(m.inputs)} ({run.files_processed} processed now, {run.files_done_before} already done{duplicates})")
+    if run.retry_later:
+        print(f"  {run.retry_later} files could not be read (see rejected): not marked done, the next run reads them again")
     print(f"documents: read {m.documents_read:,}, written {m.documents_written:,}, rejected {m.documents_rejected:,}")
     for reason, n in sorted(m.rejected_by_reason.items(), key=lambda kv: -kv[1]):
         print(f"  rejected {n:,}: {reason}")

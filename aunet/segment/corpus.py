@@ -23,11 +23,14 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from aunet import __version__
-from aunet.segment.errors import InvalidRequest
+from aunet.segment.errors import InvalidRequest, ManifestError, MissingManifest, SegmentError
 from aunet.segment.job import FileResult, JobOptions, load_done, process_file
 from aunet.segment.readers import DEFAULT_MAX_DOCUMENT_BYTES, detect_format
 from aunet.segment.segmenter import Segmenter
 from aunet.segment.shards import FORMAT, MANIFEST, Manifest, RunReport, input_list_digest
+
+# Columns every shard has (SPEC section 3): kept input fields may not take these names.
+SHARD_COLUMNS = ("text", "level_mask", "row")
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "M": 1 << 20, "MB": 1 << 20, "G": 1 << 30, "GB": 1 << 30}
 
@@ -45,7 +48,7 @@ def parse_size(size: str | int) -> int:
         number = text.rstrip("KMGBkmgb")
         try:
             value = int(float(number) * _UNITS[text[len(number):].upper()])
-        except (ValueError, KeyError):
+        except (ValueError, KeyError, OverflowError):  # OverflowError: inf
             raise InvalidRequest(f"invalid size {text!r} (examples: 64MB, 1G, 500000)") from None
     if value <= 0:
         raise InvalidRequest(f"size must be positive, got {size!r}")
@@ -55,12 +58,23 @@ def parse_size(size: str | int) -> int:
 def expand_inputs(patterns: Iterable[str | Path], out: Path) -> list[Path]:
     """Sorted input files of files, directories (searched recursively) and glob patterns. The
     output directory is never an input (shards, manifests and rejects files of an earlier run
-    would otherwise be read back); hidden files and folders (.progress/, .git/) are not corpus."""
+    would otherwise be read back); hidden files and folders (.progress/, .git/) are not corpus.
+    A file reached twice (relative and absolute spelling, a symlink, two overlapping patterns)
+    is one input: see `expand_inputs_counted`."""
+    return expand_inputs_counted(patterns, out)[0]
+
+
+def expand_inputs_counted(patterns: Iterable[str | Path], out: Path) -> tuple[list[Path], int]:
+    """(`expand_inputs`, how many mentions of a file already listed were dropped). Duplicates are
+    found by resolved path; the spelling kept is the smallest normalised one, so the input
+    list does not depend on the order of the patterns."""
     out_dir = Path(out).resolve()
-    found: dict[str, Path] = {}
+    by_file: dict[Path, list[str]] = {}
     for pattern in map(str, patterns):
         path = Path(pattern)
         if path.is_dir():
+            if path.resolve() == out_dir:
+                raise InvalidRequest(f"{pattern}: this is the output directory (--out), not an input", file=pattern)
             matches = [p for p in path.rglob("*") if p.is_file() and detect_format(p) and not any(part.startswith(".") for part in p.relative_to(path).parts)]
             if not matches:
                 raise InvalidRequest(f"{pattern}: directory holds no JSONL/Parquet/Arrow files", file=pattern)
@@ -73,9 +87,14 @@ def expand_inputs(patterns: Iterable[str | Path], out: Path) -> list[Path]:
             if not matches:
                 raise InvalidRequest(f"{pattern}: no such file, and no input files match it as a pattern", file=pattern)
         for m in matches:
-            if out_dir not in m.resolve().parents:
-                found.setdefault(os.path.normpath(m), m)
-    return [found[k] for k in sorted(found)]
+            resolved = m.resolve()
+            if out_dir not in resolved.parents:
+                by_file.setdefault(resolved, []).append(os.path.normpath(m))
+    if not by_file:
+        raise InvalidRequest(f"no input files: every file given is inside the output directory {out}", file=str(out))
+    kept = {min(names): Path(min(names)) for names in by_file.values()}
+    duplicates = sum(len(names) - 1 for names in by_file.values())
+    return [kept[k] for k in sorted(kept)], duplicates
 
 
 class _Progress:
@@ -128,6 +147,14 @@ def _options(strategy, threads, workers, shard_size, compression, on_error, rank
         raise InvalidRequest(f"on_error must be 'fail' or 'skip', got {on_error!r}")
     if isinstance(keep_fields, str):
         keep_fields = [f for f in keep_fields.split(",") if f]
+    keep_fields = list(keep_fields)
+    reserved = sorted({f for f in keep_fields if f in SHARD_COLUMNS})
+    if reserved:
+        raise InvalidRequest(f"keep_fields: {', '.join(reserved)} would replace the shard column of that name "
+                             f"(the shard columns are {', '.join(SHARD_COLUMNS)})")
+    repeated = sorted({f for f in keep_fields if keep_fields.count(f) > 1})
+    if repeated:
+        raise InvalidRequest(f"keep_fields: {', '.join(repeated)} given more than once")
     cpus = len(os.sched_getaffinity(0))
     return JobOptions(strategy=strategy, text_field=text_field, extra_fields=tuple(keep_fields), compression=compression,
                       shard_bytes=parse_size(shard_size), threads=threads or max(1, cpus // workers), on_error=on_error,
@@ -150,6 +177,7 @@ def segment_corpus(
     keep_fields: Sequence[str] | str = (),
     max_document_bytes: str | int = DEFAULT_MAX_DOCUMENT_BYTES,
     progress: bool = False,
+    repair: bool = False,
 ) -> Manifest:
     """Segment `inputs` (files, directories, glob patterns: JSONL / .gz / .zst, Parquet, Arrow)
     into shards under `out` and return the manifest written there.
@@ -158,7 +186,8 @@ def segment_corpus(
     `threads` segmentation threads each (default: CPUs / workers). With `world_size` > 1 this
     call does the files k with k % world_size == rank and writes `manifest.rankR-ofW.json`;
     `aunet.segment.merge` combines them. A rerun skips files already done with the same
-    options. `on_error="fail"` raises `BadDocument` at the first bad document;
+    options (its shards present with their recorded sizes; with `repair`, their checksums
+    too), and retries files that could not be read. `on_error="fail"` raises `BadDocument` at the first bad document;
     ``"skip"`` records it under `out/rejects/` (the manifest counts it). A document longer than
     `max_document_bytes` (a JSONL line's raw bytes, a Parquet/Arrow text value) is such a bad
     document. Bad arguments raise `InvalidRequest`.
@@ -169,13 +198,13 @@ def segment_corpus(
     opts = _options(strategy, threads, workers, shard_size, compression, on_error, rank, world_size, text_field, keep_fields,
                     max_document_bytes)
     out = Path(out)
-    files = expand_inputs([inputs] if isinstance(inputs, (str, Path)) else list(inputs), out)
+    files, duplicates = expand_inputs_counted([inputs] if isinstance(inputs, (str, Path)) else list(inputs), out)
     out.mkdir(parents=True, exist_ok=True)
     mine = [(k, f) for k, f in enumerate(files) if k % world_size == rank]
     results: dict[int, FileResult] = {}
     pending = []
     for k, f in mine:
-        done = load_done(out, k, f, opts)
+        done = load_done(out, k, f, opts, repair=repair)
         if done is not None:
             results[k] = done
         else:
@@ -213,10 +242,26 @@ def segment_corpus(
         rejected_by_reason=dict(sum((Counter(r.rejected) for r in ordered), Counter())),
         input_list=input_list_digest([str(f) for f in files]),
     )
+    _refuse_emptying(out, manifest_name(rank, world_size), manifest)
     manifest.write(out, manifest_name(rank, world_size))
     manifest.run = RunReport(files_processed=len(pending), files_done_before=len(mine) - len(pending),
-                             seconds=time.monotonic() - started)
+                             seconds=time.monotonic() - started, duplicate_inputs=duplicates,
+                             retry_later=sum(1 for k, _ in pending if not results[k].complete))
     return manifest
+
+
+def _refuse_emptying(out: Path, name: str, new: Manifest) -> None:
+    """A manifest that lists shards is never replaced by one that lists none: such a run read
+    nothing usable, and overwriting would hide the earlier output from every reader."""
+    if new.shards:
+        return
+    try:
+        old = Manifest.load(out, name)
+    except (MissingManifest, ManifestError):
+        return
+    if old.shards:
+        raise SegmentError(f"{out / name}: lists {len(old.shards)} shards, and this run wrote none (every document rejected, "
+                           f"or inputs without documents); the manifest is left as it was", file=str(out / name))
 
 
 def manifest_name(rank: int, world_size: int) -> str:

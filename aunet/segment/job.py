@@ -27,7 +27,7 @@ from aunet.segment.errors import BadDocument
 from aunet.segment.readers import DEFAULT_MAX_DOCUMENT_BYTES, Reject, ahead, int64_array, read_batches
 from aunet.segment.segmenter import Segmenter
 from aunet.segment.shard_writer import LocalFiles, ShardWriter, shard_name
-from aunet.segment.shards import ShardInfo, confined, shard_schema, write_atomic
+from aunet.segment.shards import ShardInfo, confined, sha256_file, shard_schema, write_atomic
 from aunet.segment.strategy_order import ordered_strategy
 
 PROGRESS_DIR = ".progress"
@@ -73,6 +73,9 @@ class FileResult:
     written: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     text_bytes: int = 0
+    resolved: str = ""  # the input's resolved path
+    sample: str = ""  # `content_sample` of the input when it was read
+    complete: bool = True  # False: part of the file could not be read (an I/O error), so it is not done
 
     @property
     def rejected_total(self) -> int:
@@ -83,8 +86,26 @@ def marker_path(out: Path, index: int) -> Path:
     return out / PROGRESS_DIR / f"{index:06d}.json"
 
 
-def load_done(out: Path, index: int, source: Path, opts: JobOptions) -> FileResult | None:
-    """The finished result of file `index`, if its marker matches this input and these options."""
+def content_sample(path: Path, size: int) -> str:
+    """A cheap fingerprint of a file's bytes: its size, its first and last 64 KiB and 16 blocks
+    of 4 KiB spread evenly between (at most about 200 KiB read, whatever the size). Together
+    with the size and mtime, it tells a replaced file from the one a marker describes."""
+    h = hashlib.blake2b(str(size).encode(), digest_size=16)
+    with open(path, "rb") as f:
+        if size <= 256 << 10:
+            h.update(f.read())
+        else:
+            for offset in [0, *(size * i // 17 for i in range(1, 17)), size - (64 << 10)]:
+                f.seek(offset)
+                h.update(f.read(64 << 10 if offset in (0, size - (64 << 10)) else 4 << 10))
+    return h.hexdigest()
+
+
+def load_done(out: Path, index: int, source: Path, opts: JobOptions, repair: bool = False) -> FileResult | None:
+    """The finished result of file `index`, if its marker matches this input and these options:
+    the same file (name, resolved path, size, mtime and `content_sample`), every shard present
+    with its recorded size (with `repair`, its recorded SHA-256 too), and, under
+    on_error="fail", no rejected document (those were accepted by an earlier "skip" run)."""
     path = marker_path(out, index)
     try:
         raw = json.loads(path.read_text())
@@ -92,12 +113,22 @@ def load_done(out: Path, index: int, source: Path, opts: JobOptions) -> FileResu
         done = FileResult(**raw)
     except (OSError, ValueError, TypeError):
         return None
-    st = source.stat()
-    # The source name too: with another input list, index k may name another file.
-    if (done.fingerprint, done.source, done.input_size, done.input_mtime_ns) != (opts.fingerprint(), str(source), st.st_size, st.st_mtime_ns):
+    try:
+        st = source.stat()
+        # The source name too: with another input list, index k may name another file.
+        if (done.fingerprint, done.source, done.resolved, done.input_size, done.input_mtime_ns) != (
+                opts.fingerprint(), str(source), str(source.resolve()), st.st_size, st.st_mtime_ns):
+            return None
+        if not done.complete or done.sample != content_sample(source, st.st_size):
+            return None
+    except OSError:
+        return None  # unreadable now: process_file records why
+    if opts.on_error == "fail" and done.rejected_total:
         return None
     # A marker's paths go into the manifest: one pointing outside `out` means the file is redone.
     if not all(confined(out, s.path) and (out / s.path).is_file() and (out / s.path).stat().st_size == s.file_bytes for s in done.shards):
+        return None
+    if repair and not all(sha256_file(out / s.path) == s.sha256 for s in done.shards):
         return None
     return done
 
@@ -122,7 +153,11 @@ def process_file(
     """Segment one input file into its shards; returns what was read, written and rejected."""
     _clear_file_outputs(out, index)
     st = source.stat()
-    result = FileResult(index, name, st.st_size, st.st_mtime_ns, opts.fingerprint())
+    result = FileResult(index, name, st.st_size, st.st_mtime_ns, opts.fingerprint(), resolved=str(source.resolve()))
+    try:
+        result.sample = content_sample(source, st.st_size)
+    except OSError:
+        result.complete = False  # read_batches below rejects the file, naming the error
     segmenter = Segmenter(opts.strategy)
     schema = shard_schema(opts.strategy, name, list(opts.extra_fields))
     writer = ShardWriter(LocalFiles(out), index, schema, opts.shard_bytes, opts.compression)
@@ -168,9 +203,13 @@ def process_file(
         lines = "".join(json.dumps({"file": r.file, "location": r.location, "reason": r.reason, "count": r.count}) + "\n" for r in rejects)
         (out / REJECTS_DIR).mkdir(exist_ok=True)
         write_atomic(out / REJECTS_DIR / f"part-{index:06d}.jsonl", lines.encode())
-    (out / PROGRESS_DIR).mkdir(exist_ok=True)
-    marker = asdict(result)
-    write_atomic(marker_path(out, index), json.dumps(marker).encode())
+    if any(r.retry for r in rejects):
+        result.complete = False
+    if result.complete:
+        (out / PROGRESS_DIR).mkdir(exist_ok=True)
+        write_atomic(marker_path(out, index), json.dumps(asdict(result)).encode())
+    # else no marker: the documents are counted as rejected in this run's manifest, and the next
+    # run reads the file again (an I/O error may be gone by then: permissions, a mount).
     return result
 
 

@@ -77,6 +77,7 @@ class Reject:
     location: str  # "line 12", "row 5", "rows 0-99", "after line 40"
     reason: str
     count: int = 1
+    retry: bool = False  # an I/O error, not the contents: the file is read again by the next run
 
 
 @dataclass
@@ -182,29 +183,77 @@ def read_batches(path: Path, name: str, text_field: str | None, extra_fields: li
         else:
             raise ValueError(f"{name}: unsupported input format (expected one of {', '.join(FORMATS)})")
     except OSError as e:
-        yield Batch.rejected(Reject(name, "file", f"unreadable: {e.strerror or e}"))
+        yield Batch.rejected(Reject(name, "file", f"unreadable: {e.strerror or e}", retry=True))
 
 
 # ---------------------------------------------------------------- JSONL
 
 
 def _zstd_chunks(raw) -> Iterator[bytes]:
-    """Decompressed chunks of every zstd frame in `raw`; a truncated last frame raises."""
+    """Decompressed chunks of every zstd frame in `raw`; a truncated last frame raises, and so
+    does a corrupt one, but only after everything that decodes before the damage: one read of
+    compressed input decodes to megabytes, all lost with the error, so on an error the frame is
+    decoded again from its start in small steps (`_salvage`) up to the damaged block."""
     dctx = zstandard.ZstdDecompressor()
     obj, fed = dctx.decompressobj(), False
+    frame_start, produced = raw.tell(), 0  # the current frame's offset in `raw`; its bytes yielded
     while chunk := raw.read(1 << 20):
+        end = raw.tell()
         data = chunk
         while data:
             fed = True
-            out = obj.decompress(data)
+            try:
+                out = obj.decompress(data)
+            except zstandard.ZstdError:
+                yield from _salvage(raw, dctx, frame_start, produced)
+                raise
             if out:
+                produced += len(out)
                 yield out
             if obj.eof:
                 data, obj, fed = obj.unused_data, dctx.decompressobj(), False
+                frame_start, produced = end - len(data), 0
             else:
                 data = b""
     if fed and not obj.eof:
         raise zstandard.ZstdError("truncated zstd frame")
+
+
+def _salvage(raw, dctx, frame_start: int, produced: int, step: int = 4096) -> Iterator[bytes]:
+    """The output of the frame at `frame_start` past its first `produced` bytes, up to the first
+    byte of compressed input that fails: a first pass finds the last `step` of input that
+    decodes cleanly, a second decodes up to there and feeds the failing step byte by byte (a
+    block is emitted as soon as its last byte is in; fed with the damage in one call, it would
+    be lost with the error). Costs two decodes of the frame, and only when it is damaged."""
+    raw.seek(frame_start)
+    obj, good = dctx.decompressobj(), 0
+    while piece := raw.read(step):
+        try:
+            obj.decompress(piece)
+        except zstandard.ZstdError:
+            break
+        good += len(piece)
+    raw.seek(frame_start)
+    obj, seen = dctx.decompressobj(), 0
+
+    def past(out: bytes) -> bytes:
+        nonlocal seen
+        new = out[max(0, produced - seen):] if seen + len(out) > produced else b""
+        seen += len(out)
+        return new
+
+    while good:
+        piece = raw.read(min(good, 1 << 20))
+        good -= len(piece)
+        if out := past(obj.decompress(piece)):
+            yield out
+    for byte in raw.read(step):
+        try:
+            out = past(obj.decompress(bytes((byte,))))
+        except zstandard.ZstdError:
+            return
+        if out:
+            yield out
 
 
 def _gzip_chunks(raw) -> Iterator[bytes]:
@@ -531,6 +580,15 @@ def _table_batches(batches: Iterator[pa.RecordBatch], schema: pa.Schema, num_row
     total = num_rows or 0
     for rb in batches:
         n = rb.num_rows
+        broken = _broken_columns(rb, [column, *(f for f in extra_fields if f in rb.schema.names)])
+        if broken:
+            # Offsets that leave their data buffer would be read out of bounds downstream: the
+            # batch's rows are rejected together, and the rows after it are read as usual.
+            consumed = file_bytes * n // total if total else 0
+            yield Batch(np.zeros(0, np.int64), binary_array([]), rejects=[Reject(name, f"rows {start}-{start + n - 1}", f"corrupt Arrow data: {broken}", n)],
+                        input_bytes=consumed)
+            start += n
+            continue
         text = rb.column(column)
         text = text.cast(pa.large_binary()) if text.type != pa.large_binary() else text
         lengths = np.diff(np.frombuffer(text.buffers()[1], np.int64)[text.offset : text.offset + n + 1]) if n else np.zeros(0, np.int64)
@@ -565,6 +623,20 @@ def _table_batches(batches: Iterator[pa.RecordBatch], schema: pa.Schema, num_row
             yield Batch(rows[a:b], text.slice(a, b - a), {f: c.slice(a, b - a) for f, c in extra.items()}, rejects if j == 0 else [],
                         consumed if j == 0 else 0)
         start += n
+
+
+def _broken_columns(rb: pa.RecordBatch, names: list[str]) -> str | None:
+    """Why the first of `names` whose buffers are inconsistent (offsets out of range or not
+    ascending, buffers too short) is corrupt, or None. Text columns are checked as binary, so
+    invalid UTF-8 in a string column stays what it was before: bytes to segment."""
+    widen = {pa.string(): pa.binary(), pa.large_string(): pa.large_binary()}
+    for name in names:
+        col = rb.column(name)
+        try:
+            (col.view(widen[col.type]) if col.type in widen else col).validate(full=True)
+        except (pa.ArrowInvalid, pa.ArrowException) as e:
+            return f"column {name!r}: {e}"
+    return None
 
 
 def _parquet(path: Path, name: str, text_field: str | None, extra_fields: list[str], max_document_bytes: int, batch_bytes: int = 8 << 20,

@@ -117,6 +117,11 @@ class RunReport:
     """Input files segmented by this call (the others were already done by an earlier run)."""
     files_done_before: int
     seconds: float
+    duplicate_inputs: int = 0
+    """Inputs dropped because they name a file already listed (by resolved path)."""
+    retry_later: int = 0
+    """Files that could not be read (their documents counted as rejected): not marked done, so
+    the next run reads them again."""
 
 
 @dataclass
