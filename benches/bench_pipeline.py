@@ -6,6 +6,8 @@ several JSONL.zst files, as one JSONL.zst file, and as several Parquet files, an
 the same run
 - the whole `aunet-segment` command with --workers 2 on each (MB/s of text, wall clock,
   process start-up included),
+- the same with every file given twice (copies): the extra wall time is that of the extra
+  text alone, the steady-state rate without start-up,
 - `Segmenter.levels_batch` on one thread over the same documents (Arrow batches), the
   yardstick: the end-to-end figure divided by it is the ratio the README reports,
 - where one worker's time goes (decompression, JSON parsing, segmentation, writing; for
@@ -223,6 +225,13 @@ def parquet_stage_times(path: Path, out: Path) -> dict[str, float]:
     return {"reading": read, "segmentation": segment, "writing": write}
 
 
+def _copy(path: Path, directory: Path) -> Path:
+    directory.mkdir(exist_ok=True)
+    target = directory / f"copy-{path.parent.name}-{path.name}"
+    shutil.copyfile(path, target)
+    return target
+
+
 def _fresh(directory: Path) -> Path:
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir()
@@ -262,14 +271,14 @@ def _busy_cpu_seconds() -> float:
     return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
 
 
-def end_to_end(paths: list[Path], out: Path, workers: int, repeat: int) -> float:
+def end_to_end(paths: list[Path], out: Path, workers: int, repeat: int, attempts: int = 5) -> float:
     """Wall-clock seconds of `aunet-segment` on `paths` (process start-up included): the best of
     `repeat` runs. A run during which other processes used more than 5% of the machine is done
     again (up to 5 times): on a shared machine the figure would measure the neighbours."""
     cli = str(Path(sys.executable).parent / "aunet-segment")
     best = float("inf")
     for _ in range(repeat):
-        for _attempt in range(5):
+        for _attempt in range(attempts):
             shutil.rmtree(out, ignore_errors=True)
             busy, ours = _busy_cpu_seconds(), resource.getrusage(resource.RUSAGE_CHILDREN)
             t = time.perf_counter()
@@ -300,7 +309,7 @@ def reference_pipeline(path: Path, limit_docs: int) -> tuple[float, int]:
     return time.perf_counter() - t, size
 
 
-def run(mb: float, files: int, workers: int, repeat: int) -> dict:
+def run(mb: float, files: int, workers: int, repeat: int, attempts: int = 5) -> dict:
     docs = mixed_docs(mb)
     text_bytes = sum(map(len, docs))
     with tempfile.TemporaryDirectory() as tmp:
@@ -308,7 +317,11 @@ def run(mb: float, files: int, workers: int, repeat: int) -> dict:
         paths = write_corpus(root, docs, files)
         os.sync()  # the corpus on disk, so that no write-back of it runs during the timings
         one_thread = one_thread_levels(docs)
-        walls = {kind: end_to_end(ps, root / "out", workers, repeat) for kind, ps in paths.items()}
+        walls = {kind: end_to_end(ps, root / "out", workers, repeat, attempts) for kind, ps in paths.items()}
+        # Steady state: the same files twice over (copies under other names), so that the extra
+        # wall time is the time of the extra text alone, without process start-up and imports.
+        doubled = {kind: ps + [_copy(p, root / "copies") for p in ps] for kind, ps in paths.items() if len(ps) > 1}
+        extra = {kind: end_to_end(ps, root / "out", workers, repeat, attempts) - walls[kind] for kind, ps in doubled.items()}
         stages = _best_of(3, lambda: stage_times(paths["jsonl.zst"][0], _fresh(root / "stages")))
         pq_stages = _best_of(3, lambda: parquet_stage_times(paths["parquet"][0], _fresh(root / "pq-stages")))
         ref_s, ref_bytes = reference_pipeline(paths["jsonl.zst"][0], 300)
@@ -316,6 +329,8 @@ def run(mb: float, files: int, workers: int, repeat: int) -> dict:
     file_bytes = sum(map(len, docs[: (len(docs) + files - 1) // files]))
     ours_1w = file_bytes / sum(stages.values())
     e2e = {kind: text_bytes / wall / 1e6 for kind, wall in walls.items()}
+    # None when the noise swamps the difference (tiny --quick corpora).
+    steady = {kind: text_bytes / t / 1e6 if t > 0.05 * walls[kind] else None for kind, t in extra.items()}
     sizes = np.array([len(d) for d in docs])
     return {
         "workers": workers,
@@ -332,6 +347,8 @@ def run(mb: float, files: int, workers: int, repeat: int) -> dict:
         "end_to_end_by_input": e2e,
         "end_to_end_wall_s": walls,
         "ratio_end_to_end_to_one_thread": {kind: v / one_thread for kind, v in e2e.items()},
+        "steady_state_text_mb_s": steady,
+        "ratio_steady_state_to_one_thread": {kind: v / one_thread for kind, v in steady.items() if v is not None},
         "one_worker_text_mb_s_by_stages": ours_1w / 1e6,
         "stage_seconds_one_file": stages,
         "stage_share": {k: v / sum(stages.values()) for k, v in stages.items()},
@@ -355,7 +372,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.mb, args.files, args.repeat = 2.0, 2, 1
-    r = run(args.mb, args.files, args.workers, args.repeat)
+    r = run(args.mb, args.files, args.workers, args.repeat, attempts=1 if args.quick else 5)  # --quick: a smoke test, no waiting for a quiet machine
     r["command"] = " ".join(["benches/bench_pipeline.py", *sys.argv[1:]])
     print(f"corpus: {r['text_mb']:.1f} MB of text, {r['documents']:,} documents ({r['document_bytes']['min']:,}-{r['document_bytes']['max']:,} bytes, "
           f"median {r['document_bytes']['median']:,}); {r['files']} JSONL.zst files ({r['input_mb_zst']:.1f} MB), 1 JSONL.zst file, {r['files']} Parquet files")
@@ -366,6 +383,9 @@ def main() -> None:
         label = f"end to end, {r['workers']} workers, {kind} (text MB/s)"
         print(f"{label:<58}{v:>12.1f}")
         print(f"{'  / levels_batch on 1 thread':<58}{r['ratio_end_to_end_to_one_thread'][kind]:>11.2f}x")
+        if r["steady_state_text_mb_s"].get(kind) is not None:
+            print(f"{'  steady state (twice the files, extra time) (MB/s)':<58}{r['steady_state_text_mb_s'][kind]:>12.1f}")
+            print(f"{'    / levels_batch on 1 thread':<58}{r['ratio_steady_state_to_one_thread'][kind]:>11.2f}x")
     print(f"{'one worker, sum of stages (text MB/s)':<58}{r['one_worker_text_mb_s_by_stages']:>12.1f}")
     print(f"{'reference-style pipeline, oracle (MB/s)':<58}{r['reference_pipeline_text_mb_s']:>12.2f}")
     print(f"{'one worker vs reference pipeline':<58}{r['speedup_vs_reference_pipeline_1w']:>11.0f}x")
