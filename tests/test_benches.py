@@ -13,6 +13,7 @@ from helpers import REPO_ROOT
     ("bench_segment.py", {"rows", "threads"}),
     ("bench_pipeline.py", {"end_to_end_text_mb_s", "stage_share", "reference_pipeline_text_mb_s"}),
     ("bench_loader.py", {"ours_bytes_per_s", "naive_bytes_per_s", "x_paper_consumption_per_gpu"}),
+    ("bench_hf.py", {"rows", "transformers"}),
 ])
 def test_bench_quick_run_writes_json(tmp_path, script, keys):
     out = tmp_path / "result.json"
@@ -23,3 +24,5 @@ def test_bench_quick_run_writes_json(tmp_path, script, keys):
     if script == "bench_segment.py":
         assert {r["strategy"] for r in result["rows"]} >= {"word1+word2", "pretok", "punct"}
         assert all(r["oracle_mb_s"] > 0 and r["ours_1t_mb_s"] > 0 for r in result["rows"])
+    if script == "bench_hf.py":
+        assert all(r["same_bytes"] and r["max_logit_diff"] <= 1e-5 and r["hf_bytes_per_s"] > 0 for r in result["rows"])

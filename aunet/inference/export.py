@@ -6,6 +6,10 @@ checkpoints one trusts, such as one's own runs', should be exported) and writes
 `model.safetensors` and `config.yaml` (the whole training config, whose `model` and
 `data.regex.strategy` sections are what generation and evaluation need). `load_model` reads
 them back with safetensors and `yaml.safe_load`: no pickle.
+
+`load_model` also reads a transformers directory written by `aunet export --format hf`
+(`aunet.hf`): the same `model.safetensors` tensors, with the training config in `config.json`
+(read as plain JSON: transformers is not needed to load it here).
 """
 
 from __future__ import annotations
@@ -44,17 +48,23 @@ def export_checkpoint(checkpoints: Path, out: Path, step: int | None = None) -> 
 
 
 def load_model(path: str | Path, device: str = "cpu"):
-    """(model, config) from an export directory (or its model.safetensors)."""
+    """(model, config) from an export directory, or a transformers one made by
+    `aunet export --format hf` (or either's model.safetensors)."""
     from safetensors.torch import load_file
 
     from aunet.config import config_from_dict
+    from aunet.hf.format import HF_CONFIG, is_hf_dir, read_training_config
     from aunet.model import HierarchicalTransformer
 
     path = Path(path)
     directory = path.parent if path.is_file() else path
-    if not (directory / WEIGHTS).is_file() or not (directory / CONFIG).is_file():
-        raise FileNotFoundError(f"{directory}: expected {WEIGHTS} and {CONFIG} (made by `aunet export`)")
-    cfg, _ = config_from_dict(yaml.safe_load((directory / CONFIG).read_text()), source=str(directory / CONFIG))
+    if (directory / WEIGHTS).is_file() and not (directory / CONFIG).is_file() and is_hf_dir(directory):
+        cfg, _ = config_from_dict(read_training_config(directory), source=str(directory / HF_CONFIG))
+    elif not (directory / WEIGHTS).is_file() or not (directory / CONFIG).is_file():
+        raise FileNotFoundError(f"{directory}: expected {WEIGHTS} and {CONFIG} (made by `aunet export`), "
+                                f"or {WEIGHTS} and an AU-Net {HF_CONFIG} (made by `aunet export --format hf`)")
+    else:
+        cfg, _ = config_from_dict(yaml.safe_load((directory / CONFIG).read_text()), source=str(directory / CONFIG))
     model = HierarchicalTransformer(cfg.model)
     missing, unexpected = model.load_state_dict(load_file(str(directory / WEIGHTS), device=device), strict=False)
     if missing or unexpected:
