@@ -1,8 +1,8 @@
 """`aunet`: commands on trained models. Argument parsing only; each command is one call into
 the library.
 
-    aunet export --checkpoints DIR [--step N] --out DIR
-    aunet generate --model DIR [--prompt TEXT]... [--prompts-file FILE] [--batch-size B] [--max-bytes N]
+    aunet export (--checkpoints DIR [--step N] | --model EXPORT_DIR) --out DIR [--format aunet|hf]
+    aunet generate --model DIR [--prompt TEXT]... [--prompts-file FILE] [--prompt-file PATH]... [--batch-size B] [--max-bytes N]
                    [--temperature T] [--top-k K] [--top-p P] [--stop S] [--seed S]
     aunet eval --model DIR --data SHARD_DIR_OR_FILES... [--max-batches N] [--out FILE]
     aunet lm-eval ARGS...   lm-evaluation-harness's own command line, with `--model aunet`
@@ -18,31 +18,39 @@ from pathlib import Path
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aunet", description="Commands on trained AU-Net models.")
     sub = p.add_subparsers(dest="command", required=True)
-    e = sub.add_parser("export", help="ZeRO checkpoint -> model.safetensors + config.yaml",
+    e = sub.add_parser("export", help="ZeRO checkpoint -> model.safetensors + config.yaml (or a transformers directory)",
                        description="Gather a ZeRO checkpoint's weights into DIR/model.safetensors + DIR/config.yaml, which "
                                    "load without DeepSpeed or pickle. DeepSpeed checkpoints are pickles, loaded with "
                                    "torch.load(weights_only=False), which can run code stored in the file: only export "
-                                   "checkpoints you trust.")
-    e.add_argument("--checkpoints", type=Path, required=True, help="the run's checkpoint directory (<dump_dir>/checkpoints)")
+                                   "checkpoints you trust. With --format hf, write a directory that transformers' "
+                                   "AutoModelForCausalLM/AutoTokenizer load (trust_remote_code=True), from the checkpoints "
+                                   "or from an existing export (--model).")
+    source = e.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoints", type=Path, help="the run's checkpoint directory (<dump_dir>/checkpoints)")
+    source.add_argument("--model", type=Path, help="an `aunet export` directory to convert (with --format hf)")
     e.add_argument("--step", type=int, help="which step (default: the newest complete one)")
     e.add_argument("--out", type=Path, required=True)
+    e.add_argument("--format", choices=("aunet", "hf"), default="aunet",
+                   help="aunet: model.safetensors + config.yaml; hf: a HuggingFace transformers directory")
     g = sub.add_parser("generate", help="generate text with the cached hierarchical generator (one prompt: "
                        "streamed; several: one batch, one JSON line per prompt)")
     g.add_argument("--model", type=Path, required=True, help="an `aunet export` directory")
     g.add_argument("--prompt", action="append", default=None, help="a prompt (repeatable; default: one empty prompt)")
     g.add_argument("--prompts-file", type=Path, help="more prompts: one JSON string per line")
-    g.add_argument("--batch-size", type=int, default=32, help="prompts generated together (several prompts)")
-    g.add_argument("--max-bytes", type=int, default=200)
-    g.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    g.add_argument("--top-k", type=int, default=0)
-    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--prompt-file", type=file_bytes, action="append", default=[], metavar="PATH",
+                   help="a prompt read from this file as raw bytes, any bytes (repeatable)")
+    g.add_argument("--batch-size", type=whole(1), default=32, help="prompts generated together (several prompts)")
+    g.add_argument("--max-bytes", type=whole(0), default=200)
+    g.add_argument("--temperature", type=sampling_setting("temperature", float), default=0.8, help="0 = greedy")
+    g.add_argument("--top-k", type=sampling_setting("top_k", int), default=0, help="0 = no limit")
+    g.add_argument("--top-p", type=sampling_setting("top_p", float), default=1.0, help="in (0, 1]; 1 = no limit")
     g.add_argument("--stop", action="append", default=[], help="stop after this string (repeatable)")
     g.add_argument("--seed", type=int, default=0)
     v = sub.add_parser("eval", help="bits per byte on shard directories or raw text, as JSON")
     v.add_argument("--model", type=Path, required=True)
     v.add_argument("--data", nargs="+", required=True, help="aunet-segment directories, JSONL/.zst/Parquet/Arrow corpora, or text files (one document each)")
-    v.add_argument("--max-batches", type=int, help="batches per source (default: one pass)")
-    v.add_argument("--batch-size", type=int, default=8)
+    v.add_argument("--max-batches", type=whole(1), help="batches per source (default: one pass)")
+    v.add_argument("--batch-size", type=whole(1), default=8)
     v.add_argument("--out", type=Path, help="also write the JSON here")
     v.add_argument("--allow-shard-mismatch", action="store_true",
                    help="score shard directories segmented with another strategy list or depth than the model's "
@@ -50,6 +58,44 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("lm-eval", help="run EleutherAI's lm-evaluation-harness with the model name 'aunet' registered",
                    add_help=False)
     return p
+
+
+def whole(low: int):
+    """An argparse type: a whole number >= `low` (rc 2 and the argument's name otherwise)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def file_bytes(path: str) -> bytes:
+    """An argparse type: the bytes of a file, read at parse time (an unreadable one is rc 2)."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def sampling_setting(name: str, kind: type):
+    """An argparse type for a sampling setting, by `aunet.inference.generate.SAMPLING_RULES`:
+    refused at parse time, before a model is loaded or any output is printed."""
+    def parse(text: str):
+        from aunet.inference.generate import check_sampling
+
+        try:
+            value = kind(text)
+            check_sampling(**{name: value})
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e) if "must be" in str(e) else f"expected a number, got {text!r}") from None
+        return value
+
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,6 +116,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def export(args) -> int:
+    if args.format == "hf":
+        from aunet.hf.export import export_hf, export_hf_from_export
+
+        if args.model is not None and args.step is not None:
+            raise ValueError("--step picks a checkpoint: it goes with --checkpoints, not --model")
+        out = export_hf_from_export(args.model, args.out) if args.model is not None else export_hf(args.checkpoints, args.out, args.step)
+        print(f"wrote {out} (transformers: AutoModelForCausalLM.from_pretrained(..., trust_remote_code=True))")
+        return 0
+    if args.model is not None:
+        raise ValueError("--model converts an export: it goes with --format hf (an `aunet export` directory is already this format)")
     from aunet.inference.export import export_checkpoint
 
     path = export_checkpoint(args.checkpoints, args.out, args.step)
@@ -80,20 +136,20 @@ def export(args) -> int:
 def generate(args) -> int:
     """One prompt: stream bytes to stdout as they are sampled (an incremental UTF-8 decoder
     holds back a character until it is complete). Several: generate them in batches and print
-    one JSON object per prompt, in input order: {"prompt": ..., "generated": ...}."""
+    one JSON object per prompt, in input order: {"prompt": ..., "generated": ...}. Prompts are
+    bytes: --prompt and --prompts-file text as UTF-8, each --prompt-file as it is."""
     import codecs
     import json
 
     from aunet.inference.export import load_model
     from aunet.inference.generate import Generator, decode_utf8
 
-    prompts = list(args.prompt or [])
+    prompts = [p.encode("utf-8", "surrogatepass") for p in args.prompt or []]
     if args.prompts_file is not None:
-        prompts += read_prompts(args.prompts_file)
+        prompts += [p.encode("utf-8", "surrogatepass") for p in read_prompts(args.prompts_file)]
+    prompts += args.prompt_file
     if not prompts:
-        prompts = [""]
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+        prompts = [b""]
     model, cfg = load_model(args.model)
     if cfg.data.tokenizer.name != "bytes":
         raise ValueError(f"generate works on byte-level models; this one reads {cfg.data.tokenizer.name} tokens "
@@ -108,25 +164,37 @@ def generate(args) -> int:
                     stop=[s.encode() for s in args.stop], seed=args.seed)
     if len(prompts) == 1:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        sys.stdout.write(prompts[0])
-        for b in gen.stream(prompts[0].encode("utf-8", "surrogatepass"), args.max_bytes, **sampling):
+        sys.stdout.write(decoder.decode(prompts[0]))
+        for b in gen.stream(prompts[0], args.max_bytes, **sampling):
             sys.stdout.write(decoder.decode(bytes([b])))
             sys.stdout.flush()
         sys.stdout.write(decoder.decode(b"", final=True) + "\n")
         return 0
     for start in range(0, len(prompts), args.batch_size):
         chunk = prompts[start:start + args.batch_size]
-        outs = gen.generate([p.encode("utf-8", "surrogatepass") for p in chunk], args.max_bytes, **sampling)
+        outs = gen.generate(chunk, args.max_bytes, **sampling)
         for prompt, out in zip(chunk, outs):
-            sys.stdout.write(json.dumps({"prompt": prompt, "generated": decode_utf8(out)}, ensure_ascii=False) + "\n")
+            sys.stdout.write(json.dumps({"prompt": prompt_text(prompt), "generated": decode_utf8(out)}, ensure_ascii=False) + "\n")
         sys.stdout.flush()
     return 0
 
 
-def keep_tail(prompt: str, room: int) -> str:
-    """The last `room` bytes of `prompt` (whole characters): prompt plus generation stay within
-    `eval.generator.max_tokens`, as the reference's generator keeps them."""
-    data = prompt.encode("utf-8", "surrogatepass")
+def prompt_text(prompt: bytes) -> str:
+    """A prompt as JSON can hold it: its text (lone surrogates as given), or for bytes that are
+    not UTF-8 (a --prompt-file) the text with U+FFFD for each invalid byte."""
+    try:
+        return prompt.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        return prompt.decode("utf-8", "replace")
+
+
+def keep_tail(prompt: str | bytes, room: int) -> str | bytes:
+    """The last `room` bytes of `prompt` (text: whole characters; bytes: not starting on a UTF-8
+    continuation byte): prompt plus generation stay within `eval.generator.max_tokens`, as the
+    reference's generator keeps them."""
+    if isinstance(prompt, str):
+        return keep_tail(prompt.encode("utf-8", "surrogatepass"), room).decode("utf-8", "surrogatepass")
+    data = prompt
     if len(data) <= room:
         return prompt
     tail = data[len(data) - room:]
@@ -134,7 +202,7 @@ def keep_tail(prompt: str, room: int) -> str:
         tail = tail[1:]
     print(f"aunet generate: prompt of {len(data)} bytes cut to its last {len(tail)} "
           "(eval.generator.max_tokens minus --max-bytes)", file=sys.stderr)
-    return tail.decode("utf-8", "surrogatepass")
+    return tail
 
 
 def read_prompts(path: Path) -> list[str]:
@@ -168,7 +236,11 @@ def evaluate(args) -> int:
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
-    return 0 if all(math.isfinite(r["bpb"]) for r in report["sources"].values()) else 1
+    empty = [item for item, r in report["sources"].items() if r["bytes"] == 0]
+    for item in empty:
+        print(f"aunet eval: error: {item}: nothing to score (0 bytes: an empty input, or every document rejected)",
+              file=sys.stderr)
+    return 0 if not empty and all(math.isfinite(r["bpb"]) for r in report["sources"].values()) else 1
 
 
 if __name__ == "__main__":

@@ -50,7 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"aunet/train.py: error: {e}", file=sys.stderr)
         return 2
-    train(cfg, unused, stop_at=args.stop_at)
+    from aunet.training.resume import ResumeError
+    from aunet.training.trainer import NonFiniteTraining
+
+    try:
+        train(cfg, unused, stop_at=args.stop_at)
+    except (ResumeError, NonFiniteTraining) as e:  # raised on every rank alike, after a collective
+        print(f"aunet/train.py: error: {e}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

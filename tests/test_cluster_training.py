@@ -82,8 +82,9 @@ def test_a_training_step_has_no_host_sync_and_collectives_stay_on_the_device(tmp
         assert rank["micro_steps"] == 8
         ours = {k: v for k, v in rank["syncs"].items() if k.startswith("aunet:")}
         assert ours == {}, rank["ours_at"]
-        # Logging (2 steps) and validation (2 runs: steps MAX, then the sums) all-reduce.
-        assert len(rank["collectives"]) == 2 + 2 * 2
+        # Logging (2 steps: the bad-step counters' MAX, then the sums) and validation (2 runs:
+        # steps MAX, then the sums) all-reduce.
+        assert len(rank["collectives"]) == 2 * 2 + 2 * 2
         assert {c["device"] for c in rank["collectives"]} == {rank["device"]}
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged if "bpb" in r] == [2, 4] and all(0 < r["bpb"] < 12 for r in logged if "bpb" in r)

@@ -34,6 +34,9 @@ class LoaderArgs:
     pin_memory: bool = False
     """Hand out batches in page-locked memory (on GPUs), so that `.to(device, non_blocking=True)`
     really overlaps the copy with compute; pinned on the prefetch thread, off the training loop."""
+    verify_shards: bool = False
+    """Check each shard's SHA-256 against its manifest when it is first opened
+    (`data.verify_shards`; sizes, rows and level ranges are always checked)."""
 
     def __post_init__(self):
         if not self.sources:
@@ -56,7 +59,7 @@ class PackedLoader:
 
     def __init__(self, args: LoaderArgs):
         self.args = args
-        self.sources = open_sources(args.sources, args.tokenizer)
+        self.sources = open_sources(args.sources, args.tokenizer, args.verify_shards)
         self.token_bytes = torch.from_numpy(self.sources[0].token_bytes)
         depths = {s.depth for s in self.sources}
         if len(depths) != 1:

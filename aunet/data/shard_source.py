@@ -3,6 +3,14 @@
 A *unit* is one record batch of one shard. Documents are referred to as (unit, row) pairs,
 which is what the loader's state stores, so that a resumed run re-reads exactly the same
 bytes.
+
+Shards are checked against their manifest as they are used, so that damage stops the run with
+the shard's path (and record batch and row) instead of training on it: opening a shard checks
+its size (a stat) and, with `verify=True` (`data.verify_shards`), its SHA-256 (a full read of
+the file: 1.4 GB/s per core from the page cache, measured on 512 MiB); mapping a record batch
+checks its row count and text bytes against the manifest's plan, that each row's mask is as long
+as its text, and that no level exceeds the strategy's depth (one pass over mask bytes that the
+loader reads anyway).
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from aunet.config.model import BOS_ID, EOS_ID
-from aunet.segment.shards import META_STRATEGY, Manifest, open_shard
+from aunet.segment.shards import META_STRATEGY, Manifest, open_shard, sha256_file
 from aunet.segment.strategy_order import describe_strategy, same_strategy
 
 
@@ -25,8 +33,9 @@ BYTE_TOKEN_BYTES = np.array([1] * 256 + [0, 0], dtype=np.int32)
 class ShardSource:
     bos_id, eos_id, token_bytes = BOS_ID, EOS_ID, BYTE_TOKEN_BYTES
 
-    def __init__(self, directory: str | Path):
+    def __init__(self, directory: str | Path, verify: bool = False):
         self.directory = Path(directory)
+        self.verify = verify
         if not self.directory.is_dir():
             raise FileNotFoundError(f"data source {self.directory}: no such directory")
         self.manifest = Manifest.load(self.directory)
@@ -52,8 +61,16 @@ class ShardSource:
 
     def _reader(self, shard: int) -> pa.ipc.RecordBatchFileReader:
         if shard not in self._readers:
-            path = self.directory / self.manifest.shards[shard].path
+            info = self.manifest.shards[shard]
+            path = self.directory / info.path
             try:
+                size = path.stat().st_size
+                if size != info.file_bytes:
+                    raise ValueError(f"data source {self.directory}: shard {path} has {size} bytes, the manifest lists "
+                                     f"{info.file_bytes} (truncated or replaced since it was written)")
+                if self.verify and (digest := sha256_file(path)) != info.sha256:
+                    raise ValueError(f"data source {self.directory}: shard {path} has SHA-256 {digest}, the manifest lists "
+                                     f"{info.sha256} (damaged since it was written; data.verify_shards)")
                 reader = open_shard(path)
             except (OSError, pa.ArrowInvalid) as e:
                 raise ValueError(f"data source {self.directory}: shard {path} is unreadable: {e}") from e
@@ -87,8 +104,29 @@ class ShardSource:
         if unit not in self._units:
             shard, b = self._plan[unit]
             batch = self._reader(shard).get_batch(b)
-            self._units[unit] = (*_buffers(batch.column("text")), *_buffers(batch.column("level_mask")))
+            buffers = (*_buffers(batch.column("text")), *_buffers(batch.column("level_mask")))
+            self._check_unit(unit, batch.num_rows, *buffers)
+            self._units[unit] = buffers
         return self._units[unit]
+
+    def _check_unit(self, unit: int, rows: int, t_off, t_data, m_off, m_data) -> None:
+        shard, b = self._plan[unit]
+        where = f"data source {self.directory}: shard {self.directory / self.manifest.shards[shard].path}, record batch {b}"
+        text_bytes = int(t_off[-1] - t_off[0]) if rows else 0
+        if (rows, text_bytes) != (self.unit_rows[unit], self._unit_bytes[unit]):
+            raise ValueError(f"{where}: {rows} rows of {text_bytes} text bytes, the manifest lists "
+                             f"{self.unit_rows[unit]} of {self._unit_bytes[unit]}")
+        lengths = np.diff(t_off) != np.diff(m_off)
+        if lengths.any():
+            row = int(np.argmax(lengths))
+            raise ValueError(f"{where}, row {row}: the level mask has {int(m_off[row + 1] - m_off[row])} bytes for "
+                             f"{int(t_off[row + 1] - t_off[row])} bytes of text")
+        mask = m_data[m_off[0]:m_off[-1]] if rows else m_data[:0]
+        if mask.size and int(mask.max()) > self.depth:
+            first = int(np.argmax(mask > self.depth))
+            row = int(np.searchsorted(m_off, m_off[0] + first, side="right")) - 1
+            raise ValueError(f"{where}, row {row}: level {int(mask[first])} at byte {int(m_off[0] + first - m_off[row])}, "
+                             f"above the strategy's depth {self.depth} ({describe_strategy(self.strategy)})")
 
     @property
     def units(self) -> int:
@@ -126,10 +164,11 @@ def _buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return offsets, (np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8))
 
 
-def open_sources(paths, tokenizer: str | None = None) -> list:
-    """ShardSources for `paths` (shard directories); with a BPE `tokenizer` file, read through
-    it as token ids (`aunet.baselines.tokenized_source`, the BPE baseline)."""
-    sources = [ShardSource(p) for p in paths]
+def open_sources(paths, tokenizer: str | None = None, verify: bool = False) -> list:
+    """ShardSources for `paths` (shard directories), checking each shard's SHA-256 as it is
+    opened when `verify`; with a BPE `tokenizer` file, read through it as token ids
+    (`aunet.baselines.tokenized_source`, the BPE baseline)."""
+    sources = [ShardSource(p, verify) for p in paths]
     if tokenizer is None:
         return sources
     from aunet.baselines.bpe import load_bpe

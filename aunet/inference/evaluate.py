@@ -83,15 +83,15 @@ def _empty_batch(batch_size: int, seq_len: int) -> dict:
 @torch.no_grad()
 def heldout_bpb(model, sources: dict[str, float], seq_len: int, batch_size: int, max_batches: int | None,
                 rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu", reduce=None,
-                tokenizer: str | None = None, add_bos: bool = True, add_eos: bool = True) -> dict:
+                tokenizer: str | None = None, add_bos: bool = True, add_eos: bool = True, verify_shards: bool = False) -> dict:
     """{"bpb", "bytes"} over every byte of the held-out `sources` (shard directories; weights
     are ignored). `reduce` is torch.distributed.all_reduce when several ranks evaluate
     together. `tokenizer`: a BPE model's tokenizer file (bpb then counts the bytes its tokens
-    stand for)."""
+    stand for). `verify_shards`: check each shard's SHA-256 as it is opened."""
     from aunet.data.shard_source import open_sources
     from aunet.model import byte_nats
 
-    opened = open_sources(sources, tokenizer)
+    opened = open_sources(sources, tokenizer, verify_shards)
     windows = sum(math.ceil(max(rank_stream_length(s, rank, world_size, add_bos, add_eos) - 1, 0) / seq_len) for s in opened)
     # Collectives get tensors on the model's device (NCCL takes no host tensors); the sums stay
     # there until the one read at the end.
@@ -121,7 +121,9 @@ def heldout_bpb(model, sources: dict[str, float], seq_len: int, batch_size: int,
 def evaluate_model(model_dir: str | Path, data: list[str], batch_size: int = 8, max_batches: int | None = None,
                    allow_shard_mismatch: bool = False) -> dict:
     """`aunet eval`: bits per byte of the exported model in `model_dir` on each item of `data`
-    and overall, as {"model", "sources": {item: {"bpb", "bytes"}}, "overall": {"bpb", "bytes"}}.
+    and overall, as {"model", "sources": {item: {"bpb", "bytes"}}, "overall": {"bpb", "bytes"}};
+    "bytes" is the number of bytes scored, and "bpb" is None where it is 0 (an empty file, or
+    every document rejected).
 
     An item is an `aunet-segment` directory, a corpus in any `segment_corpus` input format, or
     a plain file (one document, its bytes as they are, valid UTF-8 or not), segmented with the
@@ -163,6 +165,9 @@ def evaluate_model(model_dir: str | Path, data: list[str], batch_size: int = 8, 
                 segment_corpus(inputs, path, cfg.data.shard_strategy, on_error="skip")
             results[item] = heldout_bpb(model, {str(path): 1.0}, cfg.data.seq_len, batch_size, max_batches, tokenizer=tokenizer,
                                         add_bos=cfg.data.add_bos, add_eos=cfg.data.add_eos)
+    for r in results.values():
+        if r["bytes"] == 0:
+            r["bpb"] = None  # nothing scored: no bpb at all, not 0.0
     total_bytes = sum(r["bytes"] for r in results.values())
-    overall = sum(r["bpb"] * r["bytes"] for r in results.values()) / max(total_bytes, 1)
+    overall = sum(r["bpb"] * r["bytes"] for r in results.values() if r["bytes"]) / total_bytes if total_bytes else None
     return {"model": str(model_dir), "sources": results, "overall": {"bpb": overall, "bytes": total_bytes}}

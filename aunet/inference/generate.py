@@ -30,6 +30,7 @@ which sampling needs).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -366,6 +367,7 @@ class Generator:
                 top_p: float = 1.0, stop=(), seed: int = 0) -> Iterator[tuple[int, int]]:
         """The one sampling loop: yields (row, byte) as bytes are sampled, each row with its
         own random generator seeded by `seed`."""
+        check_sampling(temperature=temperature, top_k=top_k, top_p=top_p)
         if max_bytes <= 0:
             return
         stops = [s.encode() if isinstance(s, str) else bytes(s) for s in stop]
@@ -410,6 +412,23 @@ def _one_position(b: int, device: torch.device, offset: torch.Tensor | None = No
         _ZEROS[key] = torch.zeros(b, 1, dtype=torch.long, device=device)
     zero = _ZEROS[key]
     return PoolIndex(zero, torch.ones_like(zero, dtype=torch.bool), zero, zero if offset is None else offset, zero)
+
+
+#: What each sampling setting accepts. Anything else is refused rather than reinterpreted (a
+#: negative temperature is not greedy, a top_p above 1 is not "off", NaN is not a number).
+SAMPLING_RULES = {
+    "temperature": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0 (0 = greedy)"),
+    "top_k": (lambda v: v >= 0, "a whole number >= 0 (0 = no limit)"),
+    "top_p": (lambda v: 0 < v <= 1, "a number in (0, 1] (1 = no limit)"),
+}
+
+
+def check_sampling(**settings) -> None:
+    """ValueError naming the first setting that `SAMPLING_RULES` refuses."""
+    for name, value in settings.items():
+        accepts, what = SAMPLING_RULES[name]
+        if not accepts(value):
+            raise ValueError(f"{name} must be {what}, got {value!r}")
 
 
 def sample_bytes(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,

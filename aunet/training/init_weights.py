@@ -6,6 +6,8 @@ instead (the trainer decides; see `aunet.training.trainer.train`).
 Sources (`resolve`):
 
 - an `aunet export` directory (`model.safetensors` + `config.yaml`), or its `model.safetensors`;
+- a transformers directory made by `aunet export --format hf` (`model.safetensors` + an AU-Net
+  `config.json`, read as JSON: the same tensors, the training config in three sections);
 - a training checkpoint root (the directory holding `step_N/`: its newest complete checkpoint is
   taken), or one complete `step_N/` directory. These are DeepSpeed checkpoints, which are
   pickles: DeepSpeed's reader unpickles them (`torch.load(weights_only=False)`), which can run
@@ -61,7 +63,7 @@ class InitCheckpointError(ValueError):
 @dataclass
 class InitSource:
     kind: str
-    """``export`` or ``checkpoint``."""
+    """``export``, ``hf`` (a transformers directory) or ``checkpoint``."""
     path: Path
     """The safetensors file of an export, or the step_N directory of a checkpoint."""
     step: int | None
@@ -70,7 +72,7 @@ class InitSource:
     """The source run's whole training config, as stored beside the weights."""
 
     def describe(self) -> str:
-        where = self.path.parent if self.kind == "export" else self.path
+        where = self.path.parent if self.kind in ("export", "hf") else self.path
         return f"{where} ({self.kind}" + (f", step {self.step})" if self.step is not None else ")")
 
 
@@ -86,7 +88,15 @@ def resolve(path: str | Path, cfg) -> InitSource:
 
 
 def _locate(given: Path) -> InitSource:
+    from aunet.hf.format import is_hf_dir, read_training_config
+
     directory = given.parent if given.is_file() and given.name == EXPORT_WEIGHTS else given
+    if (directory / EXPORT_WEIGHTS).is_file() and not (directory / EXPORT_CONFIG).is_file() and is_hf_dir(directory):
+        try:
+            config = read_training_config(directory)
+        except ValueError as err:
+            raise InitCheckpointError(given, str(err)) from None
+        return InitSource("hf", directory / EXPORT_WEIGHTS, _export_step(directory / EXPORT_WEIGHTS), config)
     if (directory / EXPORT_WEIGHTS).is_file():
         if not (directory / EXPORT_CONFIG).is_file():
             raise InitCheckpointError(given, f"{EXPORT_WEIGHTS} without the {EXPORT_CONFIG} that `aunet export` writes beside it")
@@ -114,8 +124,8 @@ def _locate(given: Path) -> InitSource:
     return InitSource("checkpoint", step_dir, step_of(step_dir), marker["config"])
 
 
-_NEITHER = (f"neither an `aunet export` directory ({EXPORT_WEIGHTS} + {EXPORT_CONFIG}) nor a training checkpoint "
-            f"directory (step_N/ directories with {MARKER}, or one of them)")
+_NEITHER = (f"neither an `aunet export` directory ({EXPORT_WEIGHTS} + {EXPORT_CONFIG}, or + config.json from "
+            f"`aunet export --format hf`) nor a training checkpoint directory (step_N/ directories with {MARKER}, or one of them)")
 
 
 def _export_step(weights: Path) -> int | None:
@@ -128,27 +138,41 @@ def _export_step(weights: Path) -> int | None:
 
 def check_compatible(source: InitSource, cfg, given: Path) -> None:
     """Refuse a source whose model, segmentation strategy or tokenizer is not this run's."""
-    from aunet.config import ConfigError, config_from_dict, to_dict
-    from aunet.segment.strategy_order import describe_strategy, same_strategy
+    from aunet.config import ConfigError
 
     try:
-        theirs, _ = config_from_dict(source.config, source=str(source.path))
+        problems = incompatibilities(source.config, cfg, str(source.path))
     except ConfigError as e:
         raise InitCheckpointError(given, f"its stored training config does not load: {e}") from None
+    if problems:
+        raise InitCheckpointError(given, problems[0])
+
+
+def incompatibilities(stored: dict, cfg, where: str, theirs_name: str = "the source") -> list[str]:
+    """How the training config `stored` (a source's, or a checkpoint's) differs from this run's
+    `cfg` in what the weights depend on: the model section (except `INIT_ONLY`), the
+    segmentation strategy (in order) and the tokenizer; one sentence per kind. Raises
+    ConfigError when `stored` does not load. Shared by `checkpoint.init_ckpt_path` and resume."""
+    from aunet.config import config_from_dict, to_dict
+    from aunet.segment.strategy_order import describe_strategy, same_strategy
+
+    theirs, _ = config_from_dict(stored, source=where)
+    problems = []
     ours_model, theirs_model = _flat(to_dict(cfg.model)), _flat(to_dict(theirs.model))
     differing = [k for k in sorted(ours_model.keys() | theirs_model.keys())
                  if k not in INIT_ONLY and ours_model.get(k) != theirs_model.get(k)]
     if differing:
-        raise InitCheckpointError(given, "its model is not this run's: " + "; ".join(
-            f"model.{k}: {ours_model.get(k)} in this run, {theirs_model.get(k)} in the source" for k in differing))
+        problems.append("its model is not this run's: " + "; ".join(
+            f"model.{k}: {ours_model.get(k)} in this run, {theirs_model.get(k)} in {theirs_name}" for k in differing))
     ours_strategy = cfg.data.regex.strategy if cfg.data.regex is not None else None
     theirs_strategy = theirs.data.regex.strategy if theirs.data.regex is not None else None
     if not same_strategy(ours_strategy, theirs_strategy):
-        raise InitCheckpointError(given, f"trained with another segmentation strategy: {describe_strategy(ours_strategy)} in this run "
-                                         f"(data.regex.strategy), {describe_strategy(theirs_strategy)} in the source")
+        problems.append(f"trained with another segmentation strategy: {describe_strategy(ours_strategy)} in this run "
+                        f"(data.regex.strategy), {describe_strategy(theirs_strategy)} in {theirs_name}")
     if cfg.data.tokenizer.name != theirs.data.tokenizer.name:
-        raise InitCheckpointError(given, f"trained on other tokens: data.tokenizer.name is {cfg.data.tokenizer.name} in this run, "
-                                         f"{theirs.data.tokenizer.name} in the source")
+        problems.append(f"trained on other tokens: data.tokenizer.name is {cfg.data.tokenizer.name} in this run, "
+                        f"{theirs.data.tokenizer.name} in {theirs_name}")
+    return problems
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -165,7 +189,7 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
 def open_tensors(source: InitSource) -> Iterator[tuple[dict[str, tuple[int, ...]], Callable[[str], Any]]]:
     """(shape of every tensor by name, read(name) -> that one tensor, full and in fp32 for a
     checkpoint), reading nothing else into memory."""
-    if source.kind == "export":
+    if source.kind in ("export", "hf"):  # the same safetensors layout
         from safetensors import safe_open
 
         with safe_open(str(source.path), framework="pt", device="cpu") as f:

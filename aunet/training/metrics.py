@@ -3,9 +3,16 @@
 A micro-step adds device scalars to one device tensor (no host synchronisation); a logging step
 all-reduces that tensor where it lives (NCCL accepts only accelerator tensors) and reads it
 back once. The token count is the same for every batch, so it stays a Python integer.
+
+Health follows the same rule: each optimizer step marks itself bad on the device when its loss
+(on this rank) or the global gradient norm is not finite, and two device counters keep the
+current and the longest run of consecutive bad steps. `health` reads them (after a MAX over the
+ranks) only where the trainer asks: at logging steps and before each checkpoint.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -18,13 +25,40 @@ class DeviceMetrics:
         self.sums = torch.zeros(len(FIELDS), dtype=torch.float64, device=self.device)
         self.micro_steps = 0
         self.tokens = 0
+        self._step_bad = torch.zeros((), dtype=torch.bool, device=self.device)
+        self.runs = torch.zeros(2, dtype=torch.int64, device=self.device)  # [current, longest] bad run
 
     def add(self, loss: torch.Tensor, nats: torch.Tensor, scored: torch.Tensor, target_bytes: torch.Tensor, tokens: int) -> None:
         """One micro-batch: its loss, byte nats and scored bytes (from the model's forward) and
         the text bytes its targets stand for; all device tensors."""
         self.sums += torch.stack([t.to(torch.float64) for t in (loss.detach(), nats, scored, target_bytes.sum())])
+        self._step_bad |= ~torch.isfinite(loss.detach())
         self.micro_steps += 1
         self.tokens += tokens
+
+    def end_step(self, grad_norm) -> None:
+        """After the optimizer step: `grad_norm` is DeepSpeed's (a device tensor, a float, or
+        None when it has none). DeepSpeed skips the update of a step whose norm is not finite
+        and reports it as a float inf, a value already on the host."""
+        bad = self._step_bad
+        if torch.is_tensor(grad_norm):
+            bad = bad | ~torch.isfinite(grad_norm.to(self.device))
+        elif grad_norm is not None and not math.isfinite(grad_norm):
+            bad = torch.ones_like(bad)
+        current = (self.runs[0] + 1) * bad
+        self.runs = torch.stack([current, torch.maximum(self.runs[1], current)])
+        self._step_bad = torch.zeros_like(bad)
+
+    def health(self, all_reduce=None) -> tuple[int, int]:
+        """(bad steps ending at the last step, longest run of consecutive bad steps) on any
+        rank: one MAX all-reduce and one host read."""
+        runs = self.runs.clone()
+        if all_reduce is not None:
+            import torch.distributed as dist
+
+            all_reduce(runs, op=dist.ReduceOp.MAX)
+        current, longest = runs.tolist()
+        return current, longest
 
     def reduced(self, all_reduce=None) -> torch.Tensor:
         """The sums over every rank, as a device tensor (`all_reduce` is

@@ -6,7 +6,9 @@ through the engine, step. Every `logging.freq` steps rank 0 logs loss, bpb, lr, 
 bytes/s and estimated MFU to the console and to `<dump_dir>/metrics.jsonl`. Every
 `checkpoint.dump.every` steps the DeepSpeed state and every rank's loader state go to
 `<checkpoint dir>/step_N/`, marked complete only once all ranks are done (`aunet.training.checkpoint`);
-a rerun of the same command resumes from the newest complete checkpoint, batch for batch.
+a rerun of the same command resumes from the newest complete checkpoint that passes its checks
+(`aunet.training.resume`), batch for batch. A run whose loss or gradient norm stays non-finite
+for `optim.max_bad_steps` steps stops at the next logging or checkpoint step, saving nothing.
 A run without a checkpoint of its own may start from other weights (`checkpoint.init_ckpt_path`,
 `aunet.training.init_weights`): the weights only, with a fresh optimizer, schedule and data.
 """
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from aunet.config import TrainArgs, to_dict
 from aunet.training.accelerator import ensure_ds_accelerator, init_distributed
-from aunet.training.checkpoint import latest_complete, mark_complete, prune, tag_for
+from aunet.training.checkpoint import checksum_share, latest_complete, mark_complete, prune, tag_for
 from aunet.training.lr_schedule import lr_factor
 from aunet.training.metrics import FIELDS, DeviceMetrics
 
@@ -195,6 +197,13 @@ def train(cfg: TrainArgs, unused: list[str] | None = None, stop_at: int | None =
     device = torch.device(accel.device_name(), int(os.environ.get("LOCAL_RANK", 0))) if on_gpu else torch.device("cpu")
     dump = Path(cfg.dump_dir or f"runs/{cfg.name}")
     ckpt_root = Path(cfg.checkpoint.path) if cfg.checkpoint.path else dump / "checkpoints"
+    latest = latest_complete(ckpt_root)
+    if latest is not None:
+        from aunet.training.resume import check_same_run
+
+        # Before writing config.yaml, segmenting or building anything: a run whose config changed
+        # stops at once, on all ranks alike (`resume` checks each checkpoint it falls back to too).
+        check_same_run(ckpt_root / tag_for(latest), cfg, world)
     if rank == 0:
         dump.mkdir(parents=True, exist_ok=True)
         import yaml
@@ -202,7 +211,6 @@ def train(cfg: TrainArgs, unused: list[str] | None = None, stop_at: int | None =
         (dump / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         if unused:
             print(f"config keys not used by this trainer: {', '.join(unused)}", flush=True)
-    latest = latest_complete(ckpt_root)
     init_from = None
     if cfg.checkpoint.init_ckpt_path and latest is None:
         from aunet.training.init_weights import resolve
@@ -218,7 +226,8 @@ def train(cfg: TrainArgs, unused: list[str] | None = None, stop_at: int | None =
         LoaderArgs(sources, seq_len=cfg.data.seq_len, batch_size=cfg.data.batch_size, add_bos=cfg.data.add_bos,
                    add_eos=cfg.data.add_eos, seed=cfg.data.seed, prefetch=cfg.data.prefetch_size if cfg.data.load_async else 0,
                    shuffle_buffer=cfg.data.shuffle_buffer,
-                   rank=rank, world_size=world, tokenizer=tokenizer_path(cfg), pin_memory=on_gpu)
+                   rank=rank, world_size=world, tokenizer=tokenizer_path(cfg), pin_memory=on_gpu,
+                   verify_shards=cfg.data.verify_shards)
     )
     if len(loader.token_bytes) > cfg.model.vocab_size:
         raise ValueError(f"model.vocab_size = {cfg.model.vocab_size} is smaller than the tokenizer's {len(loader.token_bytes)} ids")
@@ -238,11 +247,17 @@ def train(cfg: TrainArgs, unused: list[str] | None = None, stop_at: int | None =
     if cfg.distributed.compile:
         engine.compile()
 
+    from aunet.training.resume import resume
+
+    def any_rank(flags: list[bool]) -> list[bool]:
+        t = torch.tensor([int(f) for f in flags], dtype=torch.int64, device=device)  # NCCL takes device tensors only
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return [bool(v) for v in t.tolist()]
+
     start = 0
+    damaged: set[int] = set()
     if latest is not None:
-        engine.load_checkpoint(str(ckpt_root), tag=tag_for(latest), load_lr_scheduler_states=False)
-        state = json.loads((ckpt_root / tag_for(latest) / f"loader_rank{rank}.json").read_text())
-        loader.load_state_dict(state)
+        latest, damaged = resume(engine, loader, ckpt_root, cfg, rank, world, any_rank)
         start = latest
         if rank == 0:
             ignored = (f" (checkpoint.init_ckpt_path={cfg.checkpoint.init_ckpt_path} not used: a run resumes from its own checkpoint)"
@@ -263,23 +278,39 @@ def train(cfg: TrainArgs, unused: list[str] | None = None, stop_at: int | None =
             group["lr"] = lr
         for _ in range(cfg.grad_acc_steps):
             micro_step(engine, next(loader), device, metrics)
+        metrics.end_step(engine.get_global_grad_norm())
         if step % cfg.gc_collect_freq == 0:
             gc.collect()
+        saving = step % cfg.checkpoint.dump.every == 0 or step == end
+        checking = step % cfg.logging.freq == 0 or saving
+        if checking:  # the one host read of the bad-step counters, where the host waits anyway
+            bad_now, bad_run = metrics.health(dist.all_reduce)
         if step % cfg.logging.freq == 0 or step == end:
             last = log_record(step, lr, metrics.reduced(dist.all_reduce).tolist(), metrics, time.perf_counter() - tic,
                               engine.get_global_grad_norm(), world, flops / peak)
             log.write(last)
             metrics.reset()
             tic = time.perf_counter()
+        if checking and bad_run >= cfg.optim.max_bad_steps:
+            newest = latest_complete(ckpt_root)
+            raise NonFiniteTraining(
+                f"step {step}: the loss or the gradient norm was not finite for {bad_run} consecutive steps "
+                f"(optim.max_bad_steps = {cfg.optim.max_bad_steps}); stopped without saving or pruning a checkpoint; "
+                + (f"the newest complete one is {ckpt_root / tag_for(newest)}" if newest is not None else "there is none yet"))
         if validation and (step % cfg.checkpoint.eval.every == 0 or step == end):
             from aunet.inference.evaluate import heldout_bpb
 
             val = heldout_bpb(engine, validation, cfg.data.seq_len, cfg.data.batch_size, cfg.eval.validation.max_steps,
                               rank, world, device, reduce=dist.all_reduce, tokenizer=tokenizer_path(cfg),
-                              add_bos=cfg.data.add_bos, add_eos=cfg.data.add_eos)
+                              add_bos=cfg.data.add_bos, add_eos=cfg.data.add_eos, verify_shards=cfg.data.verify_shards)
             log.write({"step": step, "val_bpb": val["bpb"], "val_bytes": val["bytes"]})
-        if step % cfg.checkpoint.dump.every == 0 or step == end:
-            save(engine, loader, ckpt_root, step, rank, cfg)
+        if saving:
+            if bad_now:
+                if rank == 0:
+                    print(f"warning: step {step}: not saving a checkpoint, the last {bad_now} step(s) had a non-finite "
+                          "loss or gradient norm", flush=True)
+            else:
+                save(engine, loader, ckpt_root, step, rank, cfg, damaged)
     loader.close()
     gc.enable()
     dist.barrier()
@@ -350,15 +381,23 @@ def log_record(step: int, lr: float, totals: list[float], metrics: DeviceMetrics
     }
 
 
-def save(engine, loader, root: Path, step: int, rank: int, cfg: TrainArgs) -> None:
+class NonFiniteTraining(RuntimeError):
+    """`optim.max_bad_steps` consecutive steps with a non-finite loss or gradient norm."""
+
+
+def save(engine, loader, root: Path, step: int, rank: int, cfg: TrainArgs, damaged: set[int] = frozenset()) -> None:
+    """Save, checksum (each rank a share of the files, while they are in the page cache), mark
+    complete, prune. `damaged`: steps found corrupt at resume, which never count as kept."""
     import torch.distributed as dist
 
     tag = tag_for(step)
     engine.save_checkpoint(str(root), tag=tag)
     (root / tag).mkdir(parents=True, exist_ok=True)
     (root / tag / f"loader_rank{rank}.json").write_text(json.dumps(loader.state_dict()))
-    dist.barrier()  # every rank's files are written before the marker says so
+    dist.barrier()  # every rank's files are written before they are checksummed
+    checksum_share(root / tag, rank, dist.get_world_size())
+    dist.barrier()  # ... and every share is written before the marker says so
     if rank == 0:
         mark_complete(root, step, {"name": cfg.name, "world_size": dist.get_world_size(), "config": to_dict(cfg)})
-        prune(root, cfg.checkpoint.dump.keep)
+        prune(root, cfg.checkpoint.dump.keep, damaged)
     dist.barrier()

@@ -1,0 +1,119 @@
+"""Damaged shards stop the loader with the shard's path (and record batch and row) instead of
+being trained on: a level above the strategy's depth or a mask of the wrong length (always
+checked, when a record batch is mapped), a size that is not the manifest's (when a shard is
+opened), a byte flipped in place (its SHA-256, with `data.verify_shards`)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from aunet import segment_corpus
+from aunet.config import load_config
+from aunet.data import LoaderArgs, PackedLoader, ShardSource
+from aunet.segment.shards import open_shard, sha256_file
+from helpers import REPO_ROOT
+from segment_fixtures import STRATEGY, sample_texts, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("faults-data")
+    write_jsonl(root / "a.jsonl", sample_texts(400))
+    segment_corpus(root / "a.jsonl", root / "shards", STRATEGY, shard_size=20_000)
+    return root / "shards"
+
+
+def damaged_copy(shards: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the shard directory and its first shard's path."""
+    out = tmp_path / "shards"
+    shutil.copytree(shards, out)
+    first = json.loads((out / "manifest.json").read_text())["shards"][0]["path"]
+    return out, out / first
+
+
+def rewrite_row(directory: Path, shard: Path, mask: bytes, batch: int = 0, row: int = 1) -> None:
+    """Give one row of `shard` another level mask, keeping the record batches, the schema
+    metadata and a manifest that matches the new file (so only the mask is wrong)."""
+    reader = open_shard(shard)
+    batches = [reader.get_batch(b) for b in range(reader.num_record_batches)]
+    masks = batches[batch].column("level_mask").to_pylist()
+    masks[row] = mask
+    columns = [pa.array(masks, pa.large_binary()) if name == "level_mask" else batches[batch].column(name)
+               for name in batches[batch].schema.names]
+    batches[batch] = pa.record_batch(columns, schema=batches[batch].schema)
+    new = shard.with_name(shard.name + ".new")  # the batches still map the old file
+    with pa.ipc.new_file(str(new), batches[0].schema) as writer:
+        for b in batches:
+            writer.write_batch(b)
+    new.replace(shard)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    for info in manifest["shards"]:
+        if directory / info["path"] == shard:
+            info["file_bytes"], info["sha256"] = shard.stat().st_size, sha256_file(shard)
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+
+
+def row_text(shard: Path, batch: int = 0, row: int = 1) -> bytes:
+    return open_shard(shard).get_batch(batch).column("text")[row].as_py()
+
+
+def read_all(directory: Path, verify: bool = False) -> int:
+    """Every batch of one pass over the directory's documents (the loader, one rank)."""
+    src = ShardSource(directory, verify)
+    loader = PackedLoader(LoaderArgs({str(directory): 1.0}, seq_len=256, batch_size=4, prefetch=0, shuffle_buffer=1,
+                                     verify_shards=verify))
+    tokens = sum(src.length(u, r) + 2 for u in range(src.units) for r in range(src.unit_rows[u]))
+    for _ in range(tokens // (256 * 4) + 2):
+        next(loader)
+    return tokens
+
+
+def test_a_level_above_the_strategy_depth_names_shard_batch_and_row(shards, tmp_path):
+    directory, shard = damaged_copy(shards, tmp_path)
+    text = row_text(shard)
+    rewrite_row(directory, shard, bytes([0] * 5 + [len(STRATEGY) + 1] + [0] * (len(text) - 6)))
+    with pytest.raises(ValueError, match=rf"shard {shard}, record batch 0, row 1: level 3 at byte 5, above the strategy's depth 2"):
+        read_all(directory)
+
+
+def test_a_mask_shorter_than_its_text_names_the_row(shards, tmp_path):
+    directory, shard = damaged_copy(shards, tmp_path)
+    text = row_text(shard)
+    rewrite_row(directory, shard, bytes(len(text) - 1))
+    with pytest.raises(ValueError, match=rf"shard {shard}, record batch 0, row 1: the level mask has {len(text) - 1} bytes "
+                                         rf"for {len(text)} bytes of text"):
+        read_all(directory)
+
+
+def test_a_shard_of_another_size_is_refused_when_opened(shards, tmp_path):
+    directory, shard = damaged_copy(shards, tmp_path)
+    size = shard.stat().st_size
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["shards"][0]["file_bytes"] = size + 8  # e.g. a shard replaced by a rerun after the manifest was read
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=rf"shard {shard} has {size} bytes, the manifest lists {size + 8}"):
+        read_all(directory)
+
+
+def test_a_byte_flipped_in_place_is_caught_by_verify_shards(shards, tmp_path):
+    directory, shard = damaged_copy(shards, tmp_path)
+    data = bytearray(shard.read_bytes())
+    text = row_text(shard)
+    at = data.find(text[:40])
+    assert at > 0
+    data[at] ^= 0x20  # a letter's case: still a readable shard, with the manifest's size
+    shard.write_bytes(bytes(data))
+    read_all(directory)  # the cheap checks cannot see it (the documented cost of leaving it off) ...
+    with pytest.raises(ValueError, match=rf"shard {shard} has SHA-256 [0-9a-f]{{64}}, the manifest lists .*data.verify_shards"):
+        read_all(directory, verify=True)  # ... the checksum does
+    read_all(shards, verify=True)  # an intact directory passes
+
+
+def test_verify_shards_is_a_typed_config_key():
+    cfg, unused = load_config(REPO_ROOT / "configs" / "tiny_aunet3.yaml", ["data.verify_shards=true"])
+    assert cfg.data.verify_shards is True and "data.verify_shards" not in unused
