@@ -191,6 +191,19 @@ def _write_all(batches, masks, out: Path, name: str) -> float:
     return time.perf_counter() - t
 
 
+def _read_segment_write(path: Path, out: Path) -> dict[str, float]:
+    """Seconds to read `path` into batches, segment them on one thread and write the shards,
+    each stage timed alone."""
+    t = time.perf_counter()
+    batches = list(read_batches(path, path.name, None, []))
+    read = time.perf_counter() - t
+    seg = Segmenter(STRATEGY)
+    t = time.perf_counter()
+    masks = [seg.levels_batch(b.texts, threads=1) for b in batches]
+    segment = time.perf_counter() - t
+    return {"reading": read, "segmentation": segment, "writing": _write_all(batches, masks, out, path.name)}
+
+
 def stage_times(path: Path, out: Path) -> dict[str, float]:
     """Seconds per stage for one JSONL.zst file on one thread, each stage timed alone."""
     t = time.perf_counter()
@@ -198,31 +211,10 @@ def stage_times(path: Path, out: Path) -> dict[str, float]:
         for _ in _zstd_chunks(f):
             pass
     decompress = time.perf_counter() - t
-
-    t = time.perf_counter()
-    batches = list(read_batches(path, path.name, None, []))
-    read = time.perf_counter() - t
-
-    seg = Segmenter(STRATEGY)
-    t = time.perf_counter()
-    masks = [seg.levels_batch(b.texts, threads=1) for b in batches]
-    segment = time.perf_counter() - t
-    write = _write_all(batches, masks, out, path.name)
+    times = _read_segment_write(path, out)
     # Reading is decompression, then line splitting and JSON parsing into Arrow batches.
-    return {"decompression": decompress, "json_parsing": max(read - decompress, 0.0), "segmentation": segment, "writing": write}
-
-
-def parquet_stage_times(path: Path, out: Path) -> dict[str, float]:
-    """Seconds per stage for one Parquet file on one thread, each stage timed alone."""
-    t = time.perf_counter()
-    batches = list(read_batches(path, path.name, None, []))
-    read = time.perf_counter() - t
-    seg = Segmenter(STRATEGY)
-    t = time.perf_counter()
-    masks = [seg.levels_batch(b.texts, threads=1) for b in batches]
-    segment = time.perf_counter() - t
-    write = _write_all(batches, masks, out, path.name)
-    return {"reading": read, "segmentation": segment, "writing": write}
+    return {"decompression": decompress, "json_parsing": max(times["reading"] - decompress, 0.0),
+            "segmentation": times["segmentation"], "writing": times["writing"]}
 
 
 def _copy(path: Path, directory: Path) -> Path:
@@ -323,7 +315,7 @@ def run(mb: float, files: int, workers: int, repeat: int, attempts: int = 5) -> 
         doubled = {kind: ps + [_copy(p, root / "copies") for p in ps] for kind, ps in paths.items() if len(ps) > 1}
         extra = {kind: end_to_end(ps, root / "out", workers, repeat, attempts) - walls[kind] for kind, ps in doubled.items()}
         stages = _best_of(3, lambda: stage_times(paths["jsonl.zst"][0], _fresh(root / "stages")))
-        pq_stages = _best_of(3, lambda: parquet_stage_times(paths["parquet"][0], _fresh(root / "pq-stages")))
+        pq_stages = _best_of(3, lambda: _read_segment_write(paths["parquet"][0], _fresh(root / "pq-stages")))
         ref_s, ref_bytes = reference_pipeline(paths["jsonl.zst"][0], 300)
         input_mb = {kind: sum(p.stat().st_size for p in ps) / 1e6 for kind, ps in paths.items()}
     file_bytes = sum(map(len, docs[: (len(docs) + files - 1) // files]))

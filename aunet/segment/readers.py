@@ -270,45 +270,20 @@ class LongLine:
 
 
 def _lines(chunks: Iterator[bytes], max_bytes: int | None = None) -> Iterator[bytes | LongLine]:
-    """The lines of a stream of chunks (without their newline), in time linear in the bytes:
-    a line that spans chunks is kept as a list of pieces and joined once, when it ends
-    (re-concatenating a growing tail per chunk is quadratic in the line's length). A line
-    longer than `max_bytes` comes out as a `LongLine`, and no more than `max_bytes` plus one
-    chunk of it is ever held."""
-    pieces: list[bytes] = []  # the unfinished line
-    held = 0  # bytes in `pieces`
-    skipped = -1  # bytes so far of an over-long line being skipped, or -1
-
-    def add(piece: bytes) -> None:
-        nonlocal pieces, held, skipped
-        if skipped >= 0:
-            skipped += len(piece)
-            return
-        pieces.append(piece)
-        held += len(piece)
-        if max_bytes is not None and held > max_bytes:
-            pieces, held, skipped = [], 0, held
-
-    def finish() -> bytes | LongLine:
-        nonlocal pieces, held, skipped
-        line = LongLine(skipped) if skipped >= 0 else pieces[0] if len(pieces) == 1 else b"".join(pieces)
-        pieces, held, skipped = [], 0, -1
-        return line
-
-    for chunk in chunks:
-        parts = chunk.split(b"\n")
-        add(parts[0])
-        if len(parts) == 1:
-            continue  # no newline: the line goes on
-        yield finish()
-        if max_bytes is None or len(chunk) <= max_bytes:
-            yield from parts[1:-1]  # whole lines inside this chunk, none over the cap
-        else:
-            for line in parts[1:-1]:
-                yield line if len(line) <= max_bytes else LongLine(len(line))
-        add(parts[-1])
-    if held or skipped >= 0:
-        yield finish()
+    """The lines (without their newline) that `_line_blocks` cuts from a stream of chunks, one
+    by one: the JSONL reader's line splitter, for callers and tests that want lines."""
+    cap = max_bytes if max_bytes is not None else 1 << 62
+    for block in _line_blocks(chunks, lambda: 0, cap, 1 << 62, "jsonl"):
+        for piece in block.pieces:
+            if isinstance(piece, LongLine):
+                yield piece
+                continue
+            buf, start, end = piece
+            while start < end:
+                nl = buf.find(b"\n", start, end)
+                stop = end if nl < 0 else nl
+                yield buf[start:stop]
+                start = stop + 1
 
 
 def _pick_text(obj: dict, text_field: str | None) -> tuple[str | None, object]:
