@@ -57,6 +57,12 @@ def main(argv: list[str] | None = None) -> int:
         train(cfg, unused, stop_at=args.stop_at)
     except (ResumeError, NonFiniteTraining) as e:  # raised on every rank alike, after a collective
         print(f"aunet/train.py: error: {e}", file=sys.stderr, flush=True)
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            # Every rank is here (the error follows a collective). A process group still alive at
+            # interpreter exit can abort it ("terminate called ..."), turning rc 1 into a crash.
+            dist.destroy_process_group()
         return 1
     return 0
 

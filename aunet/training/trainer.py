@@ -293,6 +293,7 @@ def train(cfg: TrainArgs, unused: list[str] | None = None, stop_at: int | None =
             tic = time.perf_counter()
         if checking and bad_run >= cfg.optim.max_bad_steps:
             newest = latest_complete(ckpt_root)
+            loader.close()  # its reader thread stopped before the process exits
             raise NonFiniteTraining(
                 f"step {step}: the loss or the gradient norm was not finite for {bad_run} consecutive steps "
                 f"(optim.max_bad_steps = {cfg.optim.max_bad_steps}); stopped without saving or pruning a checkpoint; "
