@@ -5,13 +5,16 @@ from typing import final
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["LevelStream", "PRETOK_START", "PUNCT_START", "Segmenter", "WORD_START", "__version__", "class_of"]
+__all__ = ["LevelStream", "PRETOK_START", "PUNCT_START", "Segmenter", "WORD_START", "__version__", "class_of", "jsonl_texts"]
 __version__: str
 WORD_START: str
 PRETOK_START: str
 PUNCT_START: str
 
 def class_of(cp: int) -> int: ...
+def jsonl_texts(
+    pieces: list[tuple[bytes, int, int] | int], first_line: int, field: str | None = None
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64], int]: ...
 
 @final
 class Segmenter:

@@ -4,10 +4,12 @@ Each reader yields `Batch`es of documents (text bytes and their line/row numbers
 the documents it had to reject, so that every document read is either written or counted with
 its reason. Compressed JSONL is streamed and never fully decompressed in memory.
 
-JSONL is read in blocks of whole lines (about `batch_bytes` each, cut by content only) and
-parsed with orjson; a line orjson refuses, or whose text is not a plain string, goes through
-the standard `json` module, so what is accepted and every rejection message are exactly
-`json.loads`'s. With `ahead` > 0 the stages (decompressing and cutting lines; parsing) run in
+JSONL is read in blocks of whole lines (about `batch_bytes` each, cut by content only). The
+text field is taken out of each line by the compiled scanner (`aunet._segmenter.jsonl_texts`,
+GIL released, no Python object per document); with `keep_fields`, lines are parsed with
+orjson. Either way, a line the fast parser cannot decide exactly (invalid JSON, a text that
+is not a plain string, NaN, lone surrogates...) goes through the standard `json` module, so
+what is accepted and every rejection message are exactly `json.loads`'s. With `ahead` > 0 the stages (decompressing and cutting lines; parsing) run in
 threads of their own, a few blocks ahead of the consumer; the batches are the same either way.
 """
 
@@ -28,6 +30,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
+
+from aunet._segmenter import jsonl_texts
 
 T = TypeVar("T")
 
@@ -439,10 +443,11 @@ def _line_blocks(chunks: Iterator[bytes], tell, max_bytes: int, block_bytes: int
 
 
 class _JsonlParser:
-    """Blocks of lines -> batches, in order (it counts the lines). orjson parses; a line it
-    refuses or whose text is not a plain string is parsed again by `_parse_line` (the `json`
-    module), which decides, so acceptance and messages are exactly those of `json.loads`
-    (lone surrogates from escapes, NaN, big integers, a BOM: all as before)."""
+    """Blocks of lines -> batches, in order (it counts the lines). The compiled scanner (text
+    only) or orjson (with extra fields) parses; a line it refuses or whose text is not a plain
+    string is parsed again by `_parse_line` (the `json` module), which decides, so acceptance
+    and messages are exactly those of `json.loads` (lone surrogates from escapes, NaN, big
+    integers, a BOM: all as before)."""
 
     def __init__(self, name: str, text_field: str | None, extra_fields: list[str], max_document_bytes: int):
         self.name, self.text_field, self.extra_fields, self.cap = name, text_field, extra_fields, max_document_bytes
@@ -451,6 +456,35 @@ class _JsonlParser:
         self.input_pos = 0
 
     def __call__(self, block: _Block) -> Batch:
+        return self._with_extras(block) if self.extra_fields else self._texts_only(block)
+
+    def _texts_only(self, block: _Block) -> Batch:
+        """The compiled scanner takes the text of every line it can decide; the rest (rare) are
+        decided here by `json`, and those accepted are put back in line order."""
+        name = self.name
+        pieces = [p.size if isinstance(p, LongLine) else p for p in block.pieces]
+        data, offsets, rows, others, self.line_no = jsonl_texts(pieces, self.line_no, self.text_field)
+        texts = pa.Array.from_buffers(pa.large_binary(), len(rows), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+        rejects: list[Reject] = []
+        accepted: list[tuple[int, int, bytes]] = []  # (documents before it, line, text)
+        for long, line_no, piece, start, end, before in others.reshape(-1, 6).tolist():
+            if long:
+                rejects.append(Reject(name, f"line {line_no}", _too_long(block.pieces[piece].size, self.cap, "line")))
+                continue
+            _, value = _parse_line(block.pieces[piece][0][start:end], self.text_field, self.wanted)
+            if isinstance(value, _Problem):
+                rejects.append(Reject(name, f"line {line_no}", value.reason))
+            else:
+                # surrogatepass keeps lone surrogates from JSON escapes as invalid UTF-8 bytes.
+                accepted.append((before, line_no, value.encode("utf-8", "surrogatepass")))
+        if accepted:
+            texts, rows = _insert_documents(texts, rows, accepted)
+        if block.error is not None:
+            rejects.append(Reject(name, f"after line {self.line_no}", block.error))
+        consumed, self.input_pos = block.input_pos - self.input_pos, block.input_pos
+        return Batch(rows, texts, {}, rejects, consumed)
+
+    def _with_extras(self, block: _Block) -> Batch:
         loads, text_field, extra_fields, name = orjson.loads, self.text_field, self.extra_fields, self.name
         rows: list[int] = []
         texts: list[str] = []
@@ -508,6 +542,24 @@ class _JsonlParser:
         text_array = binary_array([t.encode("utf-8", "surrogatepass") for t in texts] if surrogates else [t.encode() for t in texts])
         consumed, self.input_pos = block.input_pos - self.input_pos, block.input_pos
         return Batch(np.array(rows, dtype=np.int64), text_array, {f: string_array(v) for f, v in extras.items()}, rejects, consumed)
+
+
+def _insert_documents(texts: pa.Array, rows: np.ndarray, accepted: list[tuple[int, int, bytes]]) -> tuple[pa.Array, np.ndarray]:
+    """`texts` and `rows` with the `accepted` documents (documents before each, line, text)
+    inserted in line order."""
+    values = texts.to_pylist()
+    merged_texts: list[bytes] = []
+    merged_rows: list[int] = []
+    done = 0
+    for before, line_no, text in accepted:
+        merged_texts += values[done:before]
+        merged_rows += rows[done:before].tolist()
+        merged_texts.append(text)
+        merged_rows.append(line_no)
+        done = before
+    merged_texts += values[done:]
+    merged_rows += rows[done:].tolist()
+    return binary_array(merged_texts), np.array(merged_rows, dtype=np.int64)
 
 
 def _jsonl(path: Path, name: str, fmt: str, text_field: str | None, extra_fields: list[str], batch_bytes: int,

@@ -24,6 +24,7 @@ mod causal;
 pub mod classes;
 mod custom;
 mod error;
+pub mod jsonl;
 mod scan;
 mod segmenter;
 mod strategy;

@@ -116,6 +116,52 @@ impl PyLevelStream {
     }
 }
 
+/// A piece of a JSONL block as the reader hands it over: (buffer, start, end) of whole lines,
+/// or the byte length of a line too long to keep.
+#[derive(FromPyObject)]
+enum PieceArg {
+    Lines(PyBackedBytes, usize, usize),
+    // The length is the caller's to report; here the line is only counted.
+    Long(#[allow(dead_code)] i64),
+}
+
+type JsonlTexts<'py> = (Bound<'py, PyArray1<u8>>, Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i64>>, i64);
+
+/// The text field of each line of `pieces` (see `jsonl.rs`): (data, offsets, line numbers) of
+/// the lines decided here, the other lines as rows of 6 values (long, line, piece, start, end,
+/// documents before it) flattened, and the last line number.
+#[pyfunction]
+#[pyo3(signature = (pieces, first_line, field=None))]
+fn jsonl_texts<'py>(py: Python<'py>, pieces: Vec<PieceArg>, first_line: i64, field: Option<String>) -> PyResult<JsonlTexts<'py>> {
+    let mut runs = Vec::with_capacity(pieces.len());
+    for (i, p) in pieces.iter().enumerate() {
+        runs.push(match p {
+            PieceArg::Lines(buf, start, end) => {
+                if start > end || *end > buf.len() {
+                    return Err(PyValueError::new_err(format!("piece {i}: {start}..{end} is not a range of a {}-byte buffer", buf.len())));
+                }
+                crate::jsonl::Piece::Lines(&buf[*start..*end])
+            }
+            PieceArg::Long(_) => crate::jsonl::Piece::Long,
+        });
+    }
+    let field = match &field {
+        Some(name) => crate::jsonl::Field::Named(name.as_bytes()),
+        None => crate::jsonl::Field::TextOrContent,
+    };
+    let out = py.detach(|| crate::jsonl::extract_texts(&runs, first_line, field));
+    // Ranges are reported relative to each piece's buffer, as the caller slices it.
+    let mut others = Vec::with_capacity(out.others.len() * 6);
+    for o in &out.others {
+        let base = match &pieces[o.piece] {
+            PieceArg::Lines(_, start, _) => *start,
+            PieceArg::Long(_) => 0,
+        };
+        others.extend([o.long as i64, o.line, o.piece as i64, (base + o.start) as i64, (base + o.end) as i64, o.documents_before as i64]);
+    }
+    Ok((out.data.into_pyarray(py), out.offsets.into_pyarray(py), out.lines.into_pyarray(py), others.into_pyarray(py), out.last_line))
+}
+
 /// Class flags of a code point (used by the tests that check the Unicode tables).
 #[pyfunction]
 fn class_of(cp: u32) -> u8 {
@@ -131,5 +177,6 @@ fn _segmenter(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PySegmenter>()?;
     m.add_class::<PyLevelStream>()?;
     m.add_function(wrap_pyfunction!(class_of, m)?)?;
+    m.add_function(wrap_pyfunction!(jsonl_texts, m)?)?;
     Ok(())
 }

@@ -1,0 +1,524 @@
+//! The text field of each JSONL line, for the preprocessing reader (`aunet.segment.readers`).
+//!
+//! The contract is Python's `json.loads` (strict mode): what it accepts, and the text it gives.
+//! This scanner decides only the lines it can decide exactly, and hands every other line back
+//! to the caller as *doubtful*, for `json.loads` to accept or reject with its own message. A
+//! line is taken here only when it is valid UTF-8 and valid RFC 8259 JSON whose top level is an
+//! object, and the chosen field is a string without lone surrogates. Everything `json.loads`
+//! accepts beyond that (NaN and Infinity, a byte-order mark, UTF-16/32 input, UTF-8-encoded
+//! surrogates, lone surrogate escapes) and everything it rejects comes back doubtful, so the
+//! two paths cannot disagree: on a line taken here, `json.loads` would succeed and give the
+//! same string (its dict keeps the last of duplicate keys, and so does this scan).
+//!
+//! Lines are validated without building values: the chosen string is decoded once, straight
+//! into the output buffer; all other values are only skipped. Nesting is tracked with a
+//! counter, not recursion, so no input can exhaust the stack.
+
+/// Which field holds a document's text.
+#[derive(Clone, Copy, Debug)]
+pub enum Field<'a> {
+    /// `text`, or `content` when there is no `text` key (the reader's default).
+    TextOrContent,
+    Named(&'a [u8]),
+}
+
+/// One run of a JSONL block: whole lines (the last may lack its newline), or a line that was
+/// too long to keep (only counted).
+#[derive(Clone, Copy, Debug)]
+pub enum Piece<'a> {
+    Lines(&'a [u8]),
+    Long,
+}
+
+/// A line this scan does not decide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Other {
+    pub long: bool,
+    /// 1-based line number.
+    pub line: i64,
+    pub piece: usize,
+    /// The line's byte range in its piece (without the newline); 0..0 for a long line.
+    pub start: usize,
+    pub end: usize,
+    /// Documents taken before this line: where an accepted doubtful line goes in the output.
+    pub documents_before: usize,
+}
+
+/// Texts of the taken lines, as an Arrow binary array's buffers, with their line numbers.
+#[derive(Debug, Default)]
+pub struct Extracted {
+    pub data: Vec<u8>,
+    pub offsets: Vec<i64>,
+    pub lines: Vec<i64>,
+    pub others: Vec<Other>,
+    /// The number of the last line seen (the next call starts after it).
+    pub last_line: i64,
+}
+
+/// The texts of the lines of `pieces`, numbered from `first_line` + 1. Blank lines (only ASCII
+/// white space, as `bytes.strip` sees it) are counted and skipped.
+pub fn extract_texts(pieces: &[Piece<'_>], first_line: i64, field: Field<'_>) -> Extracted {
+    let total: usize = pieces.iter().map(|p| if let Piece::Lines(b) = p { b.len() } else { 0 }).sum();
+    let mut out = Extracted { data: Vec::with_capacity(total), offsets: vec![0], ..Default::default() };
+    let mut line_no = first_line;
+    for (index, piece) in pieces.iter().enumerate() {
+        let buf = match piece {
+            Piece::Long => {
+                line_no += 1;
+                let documents_before = out.lines.len();
+                out.others.push(Other { long: true, line: line_no, piece: index, start: 0, end: 0, documents_before });
+                continue;
+            }
+            Piece::Lines(buf) => *buf,
+        };
+        let mut start = 0;
+        while start < buf.len() {
+            let end = memchr::memchr(b'\n', &buf[start..]).map_or(buf.len(), |i| start + i);
+            line_no += 1;
+            let line = &buf[start..end];
+            if !is_blank(line) {
+                let mark = out.data.len();
+                if text_of(line, field, &mut out.data).is_some() {
+                    out.offsets.push(out.data.len() as i64);
+                    out.lines.push(line_no);
+                } else {
+                    out.data.truncate(mark);
+                    let documents_before = out.lines.len();
+                    out.others.push(Other { long: false, line: line_no, piece: index, start, end, documents_before });
+                }
+            }
+            start = end + 1;
+        }
+    }
+    out.last_line = line_no;
+    out
+}
+
+fn is_blank(line: &[u8]) -> bool {
+    line.iter().all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c))
+}
+
+/// Appends the chosen field's text to `data`; None: the line is doubtful (`data` may then hold
+/// a partial text, which the caller drops).
+fn text_of(line: &[u8], field: Field<'_>, data: &mut Vec<u8>) -> Option<()> {
+    simdutf8::basic::from_utf8(line).ok()?;
+    let mut p = Parser { s: line, i: 0 };
+    let mut chosen: Option<Value> = None;
+    let mut fallback: Option<Value> = None; // `content`, when looking for `text` or `content`
+    let mut key = Vec::new();
+    p.ws();
+    p.expect(b'{')?;
+    p.ws();
+    if p.peek() == Some(b'}') {
+        p.i += 1;
+    } else {
+        loop {
+            p.ws();
+            let k = p.string()?;
+            p.ws();
+            p.expect(b':')?;
+            p.ws();
+            let v = p.value()?;
+            let k = k.bytes(line, &mut key)?;
+            match field {
+                Field::Named(name) if k == name => chosen = Some(v),
+                Field::TextOrContent if k == b"text" => chosen = Some(v),
+                Field::TextOrContent if k == b"content" => fallback = Some(v),
+                _ => {}
+            }
+            p.ws();
+            match p.next()? {
+                b',' => continue,
+                b'}' => break,
+                _ => return None,
+            }
+        }
+    }
+    p.ws();
+    if p.i != line.len() {
+        return None; // "Extra data"
+    }
+    match chosen.or(fallback)? {
+        Value::Str(s) => s.decode_into(line, data),
+        Value::Other => None, // not a string: `json` says what it is
+    }
+}
+
+/// A string's span (between its quotes) and whether it holds escapes.
+#[derive(Clone, Copy)]
+struct Span {
+    start: usize,
+    end: usize,
+    escaped: bool,
+}
+
+impl Span {
+    /// The string's bytes: the span itself, or decoded into `scratch` when it has escapes.
+    fn bytes<'a>(&self, line: &'a [u8], scratch: &'a mut Vec<u8>) -> Option<&'a [u8]> {
+        if !self.escaped {
+            return Some(&line[self.start..self.end]);
+        }
+        scratch.clear();
+        self.decode_into(line, scratch)?;
+        Some(scratch)
+    }
+
+    /// The decoded string, as UTF-8; None on a lone surrogate (valid for `json`, which keeps it
+    /// as such, but not UTF-8: the caller's `json` path handles it).
+    fn decode_into(&self, line: &[u8], out: &mut Vec<u8>) -> Option<()> {
+        let s = &line[self.start..self.end];
+        if !self.escaped {
+            out.extend_from_slice(s);
+            return Some(());
+        }
+        let mut i = 0;
+        while i < s.len() {
+            let Some(j) = memchr::memchr(b'\\', &s[i..]) else {
+                out.extend_from_slice(&s[i..]);
+                break;
+            };
+            out.extend_from_slice(&s[i..i + j]);
+            i += j + 1;
+            let c = s[i];
+            i += 1;
+            let byte = match c {
+                b'"' => b'"',
+                b'\\' => b'\\',
+                b'/' => b'/',
+                b'b' => 0x08,
+                b'f' => 0x0c,
+                b'n' => b'\n',
+                b'r' => b'\r',
+                b't' => b'\t',
+                b'u' => {
+                    let hi = hex4(&s[i..i + 4])?;
+                    i += 4;
+                    let cp = if (0xD800..0xDC00).contains(&hi) {
+                        // `Parser::string` checked that a low surrogate escape follows.
+                        let lo = hex4(&s[i + 2..i + 6])?;
+                        i += 6;
+                        0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
+                    } else {
+                        hi
+                    };
+                    let ch = char::from_u32(cp)?;
+                    let mut buf = [0u8; 4];
+                    out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+                    continue;
+                }
+                _ => return None,
+            };
+            out.push(byte);
+        }
+        Some(())
+    }
+}
+
+enum Value {
+    Str(Span),
+    Other,
+}
+
+fn hex4(s: &[u8]) -> Option<u32> {
+    if s.len() < 4 {
+        return None;
+    }
+    let mut v = 0u32;
+    for &b in &s[..4] {
+        v = v * 16 + (b as char).to_digit(16)?;
+    }
+    Some(v)
+}
+
+struct Parser<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+// Deeper nesting is left to `json` (which has its own limit, from Python's recursion limit).
+const MAX_DEPTH: usize = 512;
+
+impl Parser<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.i).copied()
+    }
+
+    fn next(&mut self) -> Option<u8> {
+        let b = self.peek()?;
+        self.i += 1;
+        Some(b)
+    }
+
+    fn expect(&mut self, b: u8) -> Option<()> {
+        (self.next()? == b).then_some(())
+    }
+
+    /// JSON white space only (`json`'s set): not form feed or vertical tab.
+    fn ws(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.i += 1;
+        }
+    }
+
+    /// A string starting at its opening quote; the bytes are known to be valid UTF-8.
+    fn string(&mut self) -> Option<Span> {
+        self.expect(b'"')?;
+        let start = self.i;
+        let mut escaped = false;
+        loop {
+            let rest = &self.s[self.i..];
+            let j = memchr::memchr2(b'"', b'\\', rest)?;
+            // Raw control characters are errors in strict JSON (as in `json.loads`).
+            if rest[..j].iter().fold(false, |acc, &b| acc | (b < 0x20)) {
+                return None;
+            }
+            self.i += j;
+            if rest[j] == b'"' {
+                let end = self.i;
+                self.i += 1;
+                return Some(Span { start, end, escaped });
+            }
+            escaped = true;
+            self.i += 1;
+            match self.next()? {
+                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
+                b'u' => {
+                    let cp = hex4(self.s.get(self.i..)?)?;
+                    self.i += 4;
+                    if (0xDC00..0xE000).contains(&cp) {
+                        return None; // a low surrogate alone
+                    }
+                    if (0xD800..0xDC00).contains(&cp) {
+                        // Only a pair makes a character; `json` keeps a lone one as is.
+                        if self.s.get(self.i..self.i + 2) != Some(b"\\u") {
+                            return None;
+                        }
+                        let lo = hex4(self.s.get(self.i + 2..)?)?;
+                        if !(0xDC00..0xE000).contains(&lo) {
+                            return None;
+                        }
+                        self.i += 6;
+                    }
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// Skips one value; `Str` keeps a string's span (the candidates for the text field).
+    fn value(&mut self) -> Option<Value> {
+        match self.peek()? {
+            b'"' => return self.string().map(Value::Str),
+            b'{' | b'[' => self.container()?,
+            _ => self.scalar()?,
+        }
+        Some(Value::Other)
+    }
+
+    fn scalar(&mut self) -> Option<()> {
+        match self.peek()? {
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'n' => self.literal(b"null"),
+            b'-' | b'0'..=b'9' => self.number(),
+            _ => None, // NaN, Infinity and errors: `json` decides
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        (self.s.get(self.i..self.i + word.len())? == word).then(|| self.i += word.len())
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.i;
+        while matches!(self.peek(), Some(b'0'..=b'9')) {
+            self.i += 1;
+        }
+        self.i - start
+    }
+
+    /// -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?
+    fn number(&mut self) -> Option<()> {
+        if self.peek() == Some(b'-') {
+            self.i += 1;
+        }
+        match self.peek()? {
+            b'0' => self.i += 1,
+            b'1'..=b'9' => {
+                self.digits();
+            }
+            _ => return None,
+        }
+        if self.peek() == Some(b'.') {
+            self.i += 1;
+            if self.digits() == 0 {
+                return None;
+            }
+        }
+        if matches!(self.peek(), Some(b'e' | b'E')) {
+            self.i += 1;
+            if matches!(self.peek(), Some(b'+' | b'-')) {
+                self.i += 1;
+            }
+            if self.digits() == 0 {
+                return None;
+            }
+        }
+        Some(())
+    }
+
+    /// An object or array, nested ones included, without recursion: `stack` holds the kind of
+    /// each open container.
+    fn container(&mut self) -> Option<()> {
+        let mut stack: Vec<u8> = Vec::new();
+        loop {
+            // At the start of a value.
+            match self.peek()? {
+                open @ (b'{' | b'[') => {
+                    self.i += 1;
+                    if stack.len() == MAX_DEPTH {
+                        return None;
+                    }
+                    let close = if open == b'{' { b'}' } else { b']' };
+                    stack.push(close);
+                    self.ws();
+                    if self.peek() == Some(close) {
+                        self.i += 1;
+                        stack.pop();
+                    } else {
+                        if close == b'}' {
+                            self.member_key()?;
+                        }
+                        continue;
+                    }
+                }
+                b'"' => {
+                    self.string()?;
+                }
+                _ => self.scalar()?,
+            }
+            // After a value: close containers or move to the next element.
+            loop {
+                let Some(&close) = stack.last() else { return Some(()) };
+                self.ws();
+                match self.next()? {
+                    b',' => {
+                        self.ws();
+                        if close == b'}' {
+                            self.member_key()?;
+                        }
+                        break;
+                    }
+                    b if b == close => {
+                        stack.pop();
+                    }
+                    _ => return None,
+                }
+            }
+        }
+    }
+
+    /// `"key" :` and the white space up to the value.
+    fn member_key(&mut self) -> Option<()> {
+        self.ws();
+        self.string()?;
+        self.ws();
+        self.expect(b':')?;
+        self.ws();
+        Some(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(line: &str, field: Field<'_>) -> Option<Vec<u8>> {
+        let e = extract_texts(&[Piece::Lines(line.as_bytes())], 0, field);
+        if e.lines.len() == 1 {
+            Some(e.data)
+        } else {
+            None
+        }
+    }
+
+    fn text(line: &str) -> Option<String> {
+        one(line, Field::TextOrContent).map(|b| String::from_utf8(b).unwrap())
+    }
+
+    #[test]
+    fn plain_and_escaped_strings() {
+        assert_eq!(text(r#"{"text": "héllo"}"#).as_deref(), Some("héllo"));
+        assert_eq!(text(r#"{"text":"a\nb\t\"q\"\\\/\u00e9\ud83d\ude00"}"#).as_deref(), Some("a\nb\t\"q\"\\/é😀"));
+        assert_eq!(text(r#"{"text":"\u0000"}"#).as_deref(), Some("\0"));
+        assert_eq!(text(r#"  {"id": 1, "text": "x"} "#).as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn field_choice_follows_json_loads() {
+        assert_eq!(text(r#"{"content": "c", "text": "t"}"#).as_deref(), Some("t"));
+        assert_eq!(text(r#"{"content": "c"}"#).as_deref(), Some("c"));
+        assert_eq!(text(r#"{"text": "a", "text": "b"}"#).as_deref(), Some("b"));
+        assert_eq!(text(r#"{"te\u0078t": "esc"}"#).as_deref(), Some("esc"));
+        assert_eq!(text(r#"{"text": 1, "content": "c"}"#), None); // `text` wins, and is no string
+        assert_eq!(text(r#"{"text": "a", "text": null}"#), None);
+        assert_eq!(one(r#"{"body": "b", "text": "t"}"#, Field::Named(b"body")), Some(b"b".to_vec()));
+        assert_eq!(one(r#"{"text": "t"}"#, Field::Named(b"body")), None);
+    }
+
+    #[test]
+    fn doubtful_lines_are_left_to_json() {
+        for line in [
+            r#"{"text": "a""#,
+            r#"{"text": "a"} x"#,
+            r#"{"text": "a",}"#,
+            r#"{"text": "\ud800"}"#,
+            r#"{"text": "\udc00"}"#,
+            r#"{"text": "\ud800\u0041"}"#,
+            r#"{"text": "a\x"}"#,
+            "{\"text\": \"tab\there\"}",
+            r#"{"text": "a", "n": NaN}"#,
+            r#"{"text": "a", "n": 01}"#,
+            r#"{"text": "a", "n": 1.}"#,
+            r#"{"text": "a", "n": [1, 2,]}"#,
+            r#"{"text": "a", "n": {"k" 1}}"#,
+            "\u{feff}{\"text\": \"a\"}",
+            r#"["text"]"#,
+            r#"{"text": "a"}"#.trim_end_matches('}'),
+            "{\"text\": \"a\"}\u{0c}",
+        ] {
+            assert_eq!(text(line), None, "{line}");
+        }
+        let invalid = [b"{\"text\": \"\xff\"}".as_slice()];
+        let e = extract_texts(&[Piece::Lines(invalid[0])], 0, Field::TextOrContent);
+        assert!(e.lines.is_empty() && e.others.len() == 1);
+    }
+
+    #[test]
+    fn nesting_and_scalars_are_skipped() {
+        let line = r#"{"meta": {"a": [1, -2.5e+3, true, false, null, {"b": []}, "s\"]"]}, "text": "ok", "z": {}}"#;
+        assert_eq!(text(line).as_deref(), Some("ok"));
+        let deep = format!("{{\"text\": \"d\", \"x\": {}{}}}", "[".repeat(600), "]".repeat(600));
+        assert_eq!(text(&deep), None);
+        let fine = format!("{{\"text\": \"d\", \"x\": {}{}}}", "[".repeat(100), "]".repeat(100));
+        assert_eq!(text(&fine).as_deref(), Some("d"));
+    }
+
+    #[test]
+    fn lines_are_numbered_across_pieces_blank_and_long_ones_included() {
+        let a = b"{\"text\": \"one\"}\n\n  \r\n{\"text\": 5}\n";
+        let b = b"{\"text\": \"two\"}";
+        let e = extract_texts(&[Piece::Lines(a), Piece::Long, Piece::Lines(b)], 10, Field::TextOrContent);
+        assert_eq!(e.data, b"onetwo");
+        assert_eq!(e.offsets, vec![0, 3, 6]);
+        assert_eq!(e.lines, vec![11, 16]);
+        assert_eq!(e.last_line, 16);
+        assert_eq!(
+            e.others,
+            vec![
+                Other { long: false, line: 14, piece: 0, start: 21, end: 32, documents_before: 1 },
+                Other { long: true, line: 15, piece: 1, start: 0, end: 0, documents_before: 1 },
+            ]
+        );
+    }
+}
