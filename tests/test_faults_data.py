@@ -1,7 +1,7 @@
 """Damaged shards stop the loader with the shard's path (and record batch and row) instead of
 being trained on: a level above the strategy's depth or a mask of the wrong length (always
 checked, when a record batch is mapped), a size that is not the manifest's (when a shard is
-opened), a byte flipped in place (its SHA-256, with `data.verify_shards`)."""
+opened), a byte flipped in place (its checksum, with `data.verify_shards`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from aunet import segment_corpus
 from aunet.config import load_config
 from aunet.data import LoaderArgs, PackedLoader, ShardSource
-from aunet.segment.shards import open_shard, sha256_file
+from aunet.segment.shards import file_checksum, open_shard
 from helpers import REPO_ROOT
 from segment_fixtures import STRATEGY, sample_texts, write_jsonl
 
@@ -54,7 +54,7 @@ def rewrite_row(directory: Path, shard: Path, mask: bytes, batch: int = 0, row: 
     manifest = json.loads((directory / "manifest.json").read_text())
     for info in manifest["shards"]:
         if directory / info["path"] == shard:
-            info["file_bytes"], info["sha256"] = shard.stat().st_size, sha256_file(shard)
+            info["file_bytes"], info["checksum"] = shard.stat().st_size, file_checksum(shard)
     (directory / "manifest.json").write_text(json.dumps(manifest))
 
 
@@ -109,7 +109,7 @@ def test_a_byte_flipped_in_place_is_caught_by_verify_shards(shards, tmp_path):
     data[at] ^= 0x20  # a letter's case: still a readable shard, with the manifest's size
     shard.write_bytes(bytes(data))
     read_all(directory)  # the cheap checks cannot see it (the documented cost of leaving it off) ...
-    with pytest.raises(ValueError, match=rf"shard {shard} has SHA-256 [0-9a-f]{{64}}, the manifest lists .*data.verify_shards"):
+    with pytest.raises(ValueError, match=rf"shard {shard} has checksum xxh3_128:[0-9a-f]{{32}}, the manifest lists xxh3_128:.*data.verify_shards"):
         read_all(directory, verify=True)  # ... the checksum does
     read_all(shards, verify=True)  # an intact directory passes
 

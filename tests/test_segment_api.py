@@ -30,7 +30,7 @@ def test_returns_the_manifest_it_writes_and_matches_the_cli(tmp_path):
     segment(tmp_path / "a.jsonl", tmp_path / "b.jsonl.zst", "--out", tmp_path / "cli", "--strategy", "word1=1@1",
             "--strategy", "word2=2@1", "--shard-size", "4KB")
     cli = Manifest.load(tmp_path / "cli")
-    assert [(s.path, s.sha256) for s in cli.shards] == [(s.path, s.sha256) for s in m.shards]
+    assert [(s.path, s.checksum) for s in cli.shards] == [(s.path, s.checksum) for s in m.shards]
     again = segment_corpus([tmp_path / "a.jsonl", str(tmp_path / "b.jsonl.zst")], tmp_path / "api", STRATEGY, shard_size=4096)
     assert (again.run.files_processed, again.run.files_done_before) == (0, 2)
     assert again == m

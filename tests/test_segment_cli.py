@@ -113,7 +113,7 @@ def test_rank_split_is_disjoint_complete_and_merges_to_the_single_run(tmp_path):
     assert merge_fail.returncode == 1
     segment("merge", split)
     a, b = Manifest.load(single), Manifest.load(split)
-    assert [(s.path, s.sha256) for s in a.shards] == [(s.path, s.sha256) for s in b.shards]
+    assert [(s.path, s.checksum) for s in a.shards] == [(s.path, s.checksum) for s in b.shards]
     assert b.documents_written == a.documents_written == 7 * 40
 
 
@@ -125,7 +125,7 @@ def test_parallel_workers_give_identical_shards(tmp_path):
     segment(inputs, "--out", tmp_path / "one", *STRATEGY_ARGS, "--shard-size", "3KB")
     segment(inputs, "--out", tmp_path / "two", *STRATEGY_ARGS, "--shard-size", "3KB", "--workers", 2)
     a, b = Manifest.load(tmp_path / "one"), Manifest.load(tmp_path / "two")
-    assert [(s.path, s.sha256) for s in a.shards] == [(s.path, s.sha256) for s in b.shards]
+    assert [(s.path, s.checksum) for s in a.shards] == [(s.path, s.checksum) for s in b.shards]
 
 
 def test_empty_inputs_and_documents(tmp_path):

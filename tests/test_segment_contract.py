@@ -16,7 +16,7 @@ import pytest
 from aunet.data.shard_source import ShardSource
 from aunet.segment import BadDocument, ManifestError, merge, segment_corpus, verify
 from aunet.segment.readers import _lines
-from aunet.segment.shards import MANIFEST, Manifest, sha256_file
+from aunet.segment.shards import MANIFEST, Manifest, file_checksum
 from segment_fixtures import STRATEGY, STRATEGY_ARGS, sample_texts, write_jsonl
 from test_segment_cli import read_shards, segment
 
@@ -278,7 +278,7 @@ def test_verify_deep_catches_a_changed_level_that_shallow_checks_cannot(tmp_path
             w.write_batch(b)
     # The manifest is brought up to date, so only recomputing the masks can tell.
     raw = json.loads((out / MANIFEST).read_text())
-    raw["shards"][1].update(sha256=sha256_file(path), file_bytes=os.path.getsize(path))
+    raw["shards"][1].update(checksum=file_checksum(path), file_bytes=os.path.getsize(path))
     (out / MANIFEST).write_text(json.dumps(raw))
     assert verify(out) == []
     assert verify(out, deep=True) == [f"{path}: row {row}: mask differs from the strategy's"]

@@ -29,7 +29,7 @@ def corpus(tmp_path_factory) -> tuple[Path, list[tuple[str, str]]]:
     for i in range(4):
         write_jsonl(inputs / f"in{i}.jsonl.zst", sample_texts(6000, seed=i))
     segment(inputs, "--out", root / "reference", *OPTIONS)
-    reference = [(s.path, s.sha256) for s in Manifest.load(root / "reference").shards]
+    reference = [(s.path, s.checksum) for s in Manifest.load(root / "reference").shards]
     assert len(reference) > 20
     return inputs, reference
 
@@ -98,6 +98,6 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, corpus, point, worker
     kill_when(start(inputs, out, "--workers", str(workers)), lambda: any(out.glob("*.arrow.tmp")))
     assert_nothing_partial_looks_finished(out)
     segment(inputs, "--out", out, *OPTIONS)
-    assert [(s.path, s.sha256) for s in Manifest.load(out).shards] == reference
+    assert [(s.path, s.checksum) for s in Manifest.load(out).shards] == reference
     assert not list(out.glob("*.tmp"))
     assert "OK" in segment("verify", out).stdout

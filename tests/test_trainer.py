@@ -196,7 +196,7 @@ def test_raw_text_sources_are_segmented_by_both_ranks_then_trained_on(tmp_path, 
     assert sorted(p.name for p in cache.glob("manifest.rank*")) == ["manifest.rank0-of2.json", "manifest.rank1-of2.json"]
     assert "by 2 rank(s)" in out
     single = segment_corpus(raw, tmp_path / "single", {"word1": "1@1", "word2": "2@1"}, on_error="skip")
-    assert [(s.path, s.sha256) for s in merged.shards] == [(s.path, s.sha256) for s in single.shards]
+    assert [(s.path, s.checksum) for s in merged.shards] == [(s.path, s.checksum) for s in single.shards]
     assert max(metrics(dump)) == 2
 
 

@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a longer document (JSONL line, Parquet/Arrow text value) is a bad document (default 64MB)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--repair", action="store_true",
-                   help="on a rerun, also check the SHA-256 of every finished shard (reads them all) and redo the files "
+                   help="on a rerun, also check the checksum (XXH3-128) of every finished shard (reads them all) and redo the files "
                         "whose shards differ; without it a rerun checks that each shard exists with its recorded size")
     return p
 

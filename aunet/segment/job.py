@@ -27,7 +27,7 @@ from aunet.segment.errors import BadDocument
 from aunet.segment.readers import DEFAULT_MAX_DOCUMENT_BYTES, Reject, ahead, int64_array, read_batches
 from aunet.segment.segmenter import Segmenter
 from aunet.segment.shard_writer import LocalFiles, ShardWriter, shard_name
-from aunet.segment.shards import ShardInfo, confined, sha256_file, shard_schema, write_atomic
+from aunet.segment.shards import ShardInfo, checksum_matches, confined, shard_schema, split_checksum, write_atomic
 from aunet.segment.strategy_order import ordered_strategy
 
 PROGRESS_DIR = ".progress"
@@ -104,14 +104,17 @@ def content_sample(path: Path, size: int) -> str:
 def load_done(out: Path, index: int, source: Path, opts: JobOptions, repair: bool = False) -> FileResult | None:
     """The finished result of file `index`, if its marker matches this input and these options:
     the same file (name, resolved path, size, mtime and `content_sample`), every shard present
-    with its recorded size (with `repair`, its recorded SHA-256 too), and, under
-    on_error="fail", no rejected document (those were accepted by an earlier "skip" run)."""
+    with its recorded size (with `repair`, its recorded checksum too: XXH3-128, or SHA-256 in
+    markers written before), and, under on_error="fail", no rejected document (those were
+    accepted by an earlier "skip" run)."""
     path = marker_path(out, index)
     try:
         raw = json.loads(path.read_text())
-        raw["shards"] = [ShardInfo(**s) for s in raw["shards"]]
+        raw["shards"] = [ShardInfo.from_dict(s) for s in raw["shards"]]  # old markers: "sha256"
         done = FileResult(**raw)
-    except (OSError, ValueError, TypeError):
+        for s in done.shards:
+            split_checksum(s.checksum, path)  # a checksum this version cannot check: redo the file
+    except (OSError, ValueError, TypeError):  # ManifestError is a ValueError
         return None
     try:
         st = source.stat()
@@ -128,7 +131,7 @@ def load_done(out: Path, index: int, source: Path, opts: JobOptions, repair: boo
     # A marker's paths go into the manifest: one pointing outside `out` means the file is redone.
     if not all(confined(out, s.path) and (out / s.path).is_file() and (out / s.path).stat().st_size == s.file_bytes for s in done.shards):
         return None
-    if repair and not all(sha256_file(out / s.path) == s.sha256 for s in done.shards):
+    if repair and not all(checksum_matches(out / s.path, s.checksum) for s in done.shards):
         return None
     return done
 

@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from aunet.segment.segmenter import Segmenter
 from aunet.segment.errors import ManifestError
-from aunet.segment.shards import FORMAT, MANIFEST, META_SOURCE, META_STRATEGY, Manifest, open_shard, sha256_file
+from aunet.segment.shards import FORMAT, MANIFEST, META_SOURCE, META_STRATEGY, Manifest, checksum_matches, open_shard
 from aunet.segment.strategy_order import describe_strategy, same_strategy
 
 
@@ -36,7 +36,7 @@ def verify(directory: str | Path, deep: bool = False) -> list[str]:
         if path.stat().st_size != shard.file_bytes:
             problems.append(f"{path}: {path.stat().st_size} bytes, manifest says {shard.file_bytes} (truncated or rewritten)")
             continue
-        if sha256_file(path) != shard.sha256:
+        if not checksum_matches(path, shard.checksum):  # the algorithm the manifest names (old ones: SHA-256)
             problems.append(f"{path}: checksum mismatch (the file changed after it was written)")
             continue
         problems += _verify_shard(path, shard.documents, shard.text_bytes, manifest.strategy, segmenter if deep else None)
