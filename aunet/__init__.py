@@ -12,6 +12,16 @@ use, so ``from aunet import Segmenter`` in a preprocessing job does not import t
 from __future__ import annotations
 
 import importlib
+import os
+import sys
+
+# numpy's OpenBLAS starts a thread per core on import, and they spin (sched_yield) for a while
+# after numpy's import-time check: about 0.1 s of a short `aunet-segment` run on 2 cores. Our
+# command-line programs make no BLAS call through numpy (torch has its own threads), so they
+# start it with one thread; the user's own setting wins, and `import aunet` in a user's
+# program changes nothing.
+if os.path.basename(sys.argv[0] if sys.argv else "") in ("aunet-segment", "aunet") and "numpy" not in sys.modules:
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 # Before the imports below: the shard writers read it while `aunet` is still initialising.
 __version__ = "0.1.0"

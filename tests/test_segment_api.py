@@ -61,7 +61,7 @@ def test_inputs_that_name_no_file_say_which(tmp_path):
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_bad_document_carries_file_and_line_across_worker_processes(tmp_path, workers):
+def test_bad_document_carries_file_and_line_across_workers(tmp_path, workers):
     write_jsonl(tmp_path / "a.jsonl", sample_texts(50))
     (tmp_path / "b.jsonl").write_text('{"text": "fine"}\n{"text": 7}\n')
     with pytest.raises(BadDocument) as info:
@@ -70,6 +70,9 @@ def test_bad_document_carries_file_and_line_across_worker_processes(tmp_path, wo
     assert err.file.endswith("b.jsonl") and err.location == "line 2" and "is int" in err.reason
     assert str(err).startswith(err.file) and "line 2" in str(err)
     assert not (tmp_path / "out" / "manifest.json").exists()
+    # Executors that run steps in other processes (datatrove's) pickle it: nothing is lost.
+    again = pickle.loads(pickle.dumps(err))
+    assert (type(again), str(again), again.file, again.location) == (type(err), str(err), err.file, err.location)
 
 
 def test_skip_counts_rejects_in_the_returned_manifest(tmp_path):

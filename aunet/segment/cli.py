@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="training config: use its data.regex.strategy")
     p.add_argument("--text-field", help="field holding the text (default: 'text', else 'content')")
     p.add_argument("--keep-fields", default="", metavar="A,B", help="input fields carried into the shards as strings (ids, urls)")
-    p.add_argument("--workers", type=int, default=1, help="processes, each segmenting whole input files (default 1)")
+    p.add_argument("--workers", type=int, default=1, help="worker threads, each segmenting whole input files (default 1)")
     p.add_argument("--threads", type=int, help="segmentation threads per worker (default: CPUs / workers)")
     p.add_argument("--shard-size", type=_size, default=parse_size("256MB"), help="target text bytes per shard (default 256MB)")
     p.add_argument("--compression", choices=["none", "zstd"], default="none", help="shard compression; 'none' shards are memory-mappable without a copy")

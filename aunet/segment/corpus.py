@@ -4,22 +4,19 @@ The one entry point of preprocessing: the `aunet-segment` command, the trainer's
 sources and `aunet eval` on text files all call it. Input file k (its index among all sorted
 inputs, shared by every rank) is segmented by `aunet.segment.job` into its own shards, so a
 run is resumable and its output a pure function of the inputs and the options; several worker
-processes each take whole files.
+threads each take whole files.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import glob
 import os
-import queue
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from aunet import __version__
@@ -182,7 +179,7 @@ def segment_corpus(
     """Segment `inputs` (files, directories, glob patterns: JSONL / .gz / .zst, Parquet, Arrow)
     into shards under `out` and return the manifest written there.
 
-    `strategy` is what `Segmenter` takes. `workers` processes each take whole files, with
+    `strategy` is what `Segmenter` takes. `workers` threads each take whole files, with
     `threads` segmentation threads each (default: CPUs / workers). With `world_size` > 1 this
     call does the files k with k % world_size == rank and writes `manifest.rankR-ofW.json`;
     `aunet.segment.merge` combines them. A rerun skips files already done with the same
@@ -268,87 +265,45 @@ def manifest_name(rank: int, world_size: int) -> str:
     return MANIFEST if world_size == 1 else f"manifest.rank{rank}-of{world_size}.json"
 
 
-_QUEUE = None
-
-
-def _init_worker(progress_queue) -> None:
-    global _QUEUE
-    _QUEUE = progress_queue
-
-
-def _worker(out: Path, index: int, source: Path, name: str, opts: JobOptions) -> FileResult:
-    return process_file(out, index, source, name, opts, lambda d, t, i: _QUEUE.put((d, t, i)))
-
-
-@contextlib.contextmanager
-def _worker_environment():
-    """Environment for the spawned workers (they copy it when they start): numpy's OpenBLAS
-    without a thread pool, whose threads spin after numpy's import-time check (a worker makes
-    no BLAS calls). Variables the user set are kept."""
-    added = [k for k in ("OPENBLAS_NUM_THREADS",) if k not in os.environ]
-    for k in added:
-        os.environ[k] = "1"
-    try:
-        yield
-    finally:
-        for k in added:
-            os.environ.pop(k, None)
-
-
 def _run_parallel(out: Path, pending, opts: JobOptions, workers: int, progress: _Progress) -> dict[int, FileResult]:
-    """Files to `workers` workers: this process is one (it has everything imported already) and
-    `workers - 1` spawned processes are the others. Each takes the next file in order when it is
-    free; after an error no new file is started, the running ones finish, and the error of the
-    lowest file index is raised."""
-    import multiprocessing as mp
+    """Files to `workers` workers, threads of this process: this thread is one, `workers - 1`
+    threads are the others. Each takes the next file in order when it is free; after an error
+    (or an interrupt here) no new file is started, the running ones finish, and the error of
+    the lowest file index is raised.
 
-    ctx = mp.get_context("spawn")  # no state inherited from a parent that may hold threads
-    progress_queue = ctx.Queue()
-    stop = threading.Event()
-
-    def pump() -> None:
-        while not stop.is_set() or not progress_queue.empty():
-            try:
-                progress(*progress_queue.get(timeout=0.1))
-            except queue.Empty:
-                continue
-
+    Threads, not processes: every heavy stage of a file (zstd, the JSONL scanner, Parquet
+    decoding, segmentation, XXH3, writes) runs with the GIL released, and two worker threads
+    measured as fast as two worker processes (benches/README), without a spawned interpreter
+    to start and import (about half a second per run). More processes on one machine: run
+    several ranks (`--rank/--world-size`)."""
     todo = collections.deque(pending)
     lock = threading.Lock()
     results: dict[int, FileResult] = {}
     errors: list[tuple[int, BaseException]] = []
+    stopping = threading.Event()
 
     def take():
         with lock:
-            return todo.popleft() if todo and not errors else None
+            return todo.popleft() if todo and not errors and not stopping.is_set() else None
 
-    def run(k: int, do) -> None:
-        try:
-            results[k] = do()
-        except BaseException as e:  # noqa: BLE001 - raised below, after the other workers stop
-            with lock:
-                errors.append((k, e))
-
-    def remote(pool: ProcessPoolExecutor) -> None:
+    def work() -> None:
         while (item := take()) is not None:
             k, f = item
-            run(k, lambda: pool.submit(_worker, out, k, f, str(f), opts).result())
+            try:
+                results[k] = process_file(out, k, f, str(f), opts, progress)
+            except BaseException as e:  # noqa: BLE001 - raised below, after the other workers stop
+                with lock:
+                    errors.append((k, e))
 
-    pumper = threading.Thread(target=pump, daemon=True)
-    pumper.start()
+    helpers = [threading.Thread(target=work, name=f"aunet-worker-{i + 1}", daemon=True) for i in range(workers - 1)]
+    for t in helpers:
+        t.start()
     try:
-        with _worker_environment(), ProcessPoolExecutor(max_workers=workers - 1, mp_context=ctx, initializer=_init_worker, initargs=(progress_queue,)) as pool:
-            feeders = [threading.Thread(target=remote, args=(pool,), daemon=True) for _ in range(workers - 1)]
-            for t in feeders:
-                t.start()
-            while (item := take()) is not None:
-                k, f = item
-                run(k, lambda: process_file(out, k, f, str(f), opts, progress))
-            for t in feeders:
-                t.join()
+        work()
     finally:
-        stop.set()
-        pumper.join()
+        stopping.set()  # an interrupt here: the helpers finish their file and take no other
+        for t in helpers:
+            t.join()
     if errors:
         raise min(errors, key=lambda ke: ke[0])[1]
     return results

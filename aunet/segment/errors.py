@@ -16,7 +16,7 @@ class SegmentError(Exception):
         self.file, self.location = file, location
 
     def __reduce__(self):
-        # Raised in worker processes and re-raised in the parent: keep file and location.
+        # Pickled across processes (datatrove executors, multiprocessing users): keep file and location.
         return _rebuild, (type(self), str(self), self.file, self.location)
 
 
