@@ -159,3 +159,16 @@ def test_printable_text_is_taken_by_the_scanner_itself():
     assert last == 200 and len(others) == 0
     assert rows.tolist() == list(range(1, 201))
     assert [bytes(data[a:b]) for a, b in zip(offsets[:-1], offsets[1:])] == [json.loads(d)["text"].encode() for d in docs]
+
+
+def test_a_line_nested_past_the_json_module_limit_is_a_rejected_document(tmp_path):
+    """Neither parser takes it (the scanner stops at 512 levels, `json` raises RecursionError):
+    it is rejected with its file and line, and the documents around it are written."""
+    from aunet import segment_corpus
+
+    deep = b'{"text": "x", "n": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    (tmp_path / "in.jsonl").write_bytes(b'{"text": "before"}\n' + deep + b'\n{"text": "after"}\n')
+    manifest = segment_corpus(tmp_path / "in.jsonl", tmp_path / "out", {"word1": "1@1"}, on_error="skip", progress=False)
+    assert (manifest.documents_written, manifest.documents_rejected) == (2, 1)
+    [reject] = [json.loads(line) for line in (tmp_path / "out" / "rejects" / "part-000000.jsonl").read_text().splitlines()]
+    assert reject["file"].endswith("in.jsonl") and reject["location"] == "line 2" and "nested more deeply" in reject["reason"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import gzip
 import json
 import queue
+import sys
 import threading
 import zlib
 from collections.abc import Iterable, Iterator
@@ -318,6 +319,10 @@ def _parse_line(line: bytes, text_field: str | None, wanted: str) -> tuple[dict 
         obj = json.loads(line)
     except ValueError as e:
         return None, _Problem(f"malformed JSON: {e}")
+    except RecursionError:
+        # `json` recurses per nesting level: a line of thousands of brackets is a bad document,
+        # not a crash of the whole run.
+        return None, _Problem(f"malformed JSON: nested more deeply than the json module allows ({sys.getrecursionlimit()} levels)")
     if not isinstance(obj, dict):
         return None, _Problem(f"not a JSON object but {type(obj).__name__}")
     key, value = _pick_text(obj, text_field)
