@@ -25,7 +25,7 @@ def reference(lines: list[bytes | LongLine], field: str | None) -> tuple[list[in
             continue
         try:
             obj = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             rejected.append(number)
             continue
         if not isinstance(obj, dict):
@@ -82,6 +82,10 @@ EDGE_LINES = [
     b'{"text": "x", "n": NaN}',
     b'{"text": "x", "n": -Infinity}',
     b'{"text": "x", "big": 123456789012345678901234567890}',
+    b'{"text": "x", "n": 1' + b"0" * 4300 + b"}",  # past Python's int conversion limit: json refuses it
+    b'{"text": "x", "n": [-1' + b"0" * 5000 + b"]}",
+    b'{"text": "x", "n": 1' + b"0" * 5000 + b'.5, "e": 1' + b"0" * 5000 + b"e2}",  # floats have no such limit
+    b'{"\\ud800": "a key with a lone surrogate", "text": "t"}',
     b'{"text": "x", "f": -0.5e-10, "l": [true, false, null, {}, []]}',
     b'\xef\xbb\xbf{"text": "bom"}',
     b'{"text": "utf-8 surrogate \xed\xa0\x80"}',
@@ -114,7 +118,7 @@ EDGE_LINES = [
 
 def test_edge_lines_match_json_loads():
     lines = [*EDGE_LINES, LongLine(5 << 20), b'{"text": "after the long line"}']
-    for field in (None, "body", "text"):
+    for field in (None, "body", "text", "\ud800"):
         for split in (0, 1, 3):
             assert fast(lines, field, split) == reference(lines, field), (field, split)
 
@@ -146,6 +150,31 @@ def jsonl_lines(draw) -> bytes:
 @given(st.lists(jsonl_lines(), min_size=1, max_size=12), st.sampled_from([None, "body", "id"]), st.integers(0, 3))
 def test_generated_lines_match_json_loads(lines, field, split):
     assert fast(lines, field, split) == reference(lines, field)
+
+
+def test_lowered_recursion_limit_is_respected():
+    """`json`'s nesting limit is the runtime recursion limit: the scanner leaves deeper lines
+    to it, so both paths agree whatever the limit."""
+    import sys
+
+    lines = [b'{"text": "x", "n": ' + b"[" * n + b"]" * n + b"}" for n in (50, 120, 180, 260, 400)]
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(300)
+    try:
+        assert fast(lines, None) == reference(lines, None)
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+def test_text_field_must_be_a_name():
+    import pytest
+
+    from aunet import segment_corpus
+    from aunet.segment import InvalidRequest
+
+    for bad in (5, ""):
+        with pytest.raises(InvalidRequest, match="text_field"):
+            segment_corpus("nowhere.jsonl", "out", {"word1": "1@1"}, text_field=bad)
 
 
 def test_printable_text_is_taken_by_the_scanner_itself():

@@ -96,3 +96,54 @@ def test_parquet_large_row_group_is_cut_into_batches_without_changing_contents(t
     assert [t for b in batches for t in b.texts.to_pylist()] == [t.encode() for t in texts]
     assert all(b.texts.type == pa.large_binary() for b in batches)
     assert _contents(path, batch_bytes=256 << 10, ahead=2) == _contents(path, batch_bytes=256 << 10)
+
+
+def test_an_interrupt_stops_every_worker_and_is_raised_and_a_rerun_completes(tmp_path, monkeypatch):
+    """Ctrl-C in the calling thread (raised from its progress callback here) stops the other
+    worker at its next batch instead of letting it finish its file, is raised as the
+    KeyboardInterrupt it is (not replaced by another worker's error), leaves no finished marker
+    for an unfinished file, and a rerun ends with the shards of an uninterrupted run."""
+    import threading
+
+    from segment_fixtures import STRATEGY
+
+    from aunet import segment_corpus
+    from aunet.segment import job
+    from aunet.segment.corpus import _options, _run_parallel
+
+    monkeypatch.setattr(job, "BATCH_BYTES", 4096)  # many batches per file: an interrupt lands mid-file
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(3):
+        # Files 0 and 1 (one per worker, whichever takes which) are long, about 200 batches: the
+        # other worker is mid-file at the interrupt and would otherwise run to its end.
+        (inputs / f"f{i}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in sample_texts(12000 if i < 2 else 400, seed=i)))
+    files = sorted(inputs.iterdir())
+    opts = _options(STRATEGY, None, 2, "1GB", "none", "fail", 0, 1, None, [], "64MB")
+    out = tmp_path / "out"
+    out.mkdir()
+    caller = threading.get_ident()
+    other_started, interrupting = threading.Event(), threading.Event()
+
+    def progress(docs, text_bytes, input_bytes):
+        # The interrupt comes once the other worker is inside its file; that worker is held
+        # until then, so that it cannot have finished first (threads are scheduled freely).
+        if threading.get_ident() == caller:
+            assert other_started.wait(60)
+            interrupting.set()
+            raise KeyboardInterrupt
+        other_started.set()
+        assert interrupting.wait(60)
+
+    with pytest.raises(KeyboardInterrupt):
+        _run_parallel(out, list(enumerate(files)), opts, 2, progress)
+    assert not [t for t in threading.enumerate() if t.name.startswith("aunet-worker-")]
+    done = {p.stem for p in (out / ".progress").glob("*.json")} if (out / ".progress").exists() else set()
+    assert done == set()
+    assert not list(out.glob("part-000002-*"))  # never started
+
+    segment_corpus(inputs, out, STRATEGY, workers=2, progress=False)
+    segment_corpus(inputs, tmp_path / "clean", STRATEGY, workers=1, progress=False)
+    resumed, clean = tree(out), tree(tmp_path / "clean")
+    assert resumed.keys() == clean.keys()
+    assert [k for k in clean if clean[k] != resumed[k] and k != "manifest.json"] == []

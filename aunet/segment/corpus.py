@@ -142,6 +142,8 @@ def _options(strategy, threads, workers, shard_size, compression, on_error, rank
         raise InvalidRequest(f"compression must be 'none' or 'zstd', got {compression!r}")
     if on_error not in ("fail", "skip"):
         raise InvalidRequest(f"on_error must be 'fail' or 'skip', got {on_error!r}")
+    if text_field is not None and (not isinstance(text_field, str) or not text_field):
+        raise InvalidRequest(f"text_field must be a non-empty string (the name of the input field), got {text_field!r}")
     if isinstance(keep_fields, str):
         keep_fields = [f for f in keep_fields.split(",") if f]
     keep_fields = list(keep_fields)
@@ -268,8 +270,9 @@ def manifest_name(rank: int, world_size: int) -> str:
 def _run_parallel(out: Path, pending, opts: JobOptions, workers: int, progress: _Progress) -> dict[int, FileResult]:
     """Files to `workers` workers, threads of this process: this thread is one, `workers - 1`
     threads are the others. Each takes the next file in order when it is free; after an error
-    (or an interrupt here) no new file is started, the running ones finish, and the error of
-    the lowest file index is raised.
+    no new file is started, the running ones finish, and the error of the lowest file index is
+    raised. An interrupt here (Ctrl-C) stops the other workers at their next batch (their files
+    get no marker: a rerun redoes them) and is raised as such.
 
     Threads, not processes: every heavy stage of a file (zstd, the JSONL scanner, Parquet
     decoding, segmentation, XXH3, writes) runs with the GIL released, and two worker threads
@@ -280,18 +283,18 @@ def _run_parallel(out: Path, pending, opts: JobOptions, workers: int, progress: 
     lock = threading.Lock()
     results: dict[int, FileResult] = {}
     errors: list[tuple[int, BaseException]] = []
-    stopping = threading.Event()
+    cancel = threading.Event()
 
     def take():
         with lock:
-            return todo.popleft() if todo and not errors and not stopping.is_set() else None
+            return todo.popleft() if todo and not errors and not cancel.is_set() else None
 
     def work() -> None:
         while (item := take()) is not None:
             k, f = item
             try:
-                results[k] = process_file(out, k, f, str(f), opts, progress)
-            except BaseException as e:  # noqa: BLE001 - raised below, after the other workers stop
+                results[k] = process_file(out, k, f, str(f), opts, progress, cancel)
+            except Exception as e:  # noqa: BLE001 - raised below, after the other workers stop
                 with lock:
                     errors.append((k, e))
 
@@ -300,8 +303,10 @@ def _run_parallel(out: Path, pending, opts: JobOptions, workers: int, progress: 
         t.start()
     try:
         work()
+    except BaseException:  # KeyboardInterrupt, SystemExit: this run stops now, the helpers too
+        cancel.set()
+        raise
     finally:
-        stopping.set()  # an interrupt here: the helpers finish their file and take no other
         for t in helpers:
             t.join()
     if errors:

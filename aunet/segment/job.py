@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import os
+import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -36,6 +37,10 @@ REJECTS_DIR = "rejects"
 # batches each pipeline stage may run ahead of the next.
 BATCH_BYTES = 8 << 20
 PIPELINE_DEPTH = 2
+
+
+class Cancelled(Exception):
+    """A file left unfinished because the run is being stopped."""
 
 
 @dataclass(frozen=True)
@@ -152,8 +157,11 @@ def process_file(
     name: str,
     opts: JobOptions,
     progress: Callable[[int, int, int], None] = lambda docs, text_bytes, input_bytes: None,
+    cancel: threading.Event | None = None,
 ) -> FileResult:
-    """Segment one input file into its shards; returns what was read, written and rejected."""
+    """Segment one input file into its shards; returns what was read, written and rejected.
+    When `cancel` is set, the file is left unfinished at the next batch (`Cancelled`): no
+    marker, so a rerun redoes it."""
     _clear_file_outputs(out, index)
     st = source.stat()
     result = FileResult(index, name, st.st_size, st.st_mtime_ns, opts.fingerprint(), resolved=str(source.resolve()))
@@ -178,6 +186,8 @@ def process_file(
     stream = ahead(segmented(batches), PIPELINE_DEPTH, "aunet-segment") if PIPELINE_DEPTH else segmented(batches)
     try:
         for batch, masks in stream:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled(f"{name}: stopped before its end (another worker was interrupted)")
             if batch.rejects and opts.on_error == "fail":
                 first = batch.rejects[0]
                 raise BadDocument(first.file, first.location, first.reason)

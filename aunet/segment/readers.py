@@ -465,18 +465,23 @@ class _JsonlParser:
     def __init__(self, name: str, text_field: str | None, extra_fields: list[str], max_document_bytes: int):
         self.name, self.text_field, self.extra_fields, self.cap = name, text_field, extra_fields, max_document_bytes
         self.wanted = f"{text_field!r}" if text_field else "'text' or 'content'"
+        # The compiled scanner takes the text field alone, by a UTF-8 name (a name with a lone
+        # surrogate matches only keys the scanner leaves to `json` anyway).
+        self.scan = not extra_fields and (text_field is None or _utf8(text_field))
         self.line_no = 0
         self.input_pos = 0
 
     def __call__(self, block: _Block) -> Batch:
-        return self._with_extras(block) if self.extra_fields else self._texts_only(block)
+        return self._texts_only(block) if self.scan else self._with_extras(block)
 
     def _texts_only(self, block: _Block) -> Batch:
         """The compiled scanner takes the text of every line it can decide; the rest (rare) are
         decided here by `json`, and those accepted are put back in line order."""
         name = self.name
         pieces = [p.size if isinstance(p, LongLine) else p for p in block.pieces]
-        data, offsets, rows, others, self.line_no = jsonl_texts(pieces, self.line_no, self.text_field)
+        # `json` recurses once per level and counts the frames below it: half the recursion
+        # limit leaves it room, and deeper lines are its to decide.
+        data, offsets, rows, others, self.line_no = jsonl_texts(pieces, self.line_no, self.text_field, sys.getrecursionlimit() // 2)
         texts = pa.Array.from_buffers(pa.large_binary(), len(rows), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
         rejects: list[Reject] = []
         accepted: list[tuple[int, int, bytes]] = []  # (documents before it, line, text)
@@ -555,6 +560,14 @@ class _JsonlParser:
         text_array = binary_array([t.encode("utf-8", "surrogatepass") for t in texts] if surrogates else [t.encode() for t in texts])
         consumed, self.input_pos = block.input_pos - self.input_pos, block.input_pos
         return Batch(np.array(rows, dtype=np.int64), text_array, {f: string_array(v) for f, v in extras.items()}, rejects, consumed)
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _insert_documents(texts: pa.Array, rows: np.ndarray, accepted: list[tuple[int, int, bytes]]) -> tuple[pa.Array, np.ndarray]:

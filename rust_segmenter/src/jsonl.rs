@@ -12,7 +12,10 @@
 //!
 //! Lines are validated without building values: the chosen string is decoded once, straight
 //! into the output buffer; all other values are only skipped. Nesting is tracked with a
-//! counter, not recursion, so no input can exhaust the stack.
+//! stack on the heap, not recursion, so no input can exhaust the thread's stack. Two limits of
+//! `json` that RFC 8259 does not have are left to it: nesting (its recursion limit, a runtime
+//! setting, so the caller passes `max_depth`) and integers of more digits than Python converts
+//! (4300 by default, also a runtime setting: any integer of more than 19 digits is doubtful).
 
 /// Which field holds a document's text.
 #[derive(Clone, Copy, Debug)]
@@ -56,8 +59,9 @@ pub struct Extracted {
 }
 
 /// The texts of the lines of `pieces`, numbered from `first_line` + 1. Blank lines (only ASCII
-/// white space, as `bytes.strip` sees it) are counted and skipped.
-pub fn extract_texts(pieces: &[Piece<'_>], first_line: i64, field: Field<'_>) -> Extracted {
+/// white space, as `bytes.strip` sees it) are counted and skipped. A line nested `max_depth`
+/// levels deep or more (the top-level object counts) is doubtful.
+pub fn extract_texts(pieces: &[Piece<'_>], first_line: i64, field: Field<'_>, max_depth: usize) -> Extracted {
     let total: usize = pieces.iter().map(|p| if let Piece::Lines(b) = p { b.len() } else { 0 }).sum();
     let mut out = Extracted { data: Vec::with_capacity(total), offsets: vec![0], ..Default::default() };
     let mut line_no = first_line;
@@ -78,7 +82,7 @@ pub fn extract_texts(pieces: &[Piece<'_>], first_line: i64, field: Field<'_>) ->
             let line = &buf[start..end];
             if !is_blank(line) {
                 let mark = out.data.len();
-                if text_of(line, field, &mut out.data).is_some() {
+                if text_of(line, field, max_depth, &mut out.data).is_some() {
                     out.offsets.push(out.data.len() as i64);
                     out.lines.push(line_no);
                 } else {
@@ -100,9 +104,9 @@ fn is_blank(line: &[u8]) -> bool {
 
 /// Appends the chosen field's text to `data`; None: the line is doubtful (`data` may then hold
 /// a partial text, which the caller drops).
-fn text_of(line: &[u8], field: Field<'_>, data: &mut Vec<u8>) -> Option<()> {
+fn text_of(line: &[u8], field: Field<'_>, max_depth: usize, data: &mut Vec<u8>) -> Option<()> {
     simdutf8::basic::from_utf8(line).ok()?;
-    let mut p = Parser { s: line, i: 0 };
+    let mut p = Parser { s: line, i: 0, max_depth };
     let mut chosen: Option<Value> = None;
     let mut fallback: Option<Value> = None; // `content`, when looking for `text` or `content`
     let mut key = Vec::new();
@@ -233,10 +237,12 @@ fn hex4(s: &[u8]) -> Option<u32> {
 struct Parser<'a> {
     s: &'a [u8],
     i: usize,
+    max_depth: usize,
 }
 
-// Deeper nesting is left to `json` (which has its own limit, from Python's recursion limit).
-const MAX_DEPTH: usize = 512;
+// Longer integers are left to `json`: Python refuses to convert integers of more than
+// `sys.get_int_max_str_digits()` digits (never set below 640), and floats have no such limit.
+const MAX_INT_DIGITS: usize = 19;
 
 impl Parser<'_> {
     fn peek(&self) -> Option<u8> {
@@ -342,18 +348,24 @@ impl Parser<'_> {
         if self.peek() == Some(b'-') {
             self.i += 1;
         }
-        match self.peek()? {
-            b'0' => self.i += 1,
-            b'1'..=b'9' => {
-                self.digits();
+        let int_digits = match self.peek()? {
+            b'0' => {
+                self.i += 1;
+                1
             }
+            b'1'..=b'9' => self.digits(),
             _ => return None,
-        }
+        };
+        let mut float = false;
         if self.peek() == Some(b'.') {
             self.i += 1;
+            float = true;
             if self.digits() == 0 {
                 return None;
             }
+        }
+        if !float && int_digits > MAX_INT_DIGITS && !matches!(self.peek(), Some(b'e' | b'E')) {
+            return None;
         }
         if matches!(self.peek(), Some(b'e' | b'E')) {
             self.i += 1;
@@ -376,7 +388,7 @@ impl Parser<'_> {
             match self.peek()? {
                 open @ (b'{' | b'[') => {
                     self.i += 1;
-                    if stack.len() == MAX_DEPTH {
+                    if stack.len() + 2 >= self.max_depth {
                         return None;
                     }
                     let close = if open == b'{' { b'}' } else { b']' };
@@ -434,7 +446,7 @@ mod tests {
     use super::*;
 
     fn one(line: &str, field: Field<'_>) -> Option<Vec<u8>> {
-        let e = extract_texts(&[Piece::Lines(line.as_bytes())], 0, field);
+        let e = extract_texts(&[Piece::Lines(line.as_bytes())], 0, field, 512);
         if e.lines.len() == 1 {
             Some(e.data)
         } else {
@@ -490,7 +502,7 @@ mod tests {
             assert_eq!(text(line), None, "{line}");
         }
         let invalid = [b"{\"text\": \"\xff\"}".as_slice()];
-        let e = extract_texts(&[Piece::Lines(invalid[0])], 0, Field::TextOrContent);
+        let e = extract_texts(&[Piece::Lines(invalid[0])], 0, Field::TextOrContent, 512);
         assert!(e.lines.is_empty() && e.others.len() == 1);
     }
 
@@ -502,13 +514,29 @@ mod tests {
         assert_eq!(text(&deep), None);
         let fine = format!("{{\"text\": \"d\", \"x\": {}{}}}", "[".repeat(100), "]".repeat(100));
         assert_eq!(text(&fine).as_deref(), Some("d"));
+        // The top-level object is level 1: 510 brackets make 511 levels, 511 make 512.
+        let at = |n: usize| format!("{{\"text\": \"d\", \"x\": {}{}}}", "[".repeat(n), "]".repeat(n));
+        assert_eq!(text(&at(510)).as_deref(), Some("d"));
+        assert_eq!(text(&at(511)), None);
+    }
+
+    #[test]
+    fn long_integers_are_left_to_json() {
+        let with = |n: &str| format!("{{\"text\": \"t\", \"n\": {n}}}");
+        assert_eq!(text(&with(&"9".repeat(19))).as_deref(), Some("t"));
+        assert_eq!(text(&with(&format!("-{}", "9".repeat(19)))).as_deref(), Some("t"));
+        assert_eq!(text(&with(&"9".repeat(20))), None);
+        assert_eq!(text(&with(&format!("[{}]", "1".repeat(5000)))), None);
+        // Floats convert whatever their length.
+        assert_eq!(text(&with(&format!("{}.5", "9".repeat(50)))).as_deref(), Some("t"));
+        assert_eq!(text(&with(&format!("{}e3", "9".repeat(50)))).as_deref(), Some("t"));
     }
 
     #[test]
     fn lines_are_numbered_across_pieces_blank_and_long_ones_included() {
         let a = b"{\"text\": \"one\"}\n\n  \r\n{\"text\": 5}\n";
         let b = b"{\"text\": \"two\"}";
-        let e = extract_texts(&[Piece::Lines(a), Piece::Long, Piece::Lines(b)], 10, Field::TextOrContent);
+        let e = extract_texts(&[Piece::Lines(a), Piece::Long, Piece::Lines(b)], 10, Field::TextOrContent, 512);
         assert_eq!(e.data, b"onetwo");
         assert_eq!(e.offsets, vec![0, 3, 6]);
         assert_eq!(e.lines, vec![11, 16]);

@@ -131,8 +131,8 @@ type JsonlTexts<'py> = (Bound<'py, PyArray1<u8>>, Bound<'py, PyArray1<i64>>, Bou
 /// the lines decided here, the other lines as rows of 6 values (long, line, piece, start, end,
 /// documents before it) flattened, and the last line number.
 #[pyfunction]
-#[pyo3(signature = (pieces, first_line, field=None))]
-fn jsonl_texts<'py>(py: Python<'py>, pieces: Vec<PieceArg>, first_line: i64, field: Option<String>) -> PyResult<JsonlTexts<'py>> {
+#[pyo3(signature = (pieces, first_line, field=None, max_depth=512))]
+fn jsonl_texts<'py>(py: Python<'py>, pieces: Vec<PieceArg>, first_line: i64, field: Option<String>, max_depth: usize) -> PyResult<JsonlTexts<'py>> {
     let mut runs = Vec::with_capacity(pieces.len());
     for (i, p) in pieces.iter().enumerate() {
         runs.push(match p {
@@ -149,7 +149,7 @@ fn jsonl_texts<'py>(py: Python<'py>, pieces: Vec<PieceArg>, first_line: i64, fie
         Some(name) => crate::jsonl::Field::Named(name.as_bytes()),
         None => crate::jsonl::Field::TextOrContent,
     };
-    let out = py.detach(|| crate::jsonl::extract_texts(&runs, first_line, field));
+    let out = py.detach(|| crate::jsonl::extract_texts(&runs, first_line, field, max_depth));
     // Ranges are reported relative to each piece's buffer, as the caller slices it.
     let mut others = Vec::with_capacity(out.others.len() * 6);
     for o in &out.others {
