@@ -13,8 +13,19 @@ PUNCT_START: str
 
 def class_of(cp: int) -> int: ...
 def jsonl_texts(
-    pieces: list[tuple[bytes, int, int] | int], first_line: int, field: str | None = None, max_depth: int = 512
-) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64], int]: ...
+    pieces: list[tuple[bytes, int, int] | int],
+    first_line: int,
+    field: str | None = None,
+    keep: list[str] = ...,
+    max_depth: int = 512,
+) -> tuple[
+    npt.NDArray[np.uint8],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+    int,
+    list[tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64], npt.NDArray[np.uint8]]],
+]: ...
 
 @final
 class Segmenter:

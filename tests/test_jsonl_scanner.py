@@ -14,9 +14,18 @@ from hypothesis import strategies as st
 from aunet.segment.readers import LongLine, _Block, _JsonlParser
 
 
-def reference(lines: list[bytes | LongLine], field: str | None) -> tuple[list[int], list[bytes], list[int]]:
-    """(rows, texts, rejected rows) by `json.loads` alone, one line at a time."""
-    rows, texts, rejected = [], [], []
+def kept_value(value):
+    """A kept field as the shards carry it: strings and null as they are (a lone surrogate as
+    the text of its escape), other values as JSON."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return text.encode("utf-8", "backslashreplace").decode()
+
+
+def reference(lines: list[bytes | LongLine], field: str | None, keep: tuple[str, ...] = ()) -> tuple[list[int], list[bytes], list[int], dict]:
+    """(rows, texts, rejected rows, kept values) by `json.loads` alone, one line at a time."""
+    rows, texts, rejected, kept = [], [], [], {f: [] for f in keep}
     for number, line in enumerate(lines, 1):
         if isinstance(line, LongLine):
             rejected.append(number)
@@ -37,10 +46,12 @@ def reference(lines: list[bytes | LongLine], field: str | None) -> tuple[list[in
             continue
         rows.append(number)
         texts.append(obj[key].encode("utf-8", "surrogatepass"))
-    return rows, texts, rejected
+        for f in keep:
+            kept[f].append(kept_value(obj.get(f)))
+    return rows, texts, rejected, kept
 
 
-def fast(lines: list[bytes | LongLine], field: str | None, split: int = 0) -> tuple[list[int], list[bytes], list[int]]:
+def fast(lines: list[bytes | LongLine], field: str | None, split: int = 0, keep: tuple[str, ...] = ()) -> tuple[list[int], list[bytes], list[int], dict]:
     """The reader's fast path over one block; `split` > 0 cuts the lines into pieces of that
     many lines (as chunks of a stream arrive), long lines being pieces of their own."""
     pieces, run = [], []
@@ -60,12 +71,15 @@ def fast(lines: list[bytes | LongLine], field: str | None, split: int = 0) -> tu
             if split and len(run) >= split:
                 flush()
     flush()
-    parser = _JsonlParser("corpus.jsonl", field, [], 1 << 20)
+    parser = _JsonlParser("corpus.jsonl", field, list(keep), 1 << 20)
     batch = parser(_Block(pieces, 0))
     assert parser.line_no == len(lines)
     lengths = np.diff(np.frombuffer(batch.texts.buffers()[1], np.int64)[: batch.documents + 1])
     assert len(lengths) == batch.documents
-    return batch.rows.tolist(), batch.texts.to_pylist(), [int(r.location.removeprefix("line ")) for r in batch.rejects]
+    for f in keep:
+        assert batch.extra[f].type == "large_string" and len(batch.extra[f]) == batch.documents
+    return (batch.rows.tolist(), batch.texts.to_pylist(), [int(r.location.removeprefix("line ")) for r in batch.rejects],
+            {f: batch.extra[f].to_pylist() for f in keep})
 
 
 EDGE_LINES = [
@@ -86,6 +100,15 @@ EDGE_LINES = [
     b'{"text": "x", "n": [-1' + b"0" * 5000 + b"]}",
     b'{"text": "x", "n": 1' + b"0" * 5000 + b'.5, "e": 1' + b"0" * 5000 + b"e2}",  # floats have no such limit
     b'{"\\ud800": "a key with a lone surrogate", "text": "t"}',
+    b'{"text": "k", "id": "i-\\u00e9", "url": null}',
+    b'{"text": "k", "id": 12, "url": "u"}',
+    b'{"text": "k", "id": -0, "url": false}',
+    b'{"text": "k", "id": -9223372036854775809, "url": 0}',
+    b'{"text": "k", "id": 1.5e3, "url": true}',
+    b'{"text": "k", "id": {"a": [1, "\\u00e9"]}, "url": ["x"]}',
+    b'{"text": "k", "id": "first", "id": "last"}',
+    b'{"text": "k", "id": "\\ud800 lone"}',
+    b'{"text": "k", "id": 123456789012345678901234567890}',
     b'{"text": "x", "f": -0.5e-10, "l": [true, false, null, {}, []]}',
     b'\xef\xbb\xbf{"text": "bom"}',
     b'{"text": "utf-8 surrogate \xed\xa0\x80"}',
@@ -120,7 +143,8 @@ def test_edge_lines_match_json_loads():
     lines = [*EDGE_LINES, LongLine(5 << 20), b'{"text": "after the long line"}']
     for field in (None, "body", "text", "\ud800"):
         for split in (0, 1, 3):
-            assert fast(lines, field, split) == reference(lines, field), (field, split)
+            for keep in ((), ("id",), ("id", "url", "\ud800")):
+                assert fast(lines, field, split, keep) == reference(lines, field, keep), (field, split, keep)
 
 
 json_scalars = st.one_of(
@@ -147,9 +171,10 @@ def jsonl_lines(draw) -> bytes:
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(jsonl_lines(), min_size=1, max_size=12), st.sampled_from([None, "body", "id"]), st.integers(0, 3))
-def test_generated_lines_match_json_loads(lines, field, split):
-    assert fast(lines, field, split) == reference(lines, field)
+@given(st.lists(jsonl_lines(), min_size=1, max_size=12), st.sampled_from([None, "body", "id"]), st.integers(0, 3),
+       st.sampled_from([(), ("id",), ("url", "id")]))
+def test_generated_lines_match_json_loads(lines, field, split, keep):
+    assert fast(lines, field, split, keep) == reference(lines, field, keep)
 
 
 def test_lowered_recursion_limit_is_respected():
@@ -162,6 +187,7 @@ def test_lowered_recursion_limit_is_respected():
     sys.setrecursionlimit(300)
     try:
         assert fast(lines, None) == reference(lines, None)
+        assert fast(lines, None, keep=("id",)) == reference(lines, None, ("id",))
     finally:
         sys.setrecursionlimit(limit)
 
@@ -182,10 +208,13 @@ def test_printable_text_is_taken_by_the_scanner_itself():
     back from the compiled call with no line left over (so the fast path is really used)."""
     from aunet._segmenter import jsonl_texts
 
-    docs = [json.dumps({"id": i, "text": string.printable * (i % 5) + "é世"}, ensure_ascii=i % 2 == 0).encode() for i in range(200)]
+    docs = [json.dumps({"id": f"doc-{i}", "text": string.printable * (i % 5) + "é世"}, ensure_ascii=i % 2 == 0).encode() for i in range(200)]
     buf = b"\n".join(docs) + b"\n"
-    data, offsets, rows, others, last = jsonl_texts([(buf, 0, len(buf))], 0, None)
-    assert last == 200 and len(others) == 0
+    data, offsets, rows, others, last, kept = jsonl_texts([(buf, 0, len(buf))], 0, None)
+    assert last == 200 and len(others) == 0 and kept == []
+    _, _, _, others, _, [(ids, id_offsets, valid)] = jsonl_texts([(buf, 0, len(buf))], 0, None, ["id"])
+    assert len(others) == 0 and valid.all()
+    assert [bytes(ids[a:b]).decode() for a, b in zip(id_offsets[:-1], id_offsets[1:])] == [f"doc-{i}" for i in range(200)]
     assert rows.tolist() == list(range(1, 201))
     assert [bytes(data[a:b]) for a, b in zip(offsets[:-1], offsets[1:])] == [json.loads(d)["text"].encode() for d in docs]
 

@@ -5,11 +5,11 @@ the documents it had to reject, so that every document read is either written or
 its reason. Compressed JSONL is streamed and never fully decompressed in memory.
 
 JSONL is read in blocks of whole lines (about `batch_bytes` each, cut by content only). The
-text field is taken out of each line by the compiled scanner (`aunet._segmenter.jsonl_texts`,
-GIL released, no Python object per document); with `keep_fields`, lines are parsed with
-orjson. Either way, a line the fast parser cannot decide exactly (invalid JSON, a text that
-is not a plain string, NaN, lone surrogates...) goes through the standard `json` module, so
-what is accepted and every rejection message are exactly `json.loads`'s. With `ahead` > 0 the stages (decompressing and cutting lines; parsing) run in
+text field (and kept fields whose values are strings or null) is taken out of each line by the
+compiled scanner (`aunet._segmenter.jsonl_texts`, GIL released, no Python object per
+document). A line it cannot decide exactly (invalid JSON, a text that is not a plain string, a
+kept value of another type, NaN, lone surrogates...) goes through the standard `json` module,
+so what is accepted, every rejection message and every kept value are exactly `json.loads`'s. With `ahead` > 0 the stages (decompressing and cutting lines; parsing) run in
 threads of their own, a few blocks ahead of the consumer; the batches are the same either way.
 """
 
@@ -66,9 +66,14 @@ def binary_array(values: list[bytes], type: pa.DataType = pa.large_binary()) -> 
 
 
 def string_array(values: list[str | None]) -> pa.Array:
-    """A large_string array of `values` (None is null)."""
+    """A large_string array of `values` (None is null). A lone surrogate (only a JSON escape
+    gives one) has no UTF-8 form: it is kept as the text of its escape, backslash included."""
     builder = pa.lib.StringBuilder()
-    builder.append_values(values)
+    try:
+        builder.append_values(values)
+    except UnicodeEncodeError:
+        builder = pa.lib.StringBuilder()
+        builder.append_values([v if v is None else v.encode("utf-8", "backslashreplace").decode() for v in values])
     return builder.finish().cast(pa.large_string())
 
 
@@ -456,53 +461,56 @@ def _line_blocks(chunks: Iterator[bytes], tell, max_bytes: int, block_bytes: int
 
 
 class _JsonlParser:
-    """Blocks of lines -> batches, in order (it counts the lines). The compiled scanner (text
-    only) or orjson (with extra fields) parses; a line it refuses or whose text is not a plain
-    string is parsed again by `_parse_line` (the `json` module), which decides, so acceptance
-    and messages are exactly those of `json.loads` (lone surrogates from escapes, NaN, big
-    integers, a BOM: all as before)."""
+    """Blocks of lines -> batches, in order (it counts the lines). The compiled scanner parses
+    (orjson when a field name is not valid UTF-8); a line it refuses or whose text is not a
+    plain string is parsed again by `_parse_line` (the `json` module), which decides, so
+    acceptance and messages are exactly those of `json.loads` (lone surrogates from escapes,
+    NaN, big integers, a BOM: all as before)."""
 
     def __init__(self, name: str, text_field: str | None, extra_fields: list[str], max_document_bytes: int):
         self.name, self.text_field, self.extra_fields, self.cap = name, text_field, extra_fields, max_document_bytes
         self.wanted = f"{text_field!r}" if text_field else "'text' or 'content'"
-        # The compiled scanner takes the text field alone, by a UTF-8 name (a name with a lone
-        # surrogate matches only keys the scanner leaves to `json` anyway).
-        self.scan = not extra_fields and (text_field is None or _utf8(text_field))
+        # The compiled scanner matches fields by UTF-8 name (a name with a lone surrogate
+        # matches only keys the scanner leaves to `json` anyway).
+        self.scan = all(map(_utf8, extra_fields)) and (text_field is None or _utf8(text_field))
         self.line_no = 0
         self.input_pos = 0
 
     def __call__(self, block: _Block) -> Batch:
-        return self._texts_only(block) if self.scan else self._with_extras(block)
+        return self._scanned(block) if self.scan else self._parsed(block)
 
-    def _texts_only(self, block: _Block) -> Batch:
-        """The compiled scanner takes the text of every line it can decide; the rest (rare) are
-        decided here by `json`, and those accepted are put back in line order."""
+    def _scanned(self, block: _Block) -> Batch:
+        """The compiled scanner takes the text (and kept string fields) of every line it can
+        decide; the rest (rare) are decided here by `json`, and those accepted are put back in
+        line order."""
         name = self.name
         pieces = [p.size if isinstance(p, LongLine) else p for p in block.pieces]
         # `json` recurses once per level and counts the frames below it: half the recursion
         # limit leaves it room, and deeper lines are its to decide.
-        data, offsets, rows, others, self.line_no = jsonl_texts(pieces, self.line_no, self.text_field, sys.getrecursionlimit() // 2)
+        data, offsets, rows, others, self.line_no, kept = jsonl_texts(pieces, self.line_no, self.text_field, self.extra_fields,
+                                                                       sys.getrecursionlimit() // 2)
         texts = pa.Array.from_buffers(pa.large_binary(), len(rows), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+        extras = {f: _string_column(*column) for f, column in zip(self.extra_fields, kept)}
         rejects: list[Reject] = []
-        accepted: list[tuple[int, int, bytes]] = []  # (documents before it, line, text)
+        accepted: list[tuple[int, int, bytes, list]] = []  # (documents before it, line, text, kept values)
         for long, line_no, piece, start, end, before in others.reshape(-1, 6).tolist():
             if long:
                 rejects.append(Reject(name, f"line {line_no}", _too_long(block.pieces[piece].size, self.cap, "line")))
                 continue
-            _, value = _parse_line(block.pieces[piece][0][start:end], self.text_field, self.wanted)
+            obj, value = _parse_line(block.pieces[piece][0][start:end], self.text_field, self.wanted)
             if isinstance(value, _Problem):
                 rejects.append(Reject(name, f"line {line_no}", value.reason))
             else:
                 # surrogatepass keeps lone surrogates from JSON escapes as invalid UTF-8 bytes.
-                accepted.append((before, line_no, value.encode("utf-8", "surrogatepass")))
+                accepted.append((before, line_no, value.encode("utf-8", "surrogatepass"), [_extra_value(obj.get(f)) for f in self.extra_fields]))
         if accepted:
-            texts, rows = _insert_documents(texts, rows, accepted)
+            texts, rows, extras = _insert_documents(texts, rows, extras, accepted)
         if block.error is not None:
             rejects.append(Reject(name, f"after line {self.line_no}", block.error))
         consumed, self.input_pos = block.input_pos - self.input_pos, block.input_pos
-        return Batch(rows, texts, {}, rejects, consumed)
+        return Batch(rows, texts, extras, rejects, consumed)
 
-    def _with_extras(self, block: _Block) -> Batch:
+    def _parsed(self, block: _Block) -> Batch:
         loads, text_field, extra_fields, name = orjson.loads, self.text_field, self.extra_fields, self.name
         rows: list[int] = []
         texts: list[str] = []
@@ -570,22 +578,29 @@ def _utf8(text: str) -> bool:
     return True
 
 
-def _insert_documents(texts: pa.Array, rows: np.ndarray, accepted: list[tuple[int, int, bytes]]) -> tuple[pa.Array, np.ndarray]:
-    """`texts` and `rows` with the `accepted` documents (documents before each, line, text)
-    inserted in line order."""
-    values = texts.to_pylist()
-    merged_texts: list[bytes] = []
-    merged_rows: list[int] = []
+def _string_column(data: np.ndarray, offsets: np.ndarray, valid: np.ndarray) -> pa.Array:
+    """A large_string array of the scanner's buffers (`valid`: one byte per value, 0 = null)."""
+    nulls = len(valid) - int(np.count_nonzero(valid))
+    bitmap = pa.py_buffer(np.packbits(valid.astype(bool), bitorder="little")) if nulls else None
+    return pa.Array.from_buffers(pa.large_string(), len(valid), [bitmap, pa.py_buffer(offsets), pa.py_buffer(data)], null_count=nulls)
+
+
+def _insert_documents(texts: pa.Array, rows: np.ndarray, extras: dict[str, pa.Array],
+                      accepted: list[tuple[int, int, bytes, list]]) -> tuple[pa.Array, np.ndarray, dict[str, pa.Array]]:
+    """`texts`, `rows` and `extras` with the `accepted` documents (documents before each, line,
+    text, kept values in the order of `extras`) inserted in line order."""
+    columns = [texts.to_pylist(), rows.tolist(), *(c.to_pylist() for c in extras.values())]
+    merged: list[list] = [[] for _ in columns]
     done = 0
-    for before, line_no, text in accepted:
-        merged_texts += values[done:before]
-        merged_rows += rows[done:before].tolist()
-        merged_texts.append(text)
-        merged_rows.append(line_no)
+    for before, line_no, text, values in accepted:
+        for out, column, value in zip(merged, columns, [text, line_no, *values]):
+            out += column[done:before]
+            out.append(value)
         done = before
-    merged_texts += values[done:]
-    merged_rows += rows[done:].tolist()
-    return binary_array(merged_texts), np.array(merged_rows, dtype=np.int64)
+    for out, column in zip(merged, columns):
+        out += column[done:]
+    return (binary_array(merged[0]), np.array(merged[1], dtype=np.int64),
+            {f: string_array(values) for f, values in zip(extras, merged[2:])})
 
 
 def _jsonl(path: Path, name: str, fmt: str, text_field: str | None, extra_fields: list[str], batch_bytes: int,

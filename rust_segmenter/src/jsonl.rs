@@ -47,12 +47,25 @@ pub struct Other {
     pub documents_before: usize,
 }
 
+/// Values of a kept field, one per taken line, as an Arrow string array's buffers: the string
+/// (JSON-decoded), `true` / `false` / an integer as its JSON text, or null where the line has
+/// null or no such key.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Kept {
+    pub data: Vec<u8>,
+    pub offsets: Vec<i64>,
+    pub valid: Vec<u8>,
+}
+
 /// Texts of the taken lines, as an Arrow binary array's buffers, with their line numbers.
 #[derive(Debug, Default)]
 pub struct Extracted {
     pub data: Vec<u8>,
     pub offsets: Vec<i64>,
     pub lines: Vec<i64>,
+    /// One per name in `keep`; a line where one of them is a float, an object or an array is
+    /// doubtful: `json.dumps` spells those, as the caller does for doubtful lines.
+    pub kept: Vec<Kept>,
     pub others: Vec<Other>,
     /// The number of the last line seen (the next call starts after it).
     pub last_line: i64,
@@ -60,10 +73,13 @@ pub struct Extracted {
 
 /// The texts of the lines of `pieces`, numbered from `first_line` + 1. Blank lines (only ASCII
 /// white space, as `bytes.strip` sees it) are counted and skipped. A line nested `max_depth`
-/// levels deep or more (the top-level object counts) is doubtful.
-pub fn extract_texts(pieces: &[Piece<'_>], first_line: i64, field: Field<'_>, max_depth: usize) -> Extracted {
+/// levels deep or more (the top-level object counts) is doubtful. `keep`: the names of other
+/// fields to carry (see `Extracted::kept`).
+pub fn extract_texts(pieces: &[Piece<'_>], first_line: i64, field: Field<'_>, keep: &[&[u8]], max_depth: usize) -> Extracted {
     let total: usize = pieces.iter().map(|p| if let Piece::Lines(b) = p { b.len() } else { 0 }).sum();
     let mut out = Extracted { data: Vec::with_capacity(total), offsets: vec![0], ..Default::default() };
+    out.kept = keep.iter().map(|_| Kept { offsets: vec![0], ..Default::default() }).collect();
+    let mut found: Vec<Option<Value>> = vec![None; keep.len()];
     let mut line_no = first_line;
     for (index, piece) in pieces.iter().enumerate() {
         let buf = match piece {
@@ -82,11 +98,19 @@ pub fn extract_texts(pieces: &[Piece<'_>], first_line: i64, field: Field<'_>, ma
             let line = &buf[start..end];
             if !is_blank(line) {
                 let mark = out.data.len();
-                if text_of(line, field, max_depth, &mut out.data).is_some() {
+                let marks: Vec<usize> = out.kept.iter().map(|k| k.data.len()).collect();
+                let line_fields = Fields { field, keep, found: &mut found };
+                if text_of(line, line_fields, max_depth, &mut out.data, &mut out.kept).is_some() {
                     out.offsets.push(out.data.len() as i64);
                     out.lines.push(line_no);
+                    for k in &mut out.kept {
+                        k.offsets.push(k.data.len() as i64);
+                    }
                 } else {
                     out.data.truncate(mark);
+                    for (k, m) in out.kept.iter_mut().zip(marks) {
+                        k.data.truncate(m);
+                    }
                     let documents_before = out.lines.len();
                     out.others.push(Other { long: false, line: line_no, piece: index, start, end, documents_before });
                 }
@@ -102,10 +126,20 @@ fn is_blank(line: &[u8]) -> bool {
     line.iter().all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c))
 }
 
-/// Appends the chosen field's text to `data`; None: the line is doubtful (`data` may then hold
-/// a partial text, which the caller drops).
-fn text_of(line: &[u8], field: Field<'_>, max_depth: usize, data: &mut Vec<u8>) -> Option<()> {
+/// What to take out of a line, and the per-line slots of the kept fields (reused across lines).
+struct Fields<'a, 'b> {
+    field: Field<'a>,
+    keep: &'a [&'a [u8]],
+    found: &'b mut [Option<Value>],
+}
+
+/// Appends the chosen field's text to `data`, and each kept field's value to `kept` (a null
+/// pushes no bytes, only its validity); None: the line is doubtful (`data` and `kept` may then
+/// hold partial values, which the caller drops).
+fn text_of(line: &[u8], fields: Fields<'_, '_>, max_depth: usize, data: &mut Vec<u8>, kept: &mut [Kept]) -> Option<()> {
+    let Fields { field, keep, found } = fields;
     simdutf8::basic::from_utf8(line).ok()?;
+    found.iter_mut().for_each(|f| *f = None);
     let mut p = Parser { s: line, i: 0, max_depth };
     let mut chosen: Option<Value> = None;
     let mut fallback: Option<Value> = None; // `content`, when looking for `text` or `content`
@@ -124,6 +158,11 @@ fn text_of(line: &[u8], field: Field<'_>, max_depth: usize, data: &mut Vec<u8>) 
             p.ws();
             let v = p.value()?;
             let k = k.bytes(line, &mut key)?;
+            for (slot, name) in found.iter_mut().zip(keep) {
+                if k == *name {
+                    *slot = Some(v); // the last of duplicate keys, as `json`'s dict keeps
+                }
+            }
             match field {
                 Field::Named(name) if k == name => chosen = Some(v),
                 Field::TextOrContent if k == b"text" => chosen = Some(v),
@@ -142,10 +181,28 @@ fn text_of(line: &[u8], field: Field<'_>, max_depth: usize, data: &mut Vec<u8>) 
     if p.i != line.len() {
         return None; // "Extra data"
     }
-    match chosen.or(fallback)? {
-        Value::Str(s) => s.decode_into(line, data),
-        Value::Other => None, // not a string: `json` says what it is
+    // Floats, objects and arrays are spelled by the caller (`json.dumps`).
+    if found.iter().any(|f| matches!(f, Some(Value::Other))) {
+        return None;
     }
+    match chosen.or(fallback)? {
+        Value::Str(s) => s.decode_into(line, data)?,
+        _ => return None, // not a string: `json` says what it is
+    }
+    for (slot, k) in found.iter().zip(kept) {
+        match slot {
+            Some(Value::Str(s)) => {
+                s.decode_into(line, &mut k.data)?;
+                k.valid.push(1);
+            }
+            Some(Value::Spelled(a, b)) => {
+                k.data.extend_from_slice(if &line[*a..*b] == b"-0" { b"0" } else { &line[*a..*b] });
+                k.valid.push(1);
+            }
+            _ => k.valid.push(0),
+        }
+    }
+    Some(())
 }
 
 /// A string's span (between its quotes) and whether it holds escapes.
@@ -218,8 +275,14 @@ impl Span {
     }
 }
 
+#[derive(Clone, Copy)]
 enum Value {
     Str(Span),
+    Null,
+    /// `true`, `false` or an integer (of at most 19 digits): a kept field's value is its JSON
+    /// text as `json.dumps` writes it, which is the literal itself (but `-0`, which is `0`).
+    Spelled(usize, usize),
+    /// A float, an object or an array: its JSON text is left to `json.dumps`.
     Other,
 }
 
@@ -313,8 +376,21 @@ impl Parser<'_> {
 
     /// Skips one value; `Str` keeps a string's span (the candidates for the text field).
     fn value(&mut self) -> Option<Value> {
+        let start = self.i;
         match self.peek()? {
             b'"' => return self.string().map(Value::Str),
+            b'n' => {
+                self.literal(b"null")?;
+                return Some(Value::Null);
+            }
+            b't' | b'f' => {
+                self.scalar()?;
+                return Some(Value::Spelled(start, self.i));
+            }
+            b'-' | b'0'..=b'9' => {
+                let integer = self.number()?;
+                return Some(if integer { Value::Spelled(start, self.i) } else { Value::Other });
+            }
             b'{' | b'[' => self.container()?,
             _ => self.scalar()?,
         }
@@ -326,7 +402,7 @@ impl Parser<'_> {
             b't' => self.literal(b"true"),
             b'f' => self.literal(b"false"),
             b'n' => self.literal(b"null"),
-            b'-' | b'0'..=b'9' => self.number(),
+            b'-' | b'0'..=b'9' => self.number().map(|_| ()),
             _ => None, // NaN, Infinity and errors: `json` decides
         }
     }
@@ -343,8 +419,8 @@ impl Parser<'_> {
         self.i - start
     }
 
-    /// -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?
-    fn number(&mut self) -> Option<()> {
+    /// -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?; Some(true) for an integer.
+    fn number(&mut self) -> Option<bool> {
         if self.peek() == Some(b'-') {
             self.i += 1;
         }
@@ -375,8 +451,9 @@ impl Parser<'_> {
             if self.digits() == 0 {
                 return None;
             }
+            return Some(false);
         }
-        Some(())
+        Some(!float)
     }
 
     /// An object or array, nested ones included, without recursion: `stack` holds the kind of
@@ -446,7 +523,7 @@ mod tests {
     use super::*;
 
     fn one(line: &str, field: Field<'_>) -> Option<Vec<u8>> {
-        let e = extract_texts(&[Piece::Lines(line.as_bytes())], 0, field, 512);
+        let e = extract_texts(&[Piece::Lines(line.as_bytes())], 0, field, &[], 512);
         if e.lines.len() == 1 {
             Some(e.data)
         } else {
@@ -502,7 +579,7 @@ mod tests {
             assert_eq!(text(line), None, "{line}");
         }
         let invalid = [b"{\"text\": \"\xff\"}".as_slice()];
-        let e = extract_texts(&[Piece::Lines(invalid[0])], 0, Field::TextOrContent, 512);
+        let e = extract_texts(&[Piece::Lines(invalid[0])], 0, Field::TextOrContent, &[], 512);
         assert!(e.lines.is_empty() && e.others.len() == 1);
     }
 
@@ -521,6 +598,26 @@ mod tests {
     }
 
     #[test]
+    fn kept_fields_are_strings_or_null_else_the_line_is_doubtful() {
+        let lines = concat!(
+            "{\"text\": \"a\", \"id\": \"x1\", \"url\": \"u\\u00e9\"}\n",
+            "{\"text\": \"b\", \"id\": null}\n",
+            "{\"text\": \"c\", \"id\": 7.5, \"url\": \"v\"}\n",
+            "{\"id\": \"first\", \"text\": \"d\", \"id\": \"last\", \"url\": \"w\"}\n",
+        );
+        let e = extract_texts(&[Piece::Lines(lines.as_bytes())], 0, Field::TextOrContent, &[b"id", b"url"], 512);
+        assert_eq!(e.data, b"abd");
+        assert_eq!(e.lines, vec![1, 2, 4]);
+        assert_eq!(e.kept[0], Kept { data: b"x1last".to_vec(), offsets: vec![0, 2, 2, 6], valid: vec![1, 0, 1] });
+        assert_eq!(e.kept[1], Kept { data: "uéw".as_bytes().to_vec(), offsets: vec![0, 3, 3, 4], valid: vec![1, 0, 1] });
+        assert_eq!(e.others.iter().map(|o| o.line).collect::<Vec<_>>(), vec![3]);
+        let spelled = "{\"text\": \"a\", \"id\": -0, \"url\": true}\n{\"text\": \"b\", \"id\": -12, \"url\": false}\n";
+        let e = extract_texts(&[Piece::Lines(spelled.as_bytes())], 0, Field::TextOrContent, &[b"id", b"url"], 512);
+        assert_eq!(e.kept[0].data, b"0-12");
+        assert_eq!(e.kept[1].data, b"truefalse");
+    }
+
+    #[test]
     fn long_integers_are_left_to_json() {
         let with = |n: &str| format!("{{\"text\": \"t\", \"n\": {n}}}");
         assert_eq!(text(&with(&"9".repeat(19))).as_deref(), Some("t"));
@@ -536,7 +633,7 @@ mod tests {
     fn lines_are_numbered_across_pieces_blank_and_long_ones_included() {
         let a = b"{\"text\": \"one\"}\n\n  \r\n{\"text\": 5}\n";
         let b = b"{\"text\": \"two\"}";
-        let e = extract_texts(&[Piece::Lines(a), Piece::Long, Piece::Lines(b)], 10, Field::TextOrContent, 512);
+        let e = extract_texts(&[Piece::Lines(a), Piece::Long, Piece::Lines(b)], 10, Field::TextOrContent, &[], 512);
         assert_eq!(e.data, b"onetwo");
         assert_eq!(e.offsets, vec![0, 3, 6]);
         assert_eq!(e.lines, vec![11, 16]);

@@ -125,14 +125,24 @@ enum PieceArg {
     Long(#[allow(dead_code)] i64),
 }
 
-type JsonlTexts<'py> = (Bound<'py, PyArray1<u8>>, Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i64>>, i64);
+type Array<'py, T> = Bound<'py, PyArray1<T>>;
+type KeptColumn<'py> = (Array<'py, u8>, Array<'py, i64>, Array<'py, u8>);
+type JsonlTexts<'py> = (Array<'py, u8>, Array<'py, i64>, Array<'py, i64>, Array<'py, i64>, i64, Vec<KeptColumn<'py>>);
 
 /// The text field of each line of `pieces` (see `jsonl.rs`): (data, offsets, line numbers) of
 /// the lines decided here, the other lines as rows of 6 values (long, line, piece, start, end,
-/// documents before it) flattened, and the last line number.
+/// documents before it) flattened, the last line number, and for each name in `keep` its
+/// values on the decided lines as (data, offsets, validity: one byte per line).
 #[pyfunction]
-#[pyo3(signature = (pieces, first_line, field=None, max_depth=512))]
-fn jsonl_texts<'py>(py: Python<'py>, pieces: Vec<PieceArg>, first_line: i64, field: Option<String>, max_depth: usize) -> PyResult<JsonlTexts<'py>> {
+#[pyo3(signature = (pieces, first_line, field=None, keep=Vec::new(), max_depth=512))]
+fn jsonl_texts<'py>(
+    py: Python<'py>,
+    pieces: Vec<PieceArg>,
+    first_line: i64,
+    field: Option<String>,
+    keep: Vec<String>,
+    max_depth: usize,
+) -> PyResult<JsonlTexts<'py>> {
     let mut runs = Vec::with_capacity(pieces.len());
     for (i, p) in pieces.iter().enumerate() {
         runs.push(match p {
@@ -149,7 +159,8 @@ fn jsonl_texts<'py>(py: Python<'py>, pieces: Vec<PieceArg>, first_line: i64, fie
         Some(name) => crate::jsonl::Field::Named(name.as_bytes()),
         None => crate::jsonl::Field::TextOrContent,
     };
-    let out = py.detach(|| crate::jsonl::extract_texts(&runs, first_line, field, max_depth));
+    let keep: Vec<&[u8]> = keep.iter().map(|k| k.as_bytes()).collect();
+    let out = py.detach(|| crate::jsonl::extract_texts(&runs, first_line, field, &keep, max_depth));
     // Ranges are reported relative to each piece's buffer, as the caller slices it.
     let mut others = Vec::with_capacity(out.others.len() * 6);
     for o in &out.others {
@@ -159,7 +170,8 @@ fn jsonl_texts<'py>(py: Python<'py>, pieces: Vec<PieceArg>, first_line: i64, fie
         };
         others.extend([o.long as i64, o.line, o.piece as i64, (base + o.start) as i64, (base + o.end) as i64, o.documents_before as i64]);
     }
-    Ok((out.data.into_pyarray(py), out.offsets.into_pyarray(py), out.lines.into_pyarray(py), others.into_pyarray(py), out.last_line))
+    let kept = out.kept.into_iter().map(|k| (k.data.into_pyarray(py), k.offsets.into_pyarray(py), k.valid.into_pyarray(py))).collect();
+    Ok((out.data.into_pyarray(py), out.offsets.into_pyarray(py), out.lines.into_pyarray(py), others.into_pyarray(py), out.last_line, kept))
 }
 
 /// Class flags of a code point (used by the tests that check the Unicode tables).
