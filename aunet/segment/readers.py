@@ -480,7 +480,7 @@ class _JsonlParser:
         return self._scanned(block) if self.scan else self._parsed(block)
 
     def _scanned(self, block: _Block) -> Batch:
-        """The compiled scanner takes the text (and kept string fields) of every line it can
+        """The compiled scanner takes the text (and kept fields) of every line it can
         decide; the rest (rare) are decided here by `json`, and those accepted are put back in
         line order."""
         name = self.name
