@@ -110,6 +110,7 @@ pub fn extract_texts(pieces: &[Piece<'_>], first_line: i64, field: Field<'_>, ke
                     out.data.truncate(mark);
                     for (k, m) in out.kept.iter_mut().zip(marks) {
                         k.data.truncate(m);
+                        k.valid.truncate(out.lines.len()); // one per taken line
                     }
                     let documents_before = out.lines.len();
                     out.others.push(Other { long: false, line: line_no, piece: index, start, end, documents_before });
