@@ -15,8 +15,8 @@ def class_of(cp: int) -> int: ...
 def jsonl_texts(
     pieces: list[tuple[bytes, int, int] | int],
     first_line: int,
-    field: str | None = None,
-    keep: list[str] = ...,
+    field: bytes | None = None,
+    keep: list[bytes] = ...,
     max_depth: int = 512,
 ) -> tuple[
     npt.NDArray[np.uint8],

@@ -212,7 +212,7 @@ def test_printable_text_is_taken_by_the_scanner_itself():
     buf = b"\n".join(docs) + b"\n"
     data, offsets, rows, others, last, kept = jsonl_texts([(buf, 0, len(buf))], 0, None)
     assert last == 200 and len(others) == 0 and kept == []
-    _, _, _, others, _, [(ids, id_offsets, valid)] = jsonl_texts([(buf, 0, len(buf))], 0, None, ["id"])
+    _, _, _, others, _, [(ids, id_offsets, valid)] = jsonl_texts([(buf, 0, len(buf))], 0, None, [b"id"])
     assert len(others) == 0 and valid.all()
     assert [bytes(ids[a:b]).decode() for a, b in zip(id_offsets[:-1], id_offsets[1:])] == [f"doc-{i}" for i in range(200)]
     assert rows.tolist() == list(range(1, 201))

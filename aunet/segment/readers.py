@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
@@ -461,23 +460,25 @@ def _line_blocks(chunks: Iterator[bytes], tell, max_bytes: int, block_bytes: int
 
 
 class _JsonlParser:
-    """Blocks of lines -> batches, in order (it counts the lines). The compiled scanner parses
-    (orjson when a field name is not valid UTF-8); a line it refuses or whose text is not a
-    plain string is parsed again by `_parse_line` (the `json` module), which decides, so
-    acceptance and messages are exactly those of `json.loads` (lone surrogates from escapes,
-    NaN, big integers, a BOM: all as before)."""
+    """Blocks of lines -> batches, in order (it counts the lines). The compiled scanner parses;
+    a line it refuses or whose text is not a plain string is parsed again by `_parse_line` (the
+    `json` module), which decides, so acceptance and messages are exactly those of `json.loads`
+    (lone surrogates from escapes, NaN, big integers, a BOM: all as before)."""
 
     def __init__(self, name: str, text_field: str | None, extra_fields: list[str], max_document_bytes: int):
         self.name, self.text_field, self.extra_fields, self.cap = name, text_field, extra_fields, max_document_bytes
         self.wanted = f"{text_field!r}" if text_field else "'text' or 'content'"
-        # The compiled scanner matches fields by UTF-8 name (a name with a lone surrogate
-        # matches only keys the scanner leaves to `json` anyway).
-        self.scan = all(map(_utf8, extra_fields)) and (text_field is None or _utf8(text_field))
+        # Names as the scanner compares them. A name with a lone surrogate has no UTF-8 form:
+        # surrogatepass makes it match no key the scanner decodes (keys with lone surrogates make
+        # the line doubtful), so `json` decides every line that holds it.
+        encode = lambda name: name.encode("utf-8", "surrogatepass")  # noqa: E731
+        self.field_bytes = None if text_field is None else encode(text_field)
+        self.keep_bytes = [encode(f) for f in extra_fields]
         self.line_no = 0
         self.input_pos = 0
 
     def __call__(self, block: _Block) -> Batch:
-        return self._scanned(block) if self.scan else self._parsed(block)
+        return self._scanned(block)
 
     def _scanned(self, block: _Block) -> Batch:
         """The compiled scanner takes the text (and kept fields) of every line it can
@@ -487,7 +488,7 @@ class _JsonlParser:
         pieces = [p.size if isinstance(p, LongLine) else p for p in block.pieces]
         # `json` recurses once per level and counts the frames below it: half the recursion
         # limit leaves it room, and deeper lines are its to decide.
-        data, offsets, rows, others, self.line_no, kept = jsonl_texts(pieces, self.line_no, self.text_field, self.extra_fields,
+        data, offsets, rows, others, self.line_no, kept = jsonl_texts(pieces, self.line_no, self.field_bytes, self.keep_bytes,
                                                                        sys.getrecursionlimit() // 2)
         texts = pa.Array.from_buffers(pa.large_binary(), len(rows), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
         extras = {f: _string_column(*column) for f, column in zip(self.extra_fields, kept)}
@@ -509,73 +510,6 @@ class _JsonlParser:
             rejects.append(Reject(name, f"after line {self.line_no}", block.error))
         consumed, self.input_pos = block.input_pos - self.input_pos, block.input_pos
         return Batch(rows, texts, extras, rejects, consumed)
-
-    def _parsed(self, block: _Block) -> Batch:
-        loads, text_field, extra_fields, name = orjson.loads, self.text_field, self.extra_fields, self.name
-        rows: list[int] = []
-        texts: list[str] = []
-        extras: dict[str, list] = {f: [] for f in extra_fields}
-        rejects: list[Reject] = []
-        surrogates = False  # a text from `json` holds lone surrogates: encode with surrogatepass
-        line_no = self.line_no
-        for piece in block.pieces:
-            if isinstance(piece, LongLine):
-                line_no += 1
-                rejects.append(Reject(name, f"line {line_no}", _too_long(piece.size, self.cap, "line")))
-                continue
-            buf, pos, end = piece
-            view, find = memoryview(buf), buf.find
-            while pos < end:
-                nl = find(b"\n", pos, end)
-                if nl < 0:
-                    nl = end
-                line_no += 1
-                try:
-                    obj = loads(view[pos:nl])
-                    value = (obj["text"] if "text" in obj else obj["content"]) if text_field is None else obj[text_field]
-                    if type(value) is not str:
-                        raise TypeError
-                except Exception:  # noqa: BLE001 - `json` decides, and says why
-                    line = bytes(view[pos:nl])
-                    pos = nl + 1
-                    if not line.strip():
-                        continue  # blank lines hold no document
-                    obj, value = _parse_line(line, text_field, self.wanted)
-                    if isinstance(value, _Problem):
-                        rejects.append(Reject(name, f"line {line_no}", value.reason))
-                        continue
-                    if not surrogates:
-                        try:
-                            value.encode("utf-8")
-                        except UnicodeEncodeError:
-                            surrogates = True
-                    for f in extra_fields:
-                        extras[f].append(_extra_value(obj.get(f)))
-                else:
-                    for f in extra_fields:
-                        v = obj.get(f)
-                        if not (v is None or type(v) is str):
-                            # orjson reads integers past 64 bits as floats: `json` gives the value
-                            v = json.dumps(v) if type(v) in (int, bool) else _extra_value(json.loads(bytes(view[pos:nl])).get(f))
-                        extras[f].append(v)
-                    pos = nl + 1
-                rows.append(line_no)
-                texts.append(value)
-        self.line_no = line_no
-        if block.error is not None:
-            rejects.append(Reject(name, f"after line {line_no}", block.error))
-        # surrogatepass keeps lone surrogates from JSON escapes (only `json` gives those), as invalid UTF-8 bytes.
-        text_array = binary_array([t.encode("utf-8", "surrogatepass") for t in texts] if surrogates else [t.encode() for t in texts])
-        consumed, self.input_pos = block.input_pos - self.input_pos, block.input_pos
-        return Batch(np.array(rows, dtype=np.int64), text_array, {f: string_array(v) for f, v in extras.items()}, rejects, consumed)
-
-
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _string_column(data: np.ndarray, offsets: np.ndarray, valid: np.ndarray) -> pa.Array:

@@ -80,6 +80,7 @@ pub fn extract_texts(pieces: &[Piece<'_>], first_line: i64, field: Field<'_>, ke
     let mut out = Extracted { data: Vec::with_capacity(total), offsets: vec![0], ..Default::default() };
     out.kept = keep.iter().map(|_| Kept { offsets: vec![0], ..Default::default() }).collect();
     let mut found: Vec<Option<Value>> = vec![None; keep.len()];
+    let mut marks: Vec<usize> = Vec::with_capacity(keep.len()); // kept bytes before the line
     let mut line_no = first_line;
     for (index, piece) in pieces.iter().enumerate() {
         let buf = match piece {
@@ -98,7 +99,8 @@ pub fn extract_texts(pieces: &[Piece<'_>], first_line: i64, field: Field<'_>, ke
             let line = &buf[start..end];
             if !is_blank(line) {
                 let mark = out.data.len();
-                let marks: Vec<usize> = out.kept.iter().map(|k| k.data.len()).collect();
+                marks.clear();
+                marks.extend(out.kept.iter().map(|k| k.data.len()));
                 let line_fields = Fields { field, keep, found: &mut found };
                 if text_of(line, line_fields, max_depth, &mut out.data, &mut out.kept).is_some() {
                     out.offsets.push(out.data.len() as i64);
@@ -108,7 +110,7 @@ pub fn extract_texts(pieces: &[Piece<'_>], first_line: i64, field: Field<'_>, ke
                     }
                 } else {
                     out.data.truncate(mark);
-                    for (k, m) in out.kept.iter_mut().zip(marks) {
+                    for (k, &m) in out.kept.iter_mut().zip(&marks) {
                         k.data.truncate(m);
                         k.valid.truncate(out.lines.len()); // one per taken line
                     }

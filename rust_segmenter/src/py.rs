@@ -139,8 +139,8 @@ fn jsonl_texts<'py>(
     py: Python<'py>,
     pieces: Vec<PieceArg>,
     first_line: i64,
-    field: Option<String>,
-    keep: Vec<String>,
+    field: Option<PyBackedBytes>,
+    keep: Vec<PyBackedBytes>,
     max_depth: usize,
 ) -> PyResult<JsonlTexts<'py>> {
     let mut runs = Vec::with_capacity(pieces.len());
@@ -156,10 +156,10 @@ fn jsonl_texts<'py>(
         });
     }
     let field = match &field {
-        Some(name) => crate::jsonl::Field::Named(name.as_bytes()),
+        Some(name) => crate::jsonl::Field::Named(name),
         None => crate::jsonl::Field::TextOrContent,
     };
-    let keep: Vec<&[u8]> = keep.iter().map(|k| k.as_bytes()).collect();
+    let keep: Vec<&[u8]> = keep.iter().map(|k| &**k).collect();
     let out = py.detach(|| crate::jsonl::extract_texts(&runs, first_line, field, &keep, max_depth));
     // Ranges are reported relative to each piece's buffer, as the caller slices it.
     let mut others = Vec::with_capacity(out.others.len() * 6);
