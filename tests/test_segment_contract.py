@@ -16,7 +16,8 @@ import pytest
 from aunet.data.shard_source import ShardSource
 from aunet.segment import BadDocument, ManifestError, merge, segment_corpus, verify
 from aunet.segment.readers import _lines
-from aunet.segment.shards import MANIFEST, Manifest, file_checksum
+from aunet.segment.layout import MANIFEST
+from aunet.segment.shards import Manifest, file_checksum
 from segment_fixtures import STRATEGY, STRATEGY_ARGS, sample_texts, write_jsonl
 from test_segment_cli import read_shards, segment
 

@@ -15,7 +15,8 @@ import xxhash
 from aunet import segment_corpus
 from aunet.data import ShardSource
 from aunet.segment import ManifestError, verify
-from aunet.segment.shards import MANIFEST, Manifest, checksum_matches
+from aunet.segment.layout import MANIFEST
+from aunet.segment.shards import Manifest, checksum_matches
 from segment_fixtures import STRATEGY, sample_texts, write_jsonl
 from test_faults_data import read_all
 from test_segment_cli import segment

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import yaml
 
-from aunet.segment.corpus import manifest_name, parse_size, segment_corpus
+from aunet.segment.corpus import parse_size, segment_corpus
 from aunet.segment.errors import BadDocument, InvalidRequest, ManifestError, SegmentError
+from aunet.segment.layout import MANIFEST, REJECTS_DIR, manifest_name
 from aunet.segment.readers import DEFAULT_MAX_DOCUMENT_BYTES
 from aunet.segment.shards import Manifest
 from aunet.segment.tools import inspect, merge, verify
@@ -102,7 +103,7 @@ def run(argv: list[str]) -> int:
     except InvalidRequest as e:
         parser.error(str(e))
     except BadDocument as e:
-        print(f"aunet-segment: error: {e}\n(rerun with --on-error skip to record bad documents in {args.out}/rejects/ and go on)", file=sys.stderr)
+        print(f"aunet-segment: error: {e}\n(rerun with --on-error skip to record bad documents in {args.out}/{REJECTS_DIR}/ and go on)", file=sys.stderr)
         return 1
     except SegmentError as e:
         print(f"aunet-segment: error: {e}", file=sys.stderr)
@@ -171,7 +172,7 @@ def merge_main(argv: list[str]) -> int:
     except ManifestError as e:
         print(f"aunet-segment merge: {e}", file=sys.stderr)
         return 1
-    print(f"merged {len(merged.ranks)} rank manifests into {args.dir / 'manifest.json'}: {len(merged.shards)} shards, {merged.documents_written:,} documents")
+    print(f"merged {len(merged.ranks)} rank manifests into {args.dir / MANIFEST}: {len(merged.shards)} shards, {merged.documents_written:,} documents")
     return 0
 
 

@@ -15,16 +15,15 @@ import glob
 import os
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from aunet import __version__
 from aunet.segment.errors import InvalidRequest, ManifestError, MissingManifest, SegmentError
 from aunet.segment.job import FileResult, JobOptions, load_done, process_file
 from aunet.segment.readers import DEFAULT_MAX_DOCUMENT_BYTES, detect_format
 from aunet.segment.segmenter import Segmenter
-from aunet.segment.shards import FORMAT, MANIFEST, Manifest, RunReport, input_list_digest
+from aunet.segment.layout import manifest_name
+from aunet.segment.shards import Manifest, RunReport, input_list_digest
 
 # Columns every shard has (SPEC section 3): kept input fields may not take these names.
 SHARD_COLUMNS = ("text", "level_mask", "row")
@@ -224,21 +223,11 @@ def segment_corpus(
         bar.close()
 
     ordered = [results[k] for k, _ in mine]
-    manifest = Manifest(
-        format=FORMAT,
-        version=__version__,
-        strategy=opts.strategy,
-        compression=compression,
-        text_field=text_field,
-        extra_fields=list(opts.extra_fields),
-        world_size=world_size,
-        ranks=[rank],
+    manifest = Manifest.build(
+        strategy=opts.strategy, compression=compression, text_field=text_field, extra_fields=list(opts.extra_fields),
+        world_size=world_size, ranks=[rank],
         inputs=[{"index": r.index, "path": r.source, "size": r.input_size, "read": r.read, "written": r.written, "rejected": r.rejected_total} for r in ordered],
-        shards=[s for r in ordered for s in r.shards],
-        documents_read=sum(r.read for r in ordered),
-        documents_written=sum(r.written for r in ordered),
-        documents_rejected=sum(r.rejected_total for r in ordered),
-        rejected_by_reason=dict(sum((Counter(r.rejected) for r in ordered), Counter())),
+        shards=[s for r in ordered for s in r.shards], rejected_by_reason=[r.rejected for r in ordered],
         input_list=input_list_digest([str(f) for f in files]),
     )
     _refuse_emptying(out, manifest_name(rank, world_size), manifest)
@@ -261,10 +250,6 @@ def _refuse_emptying(out: Path, name: str, new: Manifest) -> None:
     if old.shards:
         raise SegmentError(f"{out / name}: lists {len(old.shards)} shards, and this run wrote none (every document rejected, "
                            f"or inputs without documents); the manifest is left as it was", file=str(out / name))
-
-
-def manifest_name(rank: int, world_size: int) -> str:
-    return MANIFEST if world_size == 1 else f"manifest.rank{rank}-of{world_size}.json"
 
 
 def _run_parallel(out: Path, pending, opts: JobOptions, workers: int, progress: _Progress) -> dict[int, FileResult]:

@@ -27,12 +27,11 @@ import pyarrow as pa
 from aunet.segment.errors import BadDocument
 from aunet.segment.readers import DEFAULT_MAX_DOCUMENT_BYTES, Reject, ahead, int64_array, read_batches
 from aunet.segment.segmenter import Segmenter
-from aunet.segment.shard_writer import LocalFiles, ShardWriter, shard_name
+from aunet.segment.layout import PROGRESS_DIR, REJECTS_DIR, input_glob, marker_name, rejects_name
+from aunet.segment.shard_writer import LocalFiles, ShardWriter
 from aunet.segment.shards import ShardInfo, checksum_matches, confined, shard_schema, split_checksum, write_atomic
 from aunet.segment.strategy_order import ordered_strategy
 
-PROGRESS_DIR = ".progress"
-REJECTS_DIR = "rejects"
 # Text bytes per batch (a record batch of the shards; a function of the input alone), and the
 # batches each pipeline stage may run ahead of the next.
 BATCH_BYTES = 8 << 20
@@ -88,7 +87,7 @@ class FileResult:
 
 
 def marker_path(out: Path, index: int) -> Path:
-    return out / PROGRESS_DIR / f"{index:06d}.json"
+    return out / marker_name(index)
 
 
 def content_sample(path: Path, size: int) -> str:
@@ -142,9 +141,9 @@ def load_done(out: Path, index: int, source: Path, opts: JobOptions, repair: boo
 
 
 def _clear_file_outputs(out: Path, index: int) -> None:
-    for stale in out.glob(f"part-{index:06d}-*"):
+    for stale in out.glob(input_glob(index)):
         stale.unlink()
-    (out / REJECTS_DIR / f"part-{index:06d}.jsonl").unlink(missing_ok=True)
+    (out / rejects_name(index)).unlink(missing_ok=True)
     marker = marker_path(out, index)
     marker.unlink(missing_ok=True)
     marker.with_name(marker.name + ".tmp").unlink(missing_ok=True)
@@ -215,7 +214,7 @@ def process_file(
     if rejects:
         lines = "".join(json.dumps({"file": r.file, "location": r.location, "reason": r.reason, "count": r.count}) + "\n" for r in rejects)
         (out / REJECTS_DIR).mkdir(exist_ok=True)
-        write_atomic(out / REJECTS_DIR / f"part-{index:06d}.jsonl", lines.encode())
+        write_atomic(out / rejects_name(index), lines.encode())
     if any(r.retry for r in rejects):
         result.complete = False
     if result.complete:

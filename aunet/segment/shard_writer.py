@@ -14,11 +14,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from aunet.segment.layout import shard_name
 from aunet.segment.shards import CHECKSUM_ALGORITHM, ShardInfo, new_hasher
-
-
-def shard_name(index: int, part: int) -> str:
-    return f"part-{index:06d}-{part:04d}.arrow"
 
 
 class LocalFiles:
@@ -84,7 +81,7 @@ class _HashingFile(io.RawIOBase):
 
 
 class ShardWriter:
-    """Writes record batches into shards `part-{index}-{j}.arrow` of about `shard_bytes` text
+    """Writes record batches into shards `layout.shard_name(index, j)` of about `shard_bytes` text
     bytes each; `shards` lists the finished ones."""
 
     def __init__(self, files, index: int, schema: pa.Schema, shard_bytes: int, compression: str):

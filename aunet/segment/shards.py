@@ -29,6 +29,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,9 +39,9 @@ import xxhash
 
 from aunet import __version__
 from aunet.segment.errors import ManifestError, MissingManifest
+from aunet.segment.layout import MANIFEST, RANK_MANIFEST_GLOB
 
 FORMAT = "aunet-shards/1"
-MANIFEST = "manifest.json"
 META_STRATEGY = b"aunet.strategy"
 META_VERSION = b"aunet.version"
 META_SOURCE = b"aunet.source"
@@ -208,6 +210,35 @@ class Manifest:
     run: RunReport | None = field(default=None, compare=False)
     """Set on the manifest `segment_corpus` returns; None when loaded from disk."""
 
+    @classmethod
+    def build(cls, *, strategy, compression: str, text_field: str | None, extra_fields: list[str], world_size: int,
+              ranks: list[int], inputs: Iterable[dict], shards: Iterable[ShardInfo],
+              rejected_by_reason: Iterable[Mapping[str, int]], input_list: dict | None = None,
+              version: str = __version__) -> "Manifest":
+        """The one way a manifest is made (a run's, a datatrove task's, a merge's). `inputs` are
+        entries {"index", "path", "size", "read", "written", "rejected"}: the document counts
+        are their sums, so a manifest's totals always agree with its inputs; `rejected_by_reason`
+        holds one count per reason for each part (input or rank), summed here. Inputs are listed
+        by index and shards by path, which is input order (see `layout.shard_name`)."""
+        inputs = sorted(inputs, key=lambda i: i["index"])
+        return cls(
+            format=FORMAT,
+            version=version,
+            strategy=strategy,
+            compression=compression,
+            text_field=text_field,
+            extra_fields=list(extra_fields),
+            world_size=world_size,
+            ranks=list(ranks),
+            inputs=inputs,
+            shards=sorted(shards, key=lambda s: s.path),
+            documents_read=sum(i["read"] for i in inputs),
+            documents_written=sum(i["written"] for i in inputs),
+            documents_rejected=sum(i["rejected"] for i in inputs),
+            rejected_by_reason=dict(sum((Counter(r) for r in rejected_by_reason), Counter())),
+            input_list=input_list,
+        )
+
     @property
     def text_bytes(self) -> int:
         return sum(s.text_bytes for s in self.shards)
@@ -228,7 +259,7 @@ class Manifest:
         """The manifest of a shard directory; `MissingManifest` or `ManifestError` otherwise."""
         path = Path(directory) / name
         if not path.exists():
-            ranks = sorted(Path(directory).glob("manifest.rank*.json"))
+            ranks = sorted(Path(directory).glob(RANK_MANIFEST_GLOB))
             hint = f" (found {len(ranks)} rank manifests: run `aunet-segment merge {directory}`)" if ranks and name == MANIFEST else ""
             raise MissingManifest(f"{path}: no manifest{hint}", file=str(path))
         try:

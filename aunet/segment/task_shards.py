@@ -14,19 +14,15 @@ from collections import Counter
 import numpy as np
 import pyarrow as pa
 
-from aunet import __version__
 from aunet.segment.errors import InvalidRequest, ManifestError
+from aunet.segment.layout import MANIFEST, input_glob, rank_manifest_name, rejects_name
 from aunet.segment.shard_writer import FolderFiles, ShardWriter
-from aunet.segment.shards import FORMAT, MANIFEST, Manifest, shard_schema
+from aunet.segment.shards import Manifest, shard_schema
 
 #: A record batch is written once this many documents, or this many text bytes (or a shard's
 #: worth, if less), are gathered.
 BATCH_DOCUMENTS = 1024
 BATCH_BYTES = 8 << 20
-
-
-def rank_manifest_name(rank: int, world_size: int) -> str:
-    return f"manifest.rank{rank}-of{world_size}.json"
 
 
 class TaskShards:
@@ -47,10 +43,9 @@ class TaskShards:
         self._clear_earlier_run()
 
     def _clear_earlier_run(self) -> None:
-        prefix = f"part-{self.rank:06d}-"
-        for name in self.folder.list_files(glob_pattern=f"{prefix}*"):
+        for name in self.folder.list_files(glob_pattern=input_glob(self.rank)):
             self.folder.rm(name)
-        for name in (f"rejects/part-{self.rank:06d}.jsonl", rank_manifest_name(self.rank, self.world_size), MANIFEST):
+        for name in (rejects_name(self.rank), rank_manifest_name(self.rank, self.world_size), MANIFEST):
             if self.folder.isfile(name):
                 self.folder.rm(name)
 
@@ -109,17 +104,15 @@ class TaskShards:
             shards = self.writer.shards
         by_reason = Counter(r["reason"].split(":")[0] for r in self.rejects)
         if self.rejects:
-            with self.folder.open(f"rejects/part-{self.rank:06d}.jsonl", "w") as f:
+            with self.folder.open(rejects_name(self.rank), "w") as f:
                 f.write("".join(json.dumps(r) + "\n" for r in self.rejects))
-        manifest = Manifest(
-            format=FORMAT, version=__version__,
+        manifest = Manifest.build(
             strategy=json.loads(self.strategy_json) if self.strategy_json is not None else None,
             compression=self.compression, text_field=None, extra_fields=list(self.keep_fields),
             world_size=self.world_size, ranks=[self.rank],
             inputs=[{"index": self.rank, "path": f"datatrove task {self.rank}", "size": 0, "read": self.rows,
                      "written": self.written, "rejected": len(self.rejects)}],
-            shards=shards, documents_read=self.rows, documents_written=self.written,
-            documents_rejected=len(self.rejects), rejected_by_reason=dict(by_reason),
+            shards=shards, rejected_by_reason=[by_reason],
         )
         _write(self.folder, rank_manifest_name(self.rank, self.world_size), manifest.to_json(), self.rank)
         self.merged = merge_folder(self.folder, self.world_size, self.rank)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +11,8 @@ import pyarrow as pa
 
 from aunet.segment.segmenter import Segmenter
 from aunet.segment.errors import ManifestError
-from aunet.segment.shards import FORMAT, MANIFEST, META_SOURCE, META_STRATEGY, Manifest, checksum_matches, open_shard
+from aunet.segment.layout import MANIFEST, RANK_MANIFEST_GLOB, SHARD_GLOB
+from aunet.segment.shards import META_SOURCE, META_STRATEGY, Manifest, checksum_matches, open_shard
 from aunet.segment.strategy_order import describe_strategy, same_strategy
 
 
@@ -25,7 +25,7 @@ def verify(directory: str | Path, deep: bool = False) -> list[str]:
     problems = []
     segmenter = Segmenter(manifest.strategy)
     listed = {s.path for s in manifest.shards}
-    for stray in sorted(directory.glob("part-*.arrow")):
+    for stray in sorted(directory.glob(SHARD_GLOB)):
         if stray.name not in listed:
             problems.append(f"{stray}: shard not in the manifest")
     for shard in manifest.shards:
@@ -141,7 +141,7 @@ def merge(directory: str | Path) -> Manifest:
     """Combine the rank manifests (`manifest.rankR-ofW.json`) of a world_size > 1 run into
     `manifest.json` and return it; `ManifestError` when a rank is missing or options differ."""
     directory = Path(directory)
-    parts = sorted(directory.glob("manifest.rank*-of*.json"))
+    parts = sorted(directory.glob(RANK_MANIFEST_GLOB))
     if not parts:
         raise ManifestError(f"{directory}: no rank manifests (manifest.rankR-ofW.json)", file=str(directory))
     merged = combine(parts, [Manifest.load(directory, p.name) for p in parts], str(directory))
@@ -176,22 +176,11 @@ def combine(parts: list, manifests: list[Manifest], where: str) -> Manifest:
         missing = sorted(set(range(first.world_size)) - set(ranks))
         raise ManifestError(f"{where}: ranks {missing} of {first.world_size} have no manifest yet (or a rank appears twice: {ranks})",
                             file=where)
-    return Manifest(
-        format=FORMAT,
-        version=first.version,
-        strategy=first.strategy,
-        compression=first.compression,
-        text_field=first.text_field,
-        extra_fields=first.extra_fields,
-        world_size=first.world_size,
-        ranks=ranks,
-        inputs=sorted((i for m in manifests for i in m.inputs), key=lambda i: i["index"]),
-        shards=sorted((s for m in manifests for s in m.shards), key=lambda s: s.path),
-        documents_read=sum(m.documents_read for m in manifests),
-        documents_written=sum(m.documents_written for m in manifests),
-        documents_rejected=sum(m.documents_rejected for m in manifests),
-        rejected_by_reason=dict(sum((Counter(m.rejected_by_reason) for m in manifests), Counter())),
-        input_list=first.input_list,
+    return Manifest.build(
+        strategy=first.strategy, compression=first.compression, text_field=first.text_field, extra_fields=first.extra_fields,
+        world_size=first.world_size, ranks=ranks, inputs=[i for m in manifests for i in m.inputs],
+        shards=[s for m in manifests for s in m.shards], rejected_by_reason=[m.rejected_by_reason for m in manifests],
+        input_list=first.input_list, version=first.version,
     )
 
 
