@@ -11,7 +11,8 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aunet.segment.readers import LongLine, _Block, _JsonlParser
+from aunet.segment.readers.jsonl import JsonlParser
+from aunet.segment.readers.lines import Block, LongLine
 
 
 def kept_value(value):
@@ -71,8 +72,8 @@ def fast(lines: list[bytes | LongLine], field: str | None, split: int = 0, keep:
             if split and len(run) >= split:
                 flush()
     flush()
-    parser = _JsonlParser("corpus.jsonl", field, list(keep), 1 << 20)
-    batch = parser(_Block(pieces, 0))
+    parser = JsonlParser("corpus.jsonl", field, list(keep), 1 << 20)
+    batch = parser(Block(pieces, 0))
     assert parser.line_no == len(lines)
     lengths = np.diff(np.frombuffer(batch.texts.buffers()[1], np.int64)[: batch.documents + 1])
     assert len(lengths) == batch.documents

@@ -15,7 +15,7 @@ import pytest
 
 from aunet.data.shard_source import ShardSource
 from aunet.segment import BadDocument, ManifestError, merge, segment_corpus, verify
-from aunet.segment.readers import _lines
+from aunet.segment.readers.lines import split_lines
 from aunet.segment.layout import MANIFEST
 from aunet.segment.shards import Manifest, file_checksum
 from segment_fixtures import STRATEGY, STRATEGY_ARGS, sample_texts, write_jsonl
@@ -177,14 +177,14 @@ def test_lines_spanning_many_chunks_are_read_whole():
     data = b"\n".join(lines)  # no final newline: the last line still counts
     for size in (1, 7, 1023, 1024, 4096, len(data)):
         chunks = (data[i : i + size] for i in range(0, len(data), size))
-        assert list(_lines(chunks)) == lines, size
+        assert list(split_lines(chunks)) == lines, size
 
 
 def test_reading_a_long_line_copies_linear_bytes():
     chunk, n = 1024, 400
     CountingBytes.copied = 0
     chunks = [CountingBytes(b"z" * chunk) for _ in range(n)] + [CountingBytes(b"\nend")]
-    assert list(_lines(iter(chunks))) == [b"z" * (chunk * n), b"end"]
+    assert list(split_lines(iter(chunks))) == [b"z" * (chunk * n), b"end"]
     # Re-concatenating the growing tail for each chunk copies about n^2/2 chunks (80 MB here).
     assert CountingBytes.copied <= 2 * chunk * n
 
@@ -201,7 +201,7 @@ def test_an_over_long_line_is_skipped_without_being_held():
 
     tracemalloc.start()
     try:
-        got = [x if isinstance(x, bytes) else ("too long", x.size) for x in _lines(chunks(), cap)]
+        got = [x if isinstance(x, bytes) else ("too long", x.size) for x in split_lines(chunks(), cap)]
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

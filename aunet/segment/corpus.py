@@ -20,7 +20,7 @@ from pathlib import Path
 
 from aunet.segment.errors import InvalidRequest, ManifestError, MissingManifest, SegmentError
 from aunet.segment.job import FileResult, JobOptions, load_done, process_file
-from aunet.segment.readers import DEFAULT_MAX_DOCUMENT_BYTES, detect_format
+from aunet.segment.readers import DEFAULT_MAX_DOCUMENT_BYTES, detect_format, expected_suffixes, format_labels
 from aunet.segment.segmenter import Segmenter
 from aunet.segment.layout import manifest_name
 from aunet.segment.shards import Manifest, RunReport, input_list_digest
@@ -73,10 +73,10 @@ def expand_inputs_counted(patterns: Iterable[str | Path], out: Path) -> tuple[li
                 raise InvalidRequest(f"{pattern}: this is the output directory (--out), not an input", file=pattern)
             matches = [p for p in path.rglob("*") if p.is_file() and detect_format(p) and not any(part.startswith(".") for part in p.relative_to(path).parts)]
             if not matches:
-                raise InvalidRequest(f"{pattern}: directory holds no JSONL/Parquet/Arrow files", file=pattern)
+                raise InvalidRequest(f"{pattern}: directory holds no {format_labels()} files", file=pattern)
         elif path.exists():
             if detect_format(path) is None:
-                raise InvalidRequest(f"{pattern}: unsupported input format (expected .jsonl[.gz|.zst], .parquet or .arrow)", file=pattern)
+                raise InvalidRequest(f"{pattern}: unsupported input format (expected {expected_suffixes()})", file=pattern)
             matches = [path]
         else:
             matches = [Path(m) for m in glob.glob(pattern, recursive=True) if Path(m).is_file() and detect_format(Path(m))]

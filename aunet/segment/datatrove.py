@@ -32,14 +32,13 @@ from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
 from aunet.segment.errors import BadDocument, InvalidRequest
+from aunet.segment.readers import DEFAULT_MAX_DOCUMENT_BYTES
 from aunet.segment.segmenter import Segmenter
 
 #: Metadata keys AUNetSegment sets and AUNetShardWriter takes out again.
 MASK_KEY = "aunet_level_mask"
 STRATEGY_KEY = "aunet_strategy"
 REJECT_KEY = "aunet_reject"
-
-DEFAULT_MAX_DOCUMENT_BYTES = 64 << 20
 
 
 def document_source(doc) -> str:

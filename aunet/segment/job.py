@@ -12,9 +12,7 @@ with the same bytes as an uninterrupted one.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import os
 import threading
 from collections import Counter
 from collections.abc import Callable
