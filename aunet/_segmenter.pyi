@@ -5,7 +5,7 @@ from typing import final
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["LevelStream", "PRETOK_START", "PUNCT_START", "Segmenter", "WORD_START", "__version__", "class_of", "jsonl_texts"]
+__all__ = ["LevelStream", "PRETOK_START", "PUNCT_START", "Segmenter", "WORD_START", "__version__", "class_of", "jsonl_texts", "strategy_stages"]
 __version__: str
 WORD_START: str
 PRETOK_START: str
@@ -26,6 +26,8 @@ def jsonl_texts(
     int,
     list[tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64], npt.NDArray[np.uint8]]],
 ]: ...
+
+def strategy_stages(pairs: list[tuple[str | None, str | None]], keyed: bool) -> list[tuple[str, str] | None]: ...
 
 @final
 class Segmenter:

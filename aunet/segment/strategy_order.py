@@ -5,19 +5,19 @@ reverse give different masks, although Python's dict equality calls them equal. 
 that compares two strategy lists (resume fingerprints, `verify`, a loader opening shards, the
 trainer and `aunet eval` checking shards against the model) goes through `ordered_strategy`.
 
-Two spellings of the same stage compare equal: a mapping key names its kind by prefix
+The compiled core reads the stages (`aunet._segmenter.strategy_stages`), as `Segmenter` does,
+so two spellings of the same stage compare equal: a mapping key names its kind by prefix
 (`word1`, `word_b` and `word` are all `word`), the parameter of `pretok`/`punct` is ignored,
-and `word` parameters are compared as numbers (`" 1@1"` is `1@1`).
+and `word` parameters are compared as numbers (`" 1@1"` is `1@1`). Nothing is refused here:
+a stored list is described whatever it holds.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 
-KINDS = ("word", "pretok", "punct")
-_LIST_KIND = re.compile(r"(word|pretok|punct)[0-9_]*")
+from aunet._segmenter import strategy_stages
 
 
 def ordered_strategy(strategy) -> list[tuple[str, str]]:
@@ -25,28 +25,12 @@ def ordered_strategy(strategy) -> list[tuple[str, str]]:
     (kind, parameter) pairs in stage order; a custom stage is ("custom", '[start, end]')."""
     if strategy is None:
         return []
-    if isinstance(strategy, Mapping):
-        out = []
-        for key, value in strategy.items():
-            kind = next((k for k in KINDS if str(key).startswith(k)), None)
-            out.append(_builtin(kind, value) if kind else ("custom", json.dumps([key, value])))
-        return out
-    out = []
-    for first, second in strategy:
-        match = _LIST_KIND.fullmatch(first) if isinstance(first, str) else None
-        out.append(_builtin(match.group(1), second) if match else ("custom", json.dumps([first, second])))
-    return out
-
-
-def _builtin(kind: str, param) -> tuple[str, str]:
-    if kind != "word":
-        return (kind, "")
-    text = "" if param is None else str(param)
-    group, _, moduli = text.partition("@")
-    try:
-        return ("word", f"{int(group)}@{'-'.join(str(int(m)) for m in moduli.split('-'))}")
-    except ValueError:
-        return ("word", text.strip())
+    keyed = isinstance(strategy, Mapping)
+    entries = list(strategy.items()) if keyed else [(first, second) for first, second in strategy]
+    # A key is read as text; a list-form first element that is no string is a custom pattern.
+    names = [str(first) if keyed else first if isinstance(first, str) else None for first, _ in entries]
+    stages = strategy_stages([(name, None if param is None else str(param)) for name, (_, param) in zip(names, entries)], keyed)
+    return [stage if stage is not None else ("custom", json.dumps([first, param])) for stage, (first, param) in zip(stages, entries)]
 
 
 def same_strategy(a, b) -> bool:

@@ -39,7 +39,7 @@ mod py;
 pub use classes::class_of;
 pub use error::{Result, SegmenterError};
 pub use segmenter::Segmenter;
-pub use strategy::{Strategy, PRETOK_START, PUNCT_START, WORD_START};
+pub use strategy::{canonical_param, kind_of_key, kind_of_name, Strategy, KINDS, PRETOK_START, PUNCT_START, WORD_START};
 pub use stream::LevelStream;
 pub use symbols::{decode, Symbols};
 

@@ -7,7 +7,7 @@ use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 
-use crate::{LevelStream, Segmenter, SegmenterError, Strategy};
+use crate::{canonical_param, kind_of_key, kind_of_name, LevelStream, Segmenter, SegmenterError, Strategy};
 
 impl From<SegmenterError> for PyErr {
     fn from(e: SegmenterError) -> Self {
@@ -174,6 +174,20 @@ fn jsonl_texts<'py>(
     Ok((out.data.into_pyarray(py), out.offsets.into_pyarray(py), out.lines.into_pyarray(py), others.into_pyarray(py), out.last_line, kept))
 }
 
+/// The stages of a strategy list as the core reads them, without compiling or refusing any:
+/// for each pair, (kind, canonical parameter) when it names a built-in kind (by key prefix
+/// when `keyed`, else as a list-form kind name), None for a custom (start, end) pair.
+#[pyfunction]
+fn strategy_stages(pairs: Vec<(Option<String>, Option<String>)>, keyed: bool) -> Vec<Option<(&'static str, String)>> {
+    pairs
+        .iter()
+        .map(|(first, param)| {
+            let kind = first.as_deref().and_then(if keyed { kind_of_key } else { kind_of_name });
+            kind.map(|k| (k, canonical_param(k, param.as_deref().unwrap_or(""))))
+        })
+        .collect()
+}
+
 /// Class flags of a code point (used by the tests that check the Unicode tables).
 #[pyfunction]
 fn class_of(cp: u32) -> u8 {
@@ -190,5 +204,6 @@ fn _segmenter(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyLevelStream>()?;
     m.add_function(wrap_pyfunction!(class_of, m)?)?;
     m.add_function(wrap_pyfunction!(jsonl_texts, m)?)?;
+    m.add_function(wrap_pyfunction!(strategy_stages, m)?)?;
     Ok(())
 }

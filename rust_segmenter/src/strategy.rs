@@ -40,25 +40,48 @@ pub struct Strategy {
     pub end: Option<EndRule>,
 }
 
+/// The kind a config key names by prefix (`word1`, `word_b`, `pretok`), if any.
+pub fn kind_of_key(key: &str) -> Option<&'static str> {
+    KINDS.iter().copied().find(|k| key.starts_with(k))
+}
+
+/// The kind a list-form entry names: a kind followed by nothing but digits and underscores
+/// (`word`, `word2`, `punct_a`); any other first element starts a (start, end) regex pair.
+pub fn kind_of_name(name: &str) -> Option<&'static str> {
+    KINDS
+        .iter()
+        .copied()
+        .find(|k| name.strip_prefix(k).is_some_and(|rest| rest.bytes().all(|b| b.is_ascii_digit() || b == b'_')))
+}
+
+/// A built-in stage's parameter as stages are compared and shown: `word`'s `G@M1-M2` with its
+/// numbers as numbers (`" 1@01"` is `1@1`), nothing for the kinds without one. A `word`
+/// parameter the core refuses (a stored list from elsewhere) is kept as written, stripped.
+pub fn canonical_param(kind: &str, param: &str) -> String {
+    if kind != "word" {
+        return String::new();
+    }
+    match parse_word_param(param) {
+        Ok((group, moduli)) => {
+            let moduli: Vec<String> = moduli.iter().map(usize::to_string).collect();
+            format!("{group}@{}", moduli.join("-"))
+        }
+        Err(_) => param.trim().to_string(),
+    }
+}
+
 impl Strategy {
     /// A built-in kind named by a config key (`word1`, `word2`, `pretok`...) and its parameter.
     pub fn from_key(key: &str, param: &str) -> Result<Self> {
-        let kind = KINDS
-            .iter()
-            .find(|k| key.starts_with(*k))
-            .ok_or_else(|| SegmenterError::UnknownKind(key.to_string()))?;
+        let kind = kind_of_key(key).ok_or_else(|| SegmenterError::UnknownKind(key.to_string()))?;
         Self::builtin(kind, param)
     }
 
-    /// One entry of the list form: a kind (`word`, `word2`, `pretok`...: a kind name followed by
-    /// nothing but digits and underscores) with its parameter, or else a (start, end) regex pair.
+    /// One entry of the list form (see `kind_of_name`): a kind with its parameter, or else a
+    /// (start, end) regex pair.
     pub fn from_pair(first: Option<&str>, second: Option<&str>) -> Result<Self> {
-        if let Some(name) = first {
-            if let Some(kind) = KINDS.iter().find(|k| {
-                name.strip_prefix(*k).is_some_and(|rest| rest.bytes().all(|b| b.is_ascii_digit() || b == b'_'))
-            }) {
-                return Self::builtin(kind, second.unwrap_or(""));
-            }
+        if let Some(kind) = first.and_then(kind_of_name) {
+            return Self::builtin(kind, second.unwrap_or(""));
         }
         Self::custom(first, second)
     }
@@ -149,6 +172,17 @@ mod tests {
         for bad in ["", "1", "0@1", "1@0", "x@1", "1@1-", "1@a"] {
             assert!(matches!(Strategy::from_key("word", bad), Err(SegmenterError::BadParameter { .. })), "{bad}");
         }
+    }
+
+    #[test]
+    fn stages_compare_by_kind_and_canonical_parameter() {
+        assert_eq!(kind_of_key("word_b"), Some("word"));
+        assert_eq!(kind_of_key("bpe"), None);
+        assert_eq!(kind_of_name("punct_2"), Some("punct"));
+        assert_eq!(kind_of_name("words"), None);
+        assert_eq!(canonical_param("word", " 2@01-3"), "2@1-3");
+        assert_eq!(canonical_param("word", " 0@1 "), "0@1");
+        assert_eq!(canonical_param("pretok", "anything"), "");
     }
 
     #[test]
