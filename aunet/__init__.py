@@ -23,11 +23,9 @@ import sys
 if os.path.basename(sys.argv[0] if sys.argv else "") in ("aunet-segment", "aunet") and "numpy" not in sys.modules:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-# Before the imports below: the shard writers read it while `aunet` is still initialising.
-__version__ = "0.1.0"
-
 from aunet._segmenter import __version__ as core_version  # noqa: E402
 from aunet.segment import LevelStream, Manifest, SegmentError, Segmenter, segment_corpus  # noqa: E402
+from aunet.version import __version__  # noqa: E402
 
 _LAZY = {
     "HierarchicalTransformer": "aunet.model",

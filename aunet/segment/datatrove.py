@@ -29,23 +29,15 @@ from __future__ import annotations
 import json
 
 from datatrove.data import DocumentsPipeline
+from datatrove.io import get_datafolder
 from datatrove.pipeline.base import PipelineStep
 
+from aunet.segment.corpus import SHARD_COLUMNS, parse_size
+from aunet.segment.datatrove_metadata import MASK_KEY, REJECT_KEY, STRATEGY_KEY, document_source
 from aunet.segment.errors import BadDocument, InvalidRequest
 from aunet.segment.readers import DEFAULT_MAX_DOCUMENT_BYTES
 from aunet.segment.segmenter import Segmenter
-
-#: Metadata keys AUNetSegment sets and AUNetShardWriter takes out again.
-MASK_KEY = "aunet_level_mask"
-STRATEGY_KEY = "aunet_strategy"
-REJECT_KEY = "aunet_reject"
-
-
-def document_source(doc) -> str:
-    """Where a document came from, for rejects: the reader's file and the document id."""
-    path = doc.metadata.get("file_path")
-    return f"{path} (id {doc.id})" if path else f"id {doc.id}"
-
+from aunet.segment.task_shards import TaskShards
 
 class AUNetSegment(PipelineStep):
     """Level masks for every Document (SPEC section 2).
@@ -134,13 +126,9 @@ class AUNetShardWriter(PipelineStep):
     def __init__(self, output_folder, shard_size: str | int = "256MB", compression: str = "none",
                  keep_fields: tuple[str, ...] | list[str] = ("id",)):
         super().__init__()
-        from datatrove.io import get_datafolder
-
-        from aunet.segment.corpus import parse_size
-
         if compression not in ("none", "zstd"):
             raise InvalidRequest(f"compression must be 'none' or 'zstd', got {compression!r}")
-        reserved = {"text", "level_mask", "row"}
+        reserved = set(SHARD_COLUMNS)
         if reserved & set(keep_fields) or len(set(keep_fields)) != len(keep_fields):
             raise InvalidRequest(f"keep_fields {list(keep_fields)}: names must be distinct and not {sorted(reserved)}")
         self.output_folder = get_datafolder(output_folder)
@@ -149,8 +137,6 @@ class AUNetShardWriter(PipelineStep):
         self.keep_fields = tuple(keep_fields)
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        from aunet.segment.task_shards import TaskShards
-
         task = TaskShards(self.output_folder, rank, world_size, self.shard_bytes, self.compression, self.keep_fields)
         for doc in data or ():
             with self.track_time():

@@ -22,13 +22,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from aunet.io import write_atomic
 from aunet.segment.errors import BadDocument
 from aunet.segment.readers import DEFAULT_MAX_DOCUMENT_BYTES, Reject, ahead, int64_array, read_batches
 from aunet.segment.segmenter import Segmenter
 from aunet.segment.layout import PROGRESS_DIR, REJECTS_DIR, input_glob, marker_name, rejects_name
 from aunet.segment.shard_writer import LocalFiles, ShardWriter
-from aunet.segment.shards import ShardInfo, checksum_matches, confined, shard_schema, split_checksum, write_atomic
+from aunet.segment.shards import ShardInfo, checksum_matches, confined, shard_schema, split_checksum
 from aunet.segment.strategy_order import ordered_strategy
+from aunet.version import __version__
 
 # Text bytes per batch (a record batch of the shards; a function of the input alone), and the
 # batches each pipeline stage may run ahead of the next.
@@ -53,8 +55,6 @@ class JobOptions:
 
     def fingerprint(self) -> str:
         """Everything that changes the bytes of the output (threads do not)."""
-        from aunet import __version__
-
         keys = {k: v for k, v in asdict(self).items() if k not in ("threads", "on_error")}
         # sort_keys would reorder a strategy mapping, yet stage order changes every mask: the
         # stages go in as an ordered list, and the spelling as given (written verbatim into

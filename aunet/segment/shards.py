@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -37,9 +36,10 @@ from pathlib import Path
 import pyarrow as pa
 import xxhash
 
-from aunet import __version__
+from aunet.io import write_atomic
 from aunet.segment.errors import ManifestError, MissingManifest
 from aunet.segment.layout import MANIFEST, RANK_MANIFEST_GLOB
+from aunet.version import __version__
 
 FORMAT = "aunet-shards/1"
 META_STRATEGY = b"aunet.strategy"
@@ -127,25 +127,6 @@ def checksum_matches(path: Path, checksum: str) -> bool:
     it names (SHA-256 for directories written before XXH3-128)."""
     algorithm, _ = split_checksum(checksum, path)
     return file_checksum(path, algorithm) == checksum
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name, fsync, rename: a crash leaves the old file or none, never half."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass

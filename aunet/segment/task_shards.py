@@ -14,10 +14,12 @@ from collections import Counter
 import numpy as np
 import pyarrow as pa
 
+from aunet.segment.datatrove_metadata import MASK_KEY, REJECT_KEY, STRATEGY_KEY, document_source
 from aunet.segment.errors import InvalidRequest, ManifestError
 from aunet.segment.layout import MANIFEST, input_glob, rank_manifest_name, rejects_name
 from aunet.segment.shard_writer import FolderFiles, ShardWriter
 from aunet.segment.shards import Manifest, shard_schema
+from aunet.segment.tools import combine
 
 #: A record batch is written once this many documents, or this many text bytes (or a shard's
 #: worth, if less), are gathered.
@@ -27,8 +29,6 @@ BATCH_BYTES = 8 << 20
 
 class TaskShards:
     def __init__(self, folder, rank: int, world_size: int, shard_bytes: int, compression: str, keep_fields: tuple[str, ...]):
-        from aunet.segment.datatrove import MASK_KEY, REJECT_KEY, STRATEGY_KEY
-
         self.keys = (MASK_KEY, STRATEGY_KEY, REJECT_KEY)
         self.folder, self.rank, self.world_size = folder, rank, world_size
         self.shard_bytes, self.compression, self.keep_fields = shard_bytes, compression, keep_fields
@@ -55,8 +55,6 @@ class TaskShards:
         row = self.rows
         self.rows += 1
         if reject_key in meta:
-            from aunet.segment.datatrove import document_source
-
             self.rejects.append({"file": document_source(doc), "location": f"document {row} of task {self.rank}",
                                  "reason": meta.pop(reject_key), "count": 1})
             return
@@ -134,8 +132,6 @@ def _write(folder, name: str, data: bytes, rank: int) -> None:
 def merge_folder(folder, world_size: int, rank: int = 0) -> Manifest | None:
     """Write `manifest.json` once all `world_size` rank manifests are in `folder`, and return
     it; None while some task is still running."""
-    from aunet.segment.tools import combine
-
     names = [rank_manifest_name(r, world_size) for r in range(world_size)]
     if not all(folder.isfile(n) for n in names):
         return None
