@@ -5,7 +5,7 @@ from typing import final
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["LevelStream", "PRETOK_START", "PUNCT_START", "Segmenter", "WORD_START", "__version__", "class_of", "jsonl_texts", "strategy_stages"]
+__all__ = ["JsonlTexts", "KeptColumn", "LevelStream", "OtherLine", "PRETOK_START", "PUNCT_START", "Segmenter", "WORD_START", "__version__", "class_of", "jsonl_texts", "strategy_stages"]
 __version__: str
 WORD_START: str
 PRETOK_START: str
@@ -18,15 +18,7 @@ def jsonl_texts(
     field: bytes | None = None,
     keep: list[bytes] = ...,
     max_depth: int = 512,
-) -> tuple[
-    npt.NDArray[np.uint8],
-    npt.NDArray[np.int64],
-    npt.NDArray[np.int64],
-    npt.NDArray[np.int64],
-    int,
-    list[tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64], npt.NDArray[np.uint8]]],
-]: ...
-
+) -> JsonlTexts: ...
 def strategy_stages(pairs: list[tuple[str | None, str | None]], keyed: bool) -> list[tuple[str, str] | None]: ...
 
 @final
@@ -46,3 +38,42 @@ class LevelStream:
     def push(self, data: bytes) -> npt.NDArray[np.uint8]: ...
     @property
     def bytes_seen(self) -> int: ...
+
+@final
+class JsonlTexts:
+    @property
+    def data(self) -> npt.NDArray[np.uint8]: ...
+    @property
+    def offsets(self) -> npt.NDArray[np.int64]: ...
+    @property
+    def lines(self) -> npt.NDArray[np.int64]: ...
+    @property
+    def others(self) -> list[OtherLine]: ...
+    @property
+    def last_line(self) -> int: ...
+    @property
+    def kept(self) -> list[KeptColumn]: ...
+
+@final
+class OtherLine:
+    @property
+    def long(self) -> bool: ...
+    @property
+    def line(self) -> int: ...
+    @property
+    def piece(self) -> int: ...
+    @property
+    def start(self) -> int: ...
+    @property
+    def end(self) -> int: ...
+    @property
+    def documents_before(self) -> int: ...
+
+@final
+class KeptColumn:
+    @property
+    def data(self) -> npt.NDArray[np.uint8]: ...
+    @property
+    def offsets(self) -> npt.NDArray[np.int64]: ...
+    @property
+    def valid(self) -> npt.NDArray[np.uint8]: ...

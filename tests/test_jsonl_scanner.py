@@ -211,10 +211,13 @@ def test_printable_text_is_taken_by_the_scanner_itself():
 
     docs = [json.dumps({"id": f"doc-{i}", "text": string.printable * (i % 5) + "é世"}, ensure_ascii=i % 2 == 0).encode() for i in range(200)]
     buf = b"\n".join(docs) + b"\n"
-    data, offsets, rows, others, last, kept = jsonl_texts([(buf, 0, len(buf))], 0, None)
-    assert last == 200 and len(others) == 0 and kept == []
-    _, _, _, others, _, [(ids, id_offsets, valid)] = jsonl_texts([(buf, 0, len(buf))], 0, None, [b"id"])
-    assert len(others) == 0 and valid.all()
+    scanned = jsonl_texts([(buf, 0, len(buf))], 0, None)
+    data, offsets, rows = scanned.data, scanned.offsets, scanned.lines
+    assert scanned.last_line == 200 and len(scanned.others) == 0 and scanned.kept == []
+    with_ids = jsonl_texts([(buf, 0, len(buf))], 0, None, [b"id"])
+    [kept] = with_ids.kept
+    ids, id_offsets, valid = kept.data, kept.offsets, kept.valid
+    assert len(with_ids.others) == 0 and valid.all()
     assert [bytes(ids[a:b]).decode() for a, b in zip(id_offsets[:-1], id_offsets[1:])] == [f"doc-{i}" for i in range(200)]
     assert rows.tolist() == list(range(1, 201))
     assert [bytes(data[a:b]) for a, b in zip(offsets[:-1], offsets[1:])] == [json.loads(d)["text"].encode() for d in docs]

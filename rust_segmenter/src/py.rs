@@ -125,24 +125,52 @@ enum PieceArg {
     Long(#[allow(dead_code)] i64),
 }
 
-type Array<'py, T> = Bound<'py, PyArray1<T>>;
-type KeptColumn<'py> = (Array<'py, u8>, Array<'py, i64>, Array<'py, u8>);
-type JsonlTexts<'py> = (Array<'py, u8>, Array<'py, i64>, Array<'py, i64>, Array<'py, i64>, i64, Vec<KeptColumn<'py>>);
+/// A line of a block that the scanner left to the caller: `long` (over the cap, skipped), or
+/// else bytes `start..end` of piece `piece`'s buffer, to parse with `json`; its text goes after
+/// the first `documents_before` documents the scanner took.
+#[pyclass(module = "aunet._segmenter", name = "OtherLine", frozen, get_all)]
+struct PyOtherLine {
+    long: bool,
+    line: i64,
+    piece: usize,
+    start: usize,
+    end: usize,
+    documents_before: usize,
+}
 
-/// The text field of each line of `pieces` (see `jsonl.rs`): (data, offsets, line numbers) of
-/// the lines decided here, the other lines as rows of 6 values (long, line, piece, start, end,
-/// documents before it) flattened, the last line number, and for each name in `keep` its
-/// values on the decided lines as (data, offsets, validity: one byte per line).
+/// One kept field's values on the lines the scanner took: strings as (data, offsets), and one
+/// validity byte per line (0: null).
+#[pyclass(module = "aunet._segmenter", name = "KeptColumn", frozen, get_all)]
+struct PyKeptColumn {
+    data: Py<PyArray1<u8>>,
+    offsets: Py<PyArray1<i64>>,
+    valid: Py<PyArray1<u8>>,
+}
+
+/// What `jsonl_texts` returns: the texts of the lines it took as (data, offsets) with their
+/// line numbers, the lines it left (`others`), the last line number seen, and one `KeptColumn`
+/// per name in `keep`.
+#[pyclass(module = "aunet._segmenter", name = "JsonlTexts", frozen, get_all)]
+struct PyJsonlTexts {
+    data: Py<PyArray1<u8>>,
+    offsets: Py<PyArray1<i64>>,
+    lines: Py<PyArray1<i64>>,
+    others: Vec<Py<PyOtherLine>>,
+    last_line: i64,
+    kept: Vec<Py<PyKeptColumn>>,
+}
+
+/// The text field of each line of `pieces` (see `jsonl.rs`).
 #[pyfunction]
 #[pyo3(signature = (pieces, first_line, field=None, keep=Vec::new(), max_depth=512))]
-fn jsonl_texts<'py>(
-    py: Python<'py>,
+fn jsonl_texts(
+    py: Python<'_>,
     pieces: Vec<PieceArg>,
     first_line: i64,
     field: Option<PyBackedBytes>,
     keep: Vec<PyBackedBytes>,
     max_depth: usize,
-) -> PyResult<JsonlTexts<'py>> {
+) -> PyResult<PyJsonlTexts> {
     let mut runs = Vec::with_capacity(pieces.len());
     for (i, p) in pieces.iter().enumerate() {
         runs.push(match p {
@@ -162,16 +190,45 @@ fn jsonl_texts<'py>(
     let keep: Vec<&[u8]> = keep.iter().map(|k| &**k).collect();
     let out = py.detach(|| crate::jsonl::extract_texts(&runs, first_line, field, &keep, max_depth));
     // Ranges are reported relative to each piece's buffer, as the caller slices it.
-    let mut others = Vec::with_capacity(out.others.len() * 6);
-    for o in &out.others {
-        let base = match &pieces[o.piece] {
-            PieceArg::Lines(_, start, _) => *start,
-            PieceArg::Long(_) => 0,
-        };
-        others.extend([o.long as i64, o.line, o.piece as i64, (base + o.start) as i64, (base + o.end) as i64, o.documents_before as i64]);
-    }
-    let kept = out.kept.into_iter().map(|k| (k.data.into_pyarray(py), k.offsets.into_pyarray(py), k.valid.into_pyarray(py))).collect();
-    Ok((out.data.into_pyarray(py), out.offsets.into_pyarray(py), out.lines.into_pyarray(py), others.into_pyarray(py), out.last_line, kept))
+    let others = out
+        .others
+        .iter()
+        .map(|o| {
+            let base = match &pieces[o.piece] {
+                PieceArg::Lines(_, start, _) => *start,
+                PieceArg::Long(_) => 0,
+            };
+            let other = PyOtherLine {
+                long: o.long,
+                line: o.line,
+                piece: o.piece,
+                start: base + o.start,
+                end: base + o.end,
+                documents_before: o.documents_before,
+            };
+            Py::new(py, other)
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    let kept = out
+        .kept
+        .into_iter()
+        .map(|k| {
+            let column = PyKeptColumn {
+                data: k.data.into_pyarray(py).unbind(),
+                offsets: k.offsets.into_pyarray(py).unbind(),
+                valid: k.valid.into_pyarray(py).unbind(),
+            };
+            Py::new(py, column)
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    Ok(PyJsonlTexts {
+        data: out.data.into_pyarray(py).unbind(),
+        offsets: out.offsets.into_pyarray(py).unbind(),
+        lines: out.lines.into_pyarray(py).unbind(),
+        others,
+        last_line: out.last_line,
+        kept,
+    })
 }
 
 /// The stages of a strategy list as the core reads them, without compiling or refusing any:
@@ -202,6 +259,9 @@ fn _segmenter(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("PUNCT_START", crate::PUNCT_START)?;
     m.add_class::<PySegmenter>()?;
     m.add_class::<PyLevelStream>()?;
+    m.add_class::<PyJsonlTexts>()?;
+    m.add_class::<PyOtherLine>()?;
+    m.add_class::<PyKeptColumn>()?;
     m.add_function(wrap_pyfunction!(class_of, m)?)?;
     m.add_function(wrap_pyfunction!(jsonl_texts, m)?)?;
     m.add_function(wrap_pyfunction!(strategy_stages, m)?)?;

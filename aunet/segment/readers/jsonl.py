@@ -96,22 +96,22 @@ class JsonlParser:
         pieces = [p.size if isinstance(p, LongLine) else p for p in block.pieces]
         # `json` recurses once per level and counts the frames below it: half the recursion
         # limit leaves it room, and deeper lines are its to decide.
-        data, offsets, rows, others, self.line_no, kept = jsonl_texts(pieces, self.line_no, self.field_bytes, self.keep_bytes,
-                                                                       sys.getrecursionlimit() // 2)
-        texts = pa.Array.from_buffers(pa.large_binary(), len(rows), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
-        extras = {f: _string_column(*column) for f, column in zip(self.extra_fields, kept)}
+        scanned = jsonl_texts(pieces, self.line_no, self.field_bytes, self.keep_bytes, sys.getrecursionlimit() // 2)
+        self.line_no, rows = scanned.last_line, scanned.lines
+        texts = pa.Array.from_buffers(pa.large_binary(), len(rows), [None, pa.py_buffer(scanned.offsets), pa.py_buffer(scanned.data)])
+        extras = {f: _string_column(column.data, column.offsets, column.valid) for f, column in zip(self.extra_fields, scanned.kept)}
         rejects: list[Reject] = []
         accepted: list[tuple[int, int, bytes, list]] = []  # (documents before it, line, text, kept values)
-        for long, line_no, piece, start, end, before in others.reshape(-1, 6).tolist():
-            if long:
-                rejects.append(Reject(name, f"line {line_no}", too_long(block.pieces[piece].size, self.cap, "line")))
+        for other in scanned.others:
+            if other.long:
+                rejects.append(Reject(name, f"line {other.line}", too_long(block.pieces[other.piece].size, self.cap, "line")))
                 continue
-            obj, value = _parse_line(block.pieces[piece][0][start:end], self.text_field, self.wanted)
+            obj, value = _parse_line(block.pieces[other.piece][0][other.start:other.end], self.text_field, self.wanted)
             if isinstance(value, _Problem):
-                rejects.append(Reject(name, f"line {line_no}", value.reason))
+                rejects.append(Reject(name, f"line {other.line}", value.reason))
             else:
                 # surrogatepass keeps lone surrogates from JSON escapes as invalid UTF-8 bytes.
-                accepted.append((before, line_no, value.encode("utf-8", "surrogatepass"), [_extra_value(obj.get(f)) for f in self.extra_fields]))
+                accepted.append((other.documents_before, other.line, value.encode("utf-8", "surrogatepass"), [_extra_value(obj.get(f)) for f in self.extra_fields]))
         if accepted:
             texts, rows, extras = _insert_documents(texts, rows, extras, accepted)
         if block.error is not None:
