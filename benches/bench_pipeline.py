@@ -47,7 +47,8 @@ from corpora import stdlib_files  # noqa: E402
 from oracle import OracleSegmenter  # noqa: E402
 
 from aunet.segment.shard_writer import LocalFiles, ShardWriter  # noqa: E402
-from aunet.segment.readers import _zstd_chunks, read_batches  # noqa: E402
+from aunet.segment.readers import read_batches  # noqa: E402
+from aunet.segment.readers.compression import zstd_chunks  # noqa: E402
 from aunet.segment.segmenter import Segmenter  # noqa: E402
 from aunet.segment.shards import shard_schema  # noqa: E402
 
@@ -211,7 +212,7 @@ def stage_times(path: Path, out: Path) -> dict[str, float]:
     """Seconds per stage for one JSONL.zst file on one thread, each stage timed alone."""
     t = time.perf_counter()
     with open(path, "rb") as f:
-        for _ in _zstd_chunks(f):
+        for _ in zstd_chunks(f):
             pass
     decompress = time.perf_counter() - t
     times = _read_segment_write(path, out)

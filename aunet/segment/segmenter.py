@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
-from aunet import _segmenter
+from aunet._segmenter import PRETOK_START, PUNCT_START, WORD_START, LevelStream
+from aunet._segmenter import Segmenter as _CoreSegmenter
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -23,11 +24,6 @@ Doc = Union[bytes, bytearray, memoryview, str]
 StrategySpec = Union[Mapping[str, str], Sequence[Sequence[Union[str, None]]]]
 
 __all__ = ["Segmenter", "LevelStream", "WORD_START", "PRETOK_START", "PUNCT_START"]
-
-WORD_START: str = _segmenter.WORD_START
-PRETOK_START: str = _segmenter.PRETOK_START
-PUNCT_START: str = _segmenter.PUNCT_START
-LevelStream = _segmenter.LevelStream
 
 
 def _as_bytes(doc: object, where: str) -> bytes:
@@ -82,7 +78,7 @@ class Segmenter:
     def __init__(self, strategy: StrategySpec):
         pairs, keyed = _pairs(strategy)
         self._spec = (pairs, keyed)
-        self._core = _segmenter.Segmenter(pairs, keyed)
+        self._core = _CoreSegmenter(pairs, keyed)
 
     def __reduce__(self):
         pairs, keyed = self._spec
@@ -164,5 +160,5 @@ class Segmenter:
 def _rebuild(pairs, keyed) -> Segmenter:
     seg = Segmenter.__new__(Segmenter)
     seg._spec = (pairs, keyed)
-    seg._core = _segmenter.Segmenter(pairs, keyed)
+    seg._core = _CoreSegmenter(pairs, keyed)
     return seg
