@@ -6,7 +6,7 @@ the options. Shards are written under a `.tmp` name and renamed when complete; w
 file's shards are complete, a marker `.progress/{k:06d}.json` (written atomically) records
 them with their checksums. A rerun skips files whose marker matches the current options and
 input, and redoes any other file from scratch, so a run killed at any point and rerun ends
-with the same bytes as an uninterrupted one.
+with the same bytes as an uninterrupted one. The names are `aunet.segment.layout`'s.
 """
 
 from __future__ import annotations

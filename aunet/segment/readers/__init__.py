@@ -12,8 +12,9 @@ or counted with its reason.
 - `batch`: `Batch`, `Reject` and array helpers; `prefetch`: `ahead`, the pipeline thread.
 """
 
-from aunet.segment.readers import jsonl  # noqa: F401  (each format module registers itself)
-from aunet.segment.readers import parquet  # noqa: F401
+# Each format module registers itself when imported, in this order (the order messages list).
+from aunet.segment.readers import jsonl  # noqa: F401, I001
+from aunet.segment.readers import parquet  # noqa: F401, I001
 from aunet.segment.readers import arrow  # noqa: F401, I001
 from aunet.segment.readers.batch import DEFAULT_MAX_DOCUMENT_BYTES, Batch, Reject, int64_array
 from aunet.segment.readers.prefetch import ahead
