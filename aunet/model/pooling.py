@@ -145,6 +145,29 @@ class Transition(nn.Module):
         return u * (index.offset == 0)[..., None].to(u.dtype)
 
 
+    def down_step(self, e: torch.Tensor) -> torch.Tensor:
+        """Decoding: Down for one new pooled position per row, e [b, 1, d_in]."""
+        return self.down(e, one_position(len(e), e.device))
+
+    def up_step(self, z: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+        """Decoding: Up for one new position per row from its coarse vector z [b, 1, d_out],
+        at `offset` [b, 1] from its pooled position."""
+        return self.up(z, one_position(len(z), z.device, offset))
+
+
+_ZEROS: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+
+def one_position(b: int, device: torch.device, offset: torch.Tensor | None = None) -> PoolIndex:
+    """The pooling index of one new position per row: pooled into slot 0 (down), or read from
+    slot 0 at `offset` [b, 1] from its pooled position (up)."""
+    key = (b, device)
+    if key not in _ZEROS:
+        _ZEROS[key] = torch.zeros(b, 1, dtype=torch.long, device=device)
+    zero = _ZEROS[key]
+    return PoolIndex(zero, torch.ones_like(zero, dtype=torch.bool), zero, zero if offset is None else offset, zero)
+
+
 def indexed_up_loop(x: torch.Tensor, weight: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
     """Reference semantics of the multi-linear map: y[b, t] = weight[offset[b, t] mod 16] x[b, t],
     one masked matmul per offset, as the reference computes it (data-dependent shapes, one host
