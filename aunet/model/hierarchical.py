@@ -29,7 +29,7 @@ from aunet.config.model import ModelArgs
 from aunet.model.kv_cache import DecodeCache, StackCache
 from aunet.model.layers import Embedding, Linear, RMSNorm, Stack
 from aunet.model.metrics import nats_over_text
-from aunet.model.pooling import Transition
+from aunet.model.pooling import build_transition
 from aunet.model.routes import FullRoute, PrefillRoute, StepRoute
 
 
@@ -58,7 +58,7 @@ class HierarchicalTransformer(nn.Module):
         self.tok_embeddings = Embedding(args.vocab_size, dims[0], std=dims[0] ** -0.5)
         self.encoders = nn.ModuleList(stack(i) for i in range(L))
         self.transitions = nn.ModuleList(
-            Transition(dims[i], dims[i + 1], args.pooling, block.norm_eps) for i in range(L)
+            build_transition(args.pooling_type, dims[i], dims[i + 1], block.norm_eps) for i in range(L)
         )
         self.trunk = stack(L)
         self.decoders = nn.ModuleList(stack(i) for i in range(L))
@@ -143,7 +143,7 @@ class HierarchicalTransformer(nn.Module):
             levels = self._check_levels(tokens, levels)
         return self._walk(self.tok_embeddings(tokens), FullRoute(levels, self.args.stage_lengths(T)))
 
-    def _walk(self, x: torch.Tensor, route) -> torch.Tensor:
+    def _walk(self, x: torch.Tensor, route: FullRoute | StepRoute) -> torch.Tensor:
         """The one traversal of the U-Net (see the module doc); `route` is a `FullRoute`,
         `PrefillRoute` or `StepRoute`. Stack caches are ordered as in `DecodeCache.stacks`."""
         L = self.n_levels

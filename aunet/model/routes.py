@@ -21,6 +21,7 @@ from aunet.config.model import ModelArgs
 from aunet.model.kv_cache import CachePrefill, CacheStep, DecodeCache, StackCache
 from aunet.model.pooling import PoolIndex, Transition, gather_rows, pool_index
 
+
 class FullRoute:
     """A whole sequence, no cache: stage i+1 holds the first `lengths[i+1]` pooled positions."""
 
@@ -30,6 +31,7 @@ class FullRoute:
         self.indices: list[PoolIndex] = []
 
     def enters(self, stage: int) -> bool:
+        """Whether any row reaches `stage` (the stages it skips do not run at all)."""
         return True
 
     def cache(self, slot: int, stage: int) -> tuple[StackCache | None, CachePrefill | None]:
@@ -38,16 +40,20 @@ class FullRoute:
         return None, None
 
     def down(self, i: int, e: torch.Tensor, transition: Transition) -> torch.Tensor:
+        """Encoder-i outputs e -> the inputs of stage i+1."""
         index = pool_index(self.levels, i, self.lengths[i + 1])
         self.indices.append(index)
         self.levels = index.levels
         return transition.down(e, index)
 
     def up(self, i: int, z: torch.Tensor | None, transition: Transition) -> torch.Tensor:
+        """Stage-(i+1) outputs z (None where stage i+1 did not run) -> one vector per stage-i
+        position."""
         assert z is not None
         return transition.up(z, self.indices[i])
 
     def finish(self, z: torch.Tensor) -> torch.Tensor:
+        """The final byte-level features the walk returns."""
         return z
 
 
