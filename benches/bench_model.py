@@ -31,15 +31,17 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
 
 from report import save  # noqa: E402
 from corpora import stdlib_docs  # noqa: E402
 
 from aunet import Segmenter  # noqa: E402
-from aunet.config import ModelArgs, Pooling, load_config  # noqa: E402
+from aunet.config import ModelArgs, load_config  # noqa: E402
 from aunet.model.flops import flops_per_byte, param_count  # noqa: E402
 from aunet.model import HierarchicalTransformer  # noqa: E402
-from aunet.model.pooling import Transition, gather_rows, indexed_up_loop, pool_index  # noqa: E402
+from aunet.model.pooling import build_transition, gather_rows, pool_index  # noqa: E402
+from model_helpers import indexed_up_loop  # noqa: E402
 
 CONFIGS = HERE.parent / "configs"
 
@@ -134,7 +136,7 @@ def upsample_rows(repeats: int) -> list[dict]:
     for label, d_in, d_out, B, T, K in (("tiny (64->96)", 64, 96, 8, 512, 192),
                                         ("AU-Net-2 (512->2048)", 512, 2048, 1, 2048, 800)):
         torch.manual_seed(0)
-        tr = Transition(d_in, d_out, Pooling.parse("simple_indexed_matmul"), eps=1e-5)
+        tr = build_transition("simple_indexed_matmul", d_in, d_out, eps=1e-5)
         index = pool_index(seg_levels[:B, :T], 0, K)
         z = torch.randn(B, K, d_out, requires_grad=True)
 

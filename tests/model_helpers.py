@@ -1,4 +1,5 @@
-"""Tiny model configurations shared by the model tests."""
+"""Tiny model configurations shared by the model tests, and slow reference implementations
+that the tests and benchmarks measure the model's code against."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import torch
 
 from aunet import Segmenter
 from aunet.config import BlockArgs, ModelArgs
+from aunet.inference.generate import sample_bytes
 from aunet.model import HierarchicalTransformer
 
 POOLING_TYPES = ["simple", "simple_repeat", "simple_indexed_matmul", "simple_non_param"]
@@ -61,3 +63,21 @@ def export_random_model(directory, cfg, seed: int = 0) -> HierarchicalTransforme
     save_file(model.state_dict(), str(directory / "model.safetensors"))
     (directory / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
     return model
+
+
+def indexed_up_loop(x: torch.Tensor, weight: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """Reference semantics of the multi-linear map: y[b, t] = weight[offset[b, t] mod 16] x[b, t],
+    one masked matmul per offset, as the reference computes it (data-dependent shapes, one host
+    sync per offset). The yardstick of `simple_indexed_matmul`'s batched upsampling."""
+    out = x.new_zeros(*x.shape[:-1], weight.shape[1])
+    slot = offset % weight.shape[0]
+    for o in range(weight.shape[0]):
+        b, t = torch.where(slot == o)
+        if b.numel():
+            out[b, t] = x[b, t] @ weight[o].T
+    return out
+
+
+def sample_byte(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, rng: torch.Generator) -> int:
+    """One byte from logits [vocab] (only ids < 256 are candidates); `sample_bytes` for one row."""
+    return sample_bytes(logits[None], temperature, top_k, top_p, [rng])[0]

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from aunet.config import BOS_ID, BlockArgs
-from aunet.inference.generate import Generator, decode_utf8, sample_byte, sample_bytes
+from aunet.inference.generate import Generator, decode_utf8, sample_bytes
 from aunet.model import HierarchicalTransformer
 from aunet.segment.segmenter import Segmenter
-from model_helpers import POOLING_COMBOS, POOLING_TYPES, STRATEGIES, TEXT, tiny_args
+from model_helpers import POOLING_COMBOS, POOLING_TYPES, STRATEGIES, TEXT, sample_byte, tiny_args
 from uncached_sampler import uncached_generate
 
 BOS = BOS_ID

@@ -7,8 +7,8 @@ import torch
 
 from aunet.config import MAX_OFFSET, Pooling
 from aunet.model import HierarchicalTransformer
-from aunet.model.pooling import Transition, gather_rows, indexed_up_loop, pool_index
-from model_helpers import POOLING_COMBOS, POOLING_TYPES, tiny_args
+from aunet.model.pooling import Transition, build_transition, gather_rows, pool_index
+from model_helpers import POOLING_COMBOS, POOLING_TYPES, indexed_up_loop, tiny_args
 
 
 def naive_pool(levels: list[int], stage: int, out_len: int):
@@ -35,9 +35,9 @@ def test_pool_index_matches_the_definition(stage, out_len):
         assert got.levels[b].tolist() == nxt
 
 
-def naive_up(tr: Transition, z: torch.Tensor, up_k: list[int], offset: list[int]) -> torch.Tensor:
+def naive_up(tr: Transition, options: frozenset[str], z: torch.Tensor, up_k: list[int], offset: list[int]) -> torch.Tensor:
     """Up_i(z[k], o) one position at a time, in the reference's order of operations."""
-    p = tr.pooling
+    non_param, indexed_matmul = "non_param" in options, "indexed_matmul" in options
 
     def fold(v):  # the non-parametric up: average each group of d_out / d_in features
         return v.view(tr.d_in, -1).mean(-1)
@@ -45,13 +45,13 @@ def naive_up(tr: Transition, z: torch.Tensor, up_k: list[int], offset: list[int]
     rows = []
     for k, o in zip(up_k, offset):
         v = z[k]
-        if not p.non_param:
+        if not non_param:
             v = tr.up_norm(v)
-        shared = fold if p.non_param else tr.trans_up
-        if p.indexed_matmul:
-            n = tr.indexed_norm(z[k]) if p.non_param else v
+        shared = fold if non_param else tr.trans_up
+        if indexed_matmul:
+            n = tr.indexed_norm(z[k]) if non_param else v
             rows.append(shared(v) + tr.indexed_linear.weight[o % MAX_OFFSET] @ n)
-        elif p.repeat:
+        elif "repeat" in options:
             rows.append(shared(v + tr.pos_encoding.weight[o % MAX_OFFSET]))
         else:
             rows.append(shared(v) if o == 0 else torch.zeros(tr.d_in))
@@ -61,7 +61,7 @@ def naive_up(tr: Transition, z: torch.Tensor, up_k: list[int], offset: list[int]
 @pytest.mark.parametrize("pooling_type", POOLING_TYPES + POOLING_COMBOS)
 def test_upsampling_matches_the_per_position_definition(pooling_type):
     torch.manual_seed(0)
-    tr = Transition(8, 16, Pooling.parse(pooling_type), eps=1e-5)
+    tr = build_transition(pooling_type, 8, 16, eps=1e-5)
     levels = torch.zeros(2, 50, dtype=torch.long)
     levels[:, [0, 3, 4, 30]] = 1  # a 26-byte segment: offsets past 16 wrap around
     levels[1, 45] = 1
@@ -69,14 +69,14 @@ def test_upsampling_matches_the_per_position_definition(pooling_type):
     z = torch.randn(2, 4, 16)
     got = tr.up(z, index)
     for b in range(2):
-        want = naive_up(tr, z[b], index.up_k[b].tolist(), index.offset[b].tolist())
+        want = naive_up(tr, Pooling.parse(pooling_type).options, z[b], index.up_k[b].tolist(), index.offset[b].tolist())
         torch.testing.assert_close(got[b], want, atol=1e-5, rtol=1e-5)
 
 
 def test_multilinear_upsampling_values_and_gradients_match_the_offset_loop():
     torch.manual_seed(0)
     # float64, so that the two summation orders agree to rounding.
-    tr = Transition(12, 20, Pooling.parse("simple_indexed_matmul"), eps=1e-5).double()
+    tr = build_transition("simple_indexed_matmul", 12, 20, eps=1e-5).double()
     gen = torch.Generator().manual_seed(1)
     levels = (torch.rand(3, 200, generator=gen) < 0.08).long()
     levels[:, 0] = 1
@@ -98,7 +98,7 @@ def test_multilinear_upsampling_values_and_gradients_match_the_offset_loop():
 def test_non_parametric_down_is_the_reference_interpolation():
     torch.manual_seed(0)
     d_in, r = 6, 3
-    tr = Transition(d_in, d_in * r, Pooling.parse("simple_non_param"), eps=1e-5)
+    tr = build_transition("simple_non_param", d_in, d_in * r, eps=1e-5)
     assert not list(tr.parameters())
     levels = torch.tensor([[1, 0, 1, 1, 0]])
     index = pool_index(levels, 0, 3)
@@ -141,3 +141,39 @@ def test_whole_forward_traces_into_one_graph():
     loop = torch.compile(indexed_up_loop, fullgraph=True, backend="eager", dynamic=False)
     with pytest.raises(Exception):
         loop(torch.randn(2, 10, 8), torch.randn(16, 4, 8), torch.randint(0, 20, (2, 10)))
+
+
+PARAMETER_NAMES = {
+    "simple": ["down_norm.weight", "trans_down.weight", "up_norm.weight", "trans_up.weight"],
+    "simple_non_param": [],
+    "simple_repeat": ["down_norm.weight", "trans_down.weight", "up_norm.weight", "trans_up.weight",
+                      "pos_encoding.weight"],
+    "simple_non_param_repeat": ["pos_encoding.weight"],
+    "simple_indexed_matmul": ["down_norm.weight", "trans_down.weight", "up_norm.weight", "trans_up.weight",
+                              "indexed_linear.weight"],
+    "simple_non_param_indexed_matmul": ["indexed_linear.weight", "indexed_norm.weight"],
+}
+
+
+def test_every_spelling_the_config_accepts_has_one_registered_class():
+    """Each pooling type is one registered class; every name `pooling_type` accepts (options in
+    any order, repeat beside indexed_matmul) finds the class of its canonical spelling."""
+    import itertools
+
+    from aunet.config.model import POOLING_OPTIONS
+    from aunet.model.pooling import pooling_class, registered_types
+
+    assert registered_types() == sorted(PARAMETER_NAMES)
+    for r in range(len(POOLING_OPTIONS) + 1):
+        for options in itertools.permutations(POOLING_OPTIONS, r):
+            name = "_".join(["simple", *options])
+            assert pooling_class(name) is pooling_class(Pooling.parse(name).name), name
+    assert pooling_class("simple_repeat_indexed_matmul") is pooling_class("simple_indexed_matmul")
+
+
+@pytest.mark.parametrize("pooling_type", sorted(PARAMETER_NAMES))
+def test_parameter_names_and_order_are_the_checkpoint_layout(pooling_type):
+    """State-dict names and order (ZeRO-3 checkpoints flatten parameters in order) are those of
+    existing checkpoints and HF exports."""
+    tr = build_transition(pooling_type, 8, 16, eps=1e-5)
+    assert [name for name, _ in tr.named_parameters()] == PARAMETER_NAMES[pooling_type]

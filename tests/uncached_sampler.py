@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 
 from aunet.config import BOS_ID
-from aunet.inference.generate import sample_byte
 from aunet.segment import Segmenter
+from model_helpers import sample_byte
 
 
 @torch.no_grad()

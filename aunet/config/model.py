@@ -28,16 +28,23 @@ class Pooling:
     """A parsed `pooling_type`: ``simple`` followed by any of the options, joined by ``_``.
 
     The reference reads the name by substring (``"repeat" in name`` ...); we accept exactly
-    ``simple`` plus each option at most once, in any order, and reject anything else.
+    ``simple`` plus each option at most once, in any order, and reject anything else. What a
+    type does lives in its class (`aunet.model.pooling`), registered under `name`.
     """
 
-    repeat: bool
-    """Every position of a segment receives the segment's coarse vector (else only the pooled
-    position does, and the others get zeros)."""
-    indexed_matmul: bool
-    """A separate linear map per offset o(j) mod 16 (multi-linear upsampling); implies repeat."""
-    non_param: bool
-    """Down/up by feature interleaving and averaging instead of RMSNorm + Linear."""
+    options: frozenset[str]
+
+    @property
+    def name(self) -> str:
+        """The canonical spelling: options in the order non_param, repeat, indexed_matmul, and
+        repeat left out next to indexed_matmul (which repeats already)."""
+        kept = self.options - {"repeat"} if "indexed_matmul" in self.options else self.options
+        return "_".join(["simple", *(o for o in ("non_param", "repeat", "indexed_matmul") if o in kept)])
+
+    @property
+    def non_param(self) -> bool:
+        """Down/up by feature interleaving and averaging (the widths must then be multiples)."""
+        return "non_param" in self.options
 
     @classmethod
     def parse(cls, name: str) -> Pooling:
@@ -53,8 +60,7 @@ class Pooling:
                     "each at most once, joined by '_'")
             seen.append(option)
             rest = rest[len(option):]
-        indexed = "indexed_matmul" in seen
-        return cls(repeat=indexed or "repeat" in seen, indexed_matmul=indexed, non_param="non_param" in seen)
+        return cls(frozenset(seen))
 
 
 @dataclass

@@ -199,20 +199,13 @@ class AUNetForCausalLM(PreTrainedModel, GenerationMixin):
     def _prefill_cache(self, cache: AUNetCache, real: list[list[int]]) -> torch.Tensor:
         """Fill the generator's caches with the rows' real ids; the logits [B, vocab] that
         predict each row's next byte. (Generator.prefill takes texts; a row here may hold
-        special ids anywhere, so its two steps are called directly.)"""
-        gen = cache.generator
-        limit = self.core.args.max_seqlens[0]
-        longest = max(map(len, real))
-        if limit != -1 and longest > limit:
-            raise ValueError(f"a prompt of {longest} tokens is longer than the model's max_seqlens[0] = {limit}")
-        gen.state = gen._new_state(len(real), longest + DEFAULT_ROOM)
-        for b, seq in enumerate(real):
-            stream = gen.state.streams[b]
-            if stream is not None:
-                # The stream continues the prompt's last document (the bytes after its last special id).
-                tail = next((k for k in range(len(seq) - 1, -1, -1) if seq[k] >= 256), -1)
-                stream.push(bytes(seq[tail + 1:]))
-        return gen._prefill(real, [self.levels_of(seq) for seq in real])
+        special ids anywhere, hence `prefill_ids`.)"""
+        streams = []
+        for seq in real:
+            # The stream continues the prompt's last document (the bytes after its last special id).
+            tail = next((k for k in range(len(seq) - 1, -1, -1) if seq[k] >= 256), -1)
+            streams.append(bytes(seq[tail + 1:]))
+        return cache.generator.prefill_ids(real, [self.levels_of(seq) for seq in real], streams, DEFAULT_ROOM)
 
     def _step_cache(self, cache: AUNetCache, input_ids: torch.Tensor) -> torch.Tensor:
         """One cached step per new column of input_ids (usually one, from `generate`)."""

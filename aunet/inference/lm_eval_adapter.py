@@ -43,6 +43,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
 from aunet.config.model import BOS_ID, EOS_ID
+from aunet.inference.generate import Generator, decode_utf8
 
 DEFAULT_BATCH = 16
 DEFAULT_GEN_BYTES = 256
@@ -206,8 +207,6 @@ class AUNetLM(LM):
         return results
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        from aunet.inference.generate import Generator, decode_utf8
-
         generator = Generator(self.model, self.strategy)
         jobs = []  # (request index, prompt, options): options are hashable, to group requests
         for n, r in enumerate(requests):

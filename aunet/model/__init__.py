@@ -1,6 +1,8 @@
-"""The AU-Net model (SPEC section 4): `HierarchicalTransformer` and the bits-per-byte metric."""
+"""The AU-Net model (SPEC section 4): `HierarchicalTransformer`, its decoding state `DecodeCache`, and the
+bits-per-byte metric."""
 
 from aunet.model.hierarchical import HierarchicalTransformer
+from aunet.model.kv_cache import DecodeCache
 from aunet.model.metrics import bpb, byte_nats
 
-__all__ = ["HierarchicalTransformer", "bpb", "byte_nats"]
+__all__ = ["DecodeCache", "HierarchicalTransformer", "bpb", "byte_nats"]

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aunet.config.model import MAX_OFFSET, ModelArgs
+from aunet.config.model import ModelArgs
+from aunet.model.pooling import pooling_class
 
 #: Expected share of byte positions reaching stage i (1 at the byte level).
 DEFAULT_STAGE_FRACTIONS = (1.0, 1 / 5.5, 1 / 11, 1 / 22, 1 / 44)
@@ -32,13 +33,7 @@ def block_params(args: ModelArgs, stage: int) -> int:
 
 def transition_params(args: ModelArgs, i: int) -> int:
     """Parameters of the pooling transition between stage i and stage i+1."""
-    d_in, d_out, p = args.dimensions[i], args.dimensions[i + 1], args.pooling
-    n = 0 if p.non_param else d_in + 2 * d_in * d_out + d_out
-    if p.indexed_matmul:
-        n += MAX_OFFSET * d_out * d_in + (d_out if p.non_param else 0)
-    elif p.repeat:
-        n += MAX_OFFSET * d_out
-    return n
+    return pooling_class(args.pooling_type).params(args.dimensions[i], args.dimensions[i + 1])
 
 
 def param_count(args: ModelArgs, embeddings: bool = True) -> int:
@@ -88,7 +83,8 @@ def stage_positions(args: ModelArgs, seq_len: int, fractions: tuple[float, ...] 
 def flops_per_byte(args: ModelArgs, seq_len: int, fractions: tuple[float, ...] | None = None,
                    padded: bool = False) -> Flops:
     """Forward + backward FLOPs per byte of one `seq_len`-byte sequence (see the module doc)."""
-    L, dims, p = args.n_levels, args.dimensions, args.pooling
+    L, dims = args.n_levels, args.dimensions
+    transition = pooling_class(args.pooling_type)
     pos = stage_positions(args, seq_len, fractions, padded)
     linear = attention = 0.0
     for i in range(L + 1):
@@ -97,13 +93,7 @@ def flops_per_byte(args: ModelArgs, seq_len: int, fractions: tuple[float, ...] |
         linear += 6 * depth * weights * pos[i]
         attention += 12 * depth * dims[i] * mean_context(pos[i], args.sliding_windows[i]) * pos[i]
     for i in range(L):
-        d_in, d_out = dims[i], dims[i + 1]
-        if not p.non_param:
-            linear += 6 * d_in * d_out * pos[i + 1]  # down
-            if not p.indexed_matmul:
-                linear += 6 * d_out * d_in * pos[i + 1]  # up, once per coarse vector
-        if p.indexed_matmul:
-            linear += 6 * d_out * d_in * pos[i]  # one (offset-specific) map per stage-i position
+        linear += transition.flops(dims[i], dims[i + 1], fine=pos[i], coarse=pos[i + 1])
     linear += 6 * dims[0] * args.vocab_size * pos[0]
     if args.lambda_level > 0:
         linear += 6 * 2 * dims[0] * (L + 1) * pos[0]

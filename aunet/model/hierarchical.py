@@ -3,18 +3,34 @@ upsample back to bytes (SPEC section 4).
 
 Module and parameter names follow the reference (tok_embeddings, encoders, transitions, trunk,
 decoders, vocab_norm, vocab, level_mask_norm, level_mask) so that state dicts line up.
+
+Design: one walk. The U-Net is traversed in exactly one place, `_walk` (embed, then per level
+encode and pool down, the trunk, then per level upsample and decode). Training, the prefill
+of a decoding batch and each decoding step all run it; what differs between them is a route
+(`aunet.model.routes`): where positions go between stages (a `PoolIndex` from the levels, or
+one new position for the rows that climb) and which cache each stack writes. Every stack, and
+every attention layer in it, runs the same code with or without a cache (lingua's pattern), so
+a change to the architecture is one edit, and cached logits equal the full pass by
+construction. The model owns its decoding state (`new_cache`, `prefill`, `step`); the
+generator only decides which rows step with which levels, and samples. Pooling types are
+classes behind one interface (`aunet.model.pooling`), so the walk never branches on them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from aunet.config.model import ModelArgs
+from aunet.model.kv_cache import DecodeCache, StackCache
 from aunet.model.layers import Embedding, Linear, RMSNorm, Stack
 from aunet.model.metrics import nats_over_text
-from aunet.model.pooling import PoolIndex, Transition, pool_index
+from aunet.model.pooling import build_transition
+from aunet.model.routes import FullRoute, PrefillRoute, StepRoute
 
 
 class HierarchicalTransformer(nn.Module):
@@ -42,7 +58,7 @@ class HierarchicalTransformer(nn.Module):
         self.tok_embeddings = Embedding(args.vocab_size, dims[0], std=dims[0] ** -0.5)
         self.encoders = nn.ModuleList(stack(i) for i in range(L))
         self.transitions = nn.ModuleList(
-            Transition(dims[i], dims[i + 1], args.pooling, block.norm_eps) for i in range(L)
+            build_transition(args.pooling_type, dims[i], dims[i + 1], block.norm_eps) for i in range(L)
         )
         self.trunk = stack(L)
         self.decoders = nn.ModuleList(stack(i) for i in range(L))
@@ -123,25 +139,100 @@ class HierarchicalTransformer(nn.Module):
         limit = self.args.max_seqlens[0]
         if limit != -1 and T > limit:
             raise ValueError(f"input of {T} positions is longer than model.max_seqlens[0] = {limit}")
-        x = self.tok_embeddings(tokens)
+        if self.n_levels:
+            levels = self._check_levels(tokens, levels)
+        return self._walk(self.tok_embeddings(tokens), FullRoute(levels, self.args.stage_lengths(T)))
+
+    def _walk(self, x: torch.Tensor, route: FullRoute | StepRoute) -> torch.Tensor:
+        """The one traversal of the U-Net (see the module doc); `route` is a `FullRoute`,
+        `PrefillRoute` or `StepRoute`. Stack caches are ordered as in `DecodeCache.stacks`."""
         L = self.n_levels
-        if L == 0:
-            return self.trunk(x)
-        levels = self._check_levels(tokens, levels)
-        lengths = self.args.stage_lengths(T)
-        indices: list[PoolIndex] = []
-        skips: list[torch.Tensor] = []
+        skips = []
         for i in range(L):
-            x = self.encoders[i](x)
-            skips.append(x)
-            indices.append(pool_index(levels, i, lengths[i + 1]))
-            x = self.transitions[i].down(x, indices[i])
-            levels = indices[i].levels
-        x = self.trunk(x)
+            skips.append(self.encoders[i](x, *route.cache(i, i)))
+            if not route.enters(i + 1):
+                break
+            x = route.down(i, skips[i], self.transitions[i])
+        z = self.trunk(x, *route.cache(L, L)) if route.enters(L) else None
         for i in reversed(range(L)):
-            u = self.transitions[i].up(x, indices[i])
-            x = self.decoders[i](skips[i] + u if self.args.residuals[i] else u)
-        return x
+            if route.enters(i):
+                u = route.up(i, z, self.transitions[i])
+                z = self.decoders[i](skips[i] + u if self.args.residuals[i] else u, *route.cache(L + 1 + i, i))
+        return route.finish(z)
+
+    # --- decoding -----------------------------------------------------------------------
+
+    def new_cache(self, batch: int, capacity: int) -> DecodeCache:
+        """An empty decoding state for `batch` sequences, with `capacity` positions reserved
+        per stage (capped by `max_seqlens`; caches grow by doubling past it; a stack with a
+        shorter sliding window keeps a ring of `window` slots)."""
+        L, args = self.n_levels, self.args
+        weight = self.tok_embeddings.weight
+        stacks = [*self.encoders, self.trunk, *self.decoders]
+        stage = [*range(L), L, *range(L)]
+
+        def room(i: int) -> int:
+            limit = args.max_seqlens[i]
+            return capacity if limit == -1 else max(1, min(capacity, limit))
+
+        caches = [StackCache(s, batch, room(i), weight.device, weight.dtype) for s, i in zip(stacks, stage)]
+        coarse = [weight.new_zeros(batch, 1, args.dimensions[i + 1]) for i in range(L)]
+        return DecodeCache(caches, coarse, weight.device)
+
+    def decode_levels(self, levels: Sequence[int] | np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """The levels decoding runs new positions with (numpy, on the host, as `_check_levels`
+        does on the device): levels above L count as L, and position 0 opens a segment at
+        every stage."""
+        L = self.n_levels
+        out = np.minimum(np.asarray(levels, dtype=np.int64), L)
+        out[np.asarray(positions) == 0] = L
+        return out
+
+    def check_prompt(self, length: int) -> None:
+        """ValueError unless a prompt of `length` tokens fits under `max_seqlens[0]`."""
+        limit = self.args.max_seqlens[0]
+        if limit != -1 and length > limit:
+            raise ValueError(f"a prompt of {length} tokens is longer than model.max_seqlens[0] = {limit}")
+
+    def check_room(self, rows: np.ndarray, cache: DecodeCache) -> None:
+        """ValueError unless each of `rows` can take one more position under `max_seqlens[0]`."""
+        limit = self.args.max_seqlens[0]
+        if limit != -1 and (cache.stage(0).lengths[rows] >= limit).any():
+            raise ValueError(f"the sequence is full: model.max_seqlens[0] = {limit}")
+
+    def prefill(self, tokens: Sequence[Sequence[int]], levels: Sequence[Sequence[int]] | None,
+                cache: DecodeCache) -> torch.Tensor:
+        """Start every sequence of a fresh `cache` with its prompt (token ids, levels per
+        token; levels may be None for a flat model): one right-padded pass that fills every
+        stack's cache. Returns the logits [B, vocab] that predict each row's next token."""
+        lengths = [len(t) for t in tokens]
+        if len(lengths) != cache.batch or not all(lengths):
+            raise ValueError(f"prefill needs one non-empty prompt per row of the cache ({cache.batch})")
+        longest = max(lengths)
+        self.check_prompt(longest)
+        tok = np.zeros((len(tokens), longest), dtype=np.int64)
+        lev = np.zeros_like(tok)
+        for b, n in enumerate(lengths):
+            tok[b, :n] = tokens[b]
+            if levels is not None:
+                lev[b, :n] = levels[b]
+        tok_dev, lev_dev = torch.from_numpy(tok).to(cache.device), torch.from_numpy(lev).to(cache.device)
+        if self.n_levels:
+            lev_dev = self._check_levels(tok_dev, lev_dev)
+        route = PrefillRoute(lev_dev, self.args.stage_lengths(longest), lengths, cache)
+        h = self._walk(self.tok_embeddings(tok_dev), route)
+        return self.vocab(self.vocab_norm(h))[:, 0]
+
+    def step(self, tokens: np.ndarray, levels: np.ndarray, rows: np.ndarray, cache: DecodeCache) -> torch.Tensor:
+        """Append one token to each of `rows` (host int64 arrays) with its level (as
+        `decode_levels` gives it) and return their next-token logits [len(rows), vocab]. A
+        deeper stage runs only for the rows whose new token opens a segment there and whose
+        stage has room under `max_seqlens`."""
+        self.check_room(rows, cache)
+        levels = self.decode_levels(levels, cache.stage(0).lengths[rows])
+        route = StepRoute(self.args, cache, rows, np.asarray(tokens, dtype=np.int64), levels)
+        z = self._walk(self.tok_embeddings(route.tokens[:, None]), route)
+        return self.vocab(self.vocab_norm(z))[:, 0]
 
     def _check_levels(self, tokens: torch.Tensor, levels: torch.Tensor | None) -> torch.Tensor:
         if levels is None or levels.shape != tokens.shape:

@@ -11,6 +11,10 @@ number of positions cached per sequence (its RoPE position for the next one). Se
 batch advance independently: a decoding step names the rows that step (`CacheStep`), which is
 how each sequence's deeper stages step only at its own segment boundaries.
 
+A `DecodeCache` is the whole model's decoding state for a batch (`HierarchicalTransformer.new_cache`):
+the stack caches, and what upsampling needs between steps (each row's last coarse vector and
+last pooled position per transition).
+
 Attention itself stays in `aunet.model.layers.Attention.forward`: with a cache it runs the same
 projections and RoPE as in training, writes the new keys and values here, and attends through
 the same `causal_attention` (prefill) or over the cached keys with a validity mask (decoding).
@@ -124,3 +128,56 @@ class StackCache:
 
     def advance(self, rows: np.ndarray) -> None:
         self.lengths[rows] += 1
+
+
+class DecodeCache:
+    """A batch's decoding state across the whole U-Net: made by `HierarchicalTransformer.new_cache`,
+    filled by its `prefill`, advanced by its `step`."""
+
+    def __init__(self, stacks: list[StackCache], coarse: list[torch.Tensor], device: torch.device):
+        self.stacks = stacks
+        """Encoders 0..L-1, the trunk, decoders 0..L-1 (decoder i keeps encoder i's lengths)."""
+        L = len(coarse)
+        self.coarse = coarse
+        """Per transition i: [B, 1, d_{i+1}], output of stage i+1 at each row's last position
+        there (what Up_i reads until the row pools again)."""
+        self.last_pooled = np.zeros((L, len(stacks[0].lengths)), dtype=np.int64)
+        """[L, B] stage-i index of each row's last position pooled into stage i+1."""
+        self.hidden: torch.Tensor | None = None
+        """[B, 1, dim] final byte-level features of each row's last position (the level head's input)."""
+        self.device = device
+        self._pinned: torch.Tensor | None = None
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.coarse)
+
+    @property
+    def batch(self) -> int:
+        return len(self.stacks[0].lengths)
+
+    def stage(self, i: int) -> StackCache:
+        """The stack cache that counts stage i's positions (encoder i, or the trunk at i = L)."""
+        return self.stacks[i]
+
+    def decoder(self, i: int) -> StackCache:
+        return self.stacks[self.n_levels + 1 + i]
+
+    @property
+    def stage_steps(self) -> np.ndarray:
+        """[B, L+1] positions each row has run through stage 0..L."""
+        return np.stack([c.lengths for c in self.stacks[: self.n_levels + 1]], axis=1)
+
+    def upload(self, parts: list[np.ndarray]) -> list[torch.Tensor]:
+        """Every index array of a step in one host-to-device copy (pinned on CUDA, so it runs
+        asynchronously); returns device views, one per part."""
+        sizes = [len(p) for p in parts]
+        flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        host = torch.from_numpy(flat)
+        if self.device.type == "cuda":
+            if self._pinned is None or self._pinned.numel() < len(flat):
+                self._pinned = torch.empty(max(len(flat), 1024), dtype=torch.long).pin_memory()
+            self._pinned[: len(flat)].copy_(host)
+            host = self._pinned[: len(flat)]
+        on_device = host.to(self.device, non_blocking=True)
+        return list(on_device.split(sizes))
