@@ -140,8 +140,12 @@ def test_padded_batch_logits_equal_each_row_alone(dirs, side):
         for b, text in enumerate(texts):
             alone = model(**tok(text, return_tensors="pt")).logits[0]
             real = enc["attention_mask"][b].bool()
+            # 1e-5: a padded batch and a row alone run matmuls of different shapes, which the
+            # CPU kernels block and sum in different orders (seen: 7.8801e-02 against 7.8800e-02
+            # under load); a wrong row or a position from the padding differs by far more.
             assert (batch[b, real] - alone).abs().max().item() <= 1e-5
-            assert torch.equal(batch[b, -1], alone[-1])  # logits[:, -1] predicts each row's next byte
+            # logits[:, -1] predicts each row's next byte, with right padding too.
+            assert (batch[b, -1] - alone[-1]).abs().max().item() <= 1e-5
 
 
 def hf_greedy(model, tok, prompts: list[bytes], n: int, side: str = "left", **kw) -> list[bytes]:
