@@ -26,6 +26,11 @@ class TokenizerArgs:
     path: str | None = None
     """Tokenizer file, for ``bpe``."""
 
+    @property
+    def bpe_file(self) -> str | None:
+        """The BPE tokenizer file for ``bpe``; None for bytes."""
+        return self.path if self.name == "bpe" else None
+
     def __post_init__(self) -> None:
         require(self.name in ("bytes", "bpe"), "name", f"must be 'bytes' or 'bpe', got {self.name!r}")
         require(self.name != "bpe" or bool(self.path), "path", "the bpe tokenizer needs its file (data.tokenizer.path)")

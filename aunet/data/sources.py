@@ -23,7 +23,7 @@ VALIDATION = "eval.validation.sources"
 
 def source_path(root_dir: str | None, name: str) -> Path:
     """Where source `name` of a config lives: under `data.root_dir` unless absolute."""
-    return Path(name) if root_dir is None or Path(name).is_absolute() else Path(root_dir) / name
+    return Path(name) if not root_dir or Path(name).is_absolute() else Path(root_dir) / name
 
 
 def resolve_sources(cfg: TrainArgs, key: str = TRAINING) -> list[tuple[str, Path, float, list[str] | None]]:
@@ -35,7 +35,7 @@ def resolve_sources(cfg: TrainArgs, key: str = TRAINING) -> list[tuple[str, Path
     for name, weight in sources.items():
         if weight <= 0:
             continue
-        path = source_path(cfg.data.root_dir or None, name)
+        path = source_path(cfg.data.root_dir, name)
         if (path / "manifest.json").is_file():
             out.append((name, path, float(weight), None))
             continue

@@ -31,7 +31,7 @@ def evaluate_model(model_dir: str | Path, data: list[str], batch_size: int = 8, 
     model's strategy into a temporary folder. Shard directories must have been segmented with
     the model's strategy list and depth (`aunet.data.contract`), unless `allow_shard_mismatch`."""
     model, cfg = load_model(model_dir)
-    tokenizer = cfg.data.tokenizer.path if cfg.data.tokenizer.name == "bpe" else None
+    tokenizer = cfg.data.tokenizer.bpe_file
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for i, item in enumerate(data):

@@ -18,6 +18,7 @@ chosen its accelerator: DeepSpeed fixes the accelerator when it is first importe
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import os
@@ -28,8 +29,9 @@ import torch
 import torch.distributed as dist
 import yaml
 
+from aunet.baselines.tokenized_source import source_opener
 from aunet.config import TrainArgs, to_dict
-from aunet.data import LoaderArgs, PackedLoader
+from aunet.data import PackedLoader
 from aunet.data.sources import VALIDATION, check_sources, source_paths
 from aunet.model import HierarchicalTransformer
 from aunet.model.flops import flops_per_byte
@@ -103,12 +105,8 @@ class Trainer:
         sources = source_paths(cfg, rank=rank, world_size=world, barrier=dist.barrier)
         validation = source_paths(cfg, VALIDATION, rank=rank, world_size=world, barrier=dist.barrier)
         check_sources(cfg, [*sources, *validation], rank)
-        d = cfg.data
-        loader = PackedLoader(
-            LoaderArgs(sources, seq_len=d.seq_len, batch_size=d.batch_size, add_bos=d.add_bos, add_eos=d.add_eos, seed=d.seed,
-                       prefetch=d.prefetch_size if d.load_async else 0, shuffle_buffer=d.shuffle_buffer, rank=rank,
-                       world_size=world, tokenizer=tokenizer_path(cfg), pin_memory=self.on_gpu, verify_shards=d.verify_shards)
-        )
+        loader = PackedLoader(dataclasses.replace(cfg.data, root_dir=None, sources=sources), rank, world,
+                              pin_memory=self.on_gpu, open_source=source_opener(cfg.data.tokenizer.bpe_file))
         if len(loader.token_bytes) > cfg.model.vocab_size:
             raise ValueError(f"model.vocab_size = {cfg.model.vocab_size} is smaller than the tokenizer's {len(loader.token_bytes)} ids")
         return loader, validation
@@ -218,7 +216,7 @@ class Trainer:
             return
         d = cfg.data
         val = heldout_bpb(self.engine, self.validation, d.seq_len, d.batch_size, cfg.eval.validation.max_steps,
-                          self.rank, self.world, self.device, reduce=dist.all_reduce, tokenizer=tokenizer_path(cfg),
+                          self.rank, self.world, self.device, reduce=dist.all_reduce, tokenizer=d.tokenizer.bpe_file,
                           add_bos=d.add_bos, add_eos=d.add_eos, verify_shards=d.verify_shards)
         self.log.write({"step": step, "val_bpb": val["bpb"], "val_bytes": val["bytes"]})
 
@@ -243,11 +241,6 @@ class Trainer:
 def train(cfg: TrainArgs, unused: list[str] | None = None, stop_at: int | None = None) -> dict:
     """Set up, resume and train one run (see `Trainer`); returns the last metrics record."""
     return Trainer(cfg, unused).train(stop_at)
-
-
-def tokenizer_path(cfg: TrainArgs) -> str | None:
-    """The BPE tokenizer file of a BPE baseline; None for byte-level models."""
-    return cfg.data.tokenizer.path if cfg.data.tokenizer.name == "bpe" else None
 
 
 def apply_torch_settings(cfg: TrainArgs, on_gpu: bool) -> None:

@@ -15,8 +15,8 @@ import math
 import torch
 import torch.distributed as dist
 
+from aunet.baselines.tokenized_source import source_opener
 from aunet.data.heldout import empty_batch, eval_batches, rank_stream_length
-from aunet.data.shard_source import open_sources
 from aunet.model import byte_nats
 
 
@@ -28,7 +28,8 @@ def heldout_bpb(model, sources: dict[str, float], seq_len: int, batch_size: int,
     are ignored). `reduce` is torch.distributed.all_reduce when several ranks evaluate
     together. `tokenizer`: a BPE model's tokenizer file (bpb then counts the bytes its tokens
     stand for). `verify_shards`: check each shard's SHA-256 as it is opened."""
-    opened = open_sources(sources, tokenizer, verify_shards)
+    open_source = source_opener(tokenizer)
+    opened = [open_source(path, verify_shards) for path in sources]
     windows = sum(math.ceil(max(rank_stream_length(s, rank, world_size, add_bos, add_eos) - 1, 0) / seq_len) for s in opened)
     # Collectives get tensors on the model's device (NCCL takes no host tensors); the sums stay
     # there until the one read at the end.
