@@ -1,5 +1,5 @@
 """Train AU-Net: `deepspeed aunet/train.py --config cfg.yaml [key.sub=value ...]`, or
-`python aunet/train.py ...` for one process. See aunet/training/trainer.py."""
+`python aunet/train.py ...` for one process. The loop is `aunet.training.trainer.Trainer`."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
     args = parser.parse_args(argv)
 
+    # Imported once the arguments parse, so that --help and usage errors answer without loading torch.
     from aunet.config import ConfigError, load_config
 
     try:
@@ -42,23 +43,23 @@ def main(argv: list[str] | None = None) -> int:
         # `python aunet/train.py`: a single process; DeepSpeed still wants a rendezvous.
         os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"})
         os.environ.setdefault("MASTER_PORT", "29511")
-    from aunet.training.trainer import resolve_sources, train
+    from aunet.data.sources import VALIDATION, resolve_sources
 
     try:
         resolve_sources(cfg)  # missing data fails before any process group is set up
-        resolve_sources(cfg, "eval.validation.sources")
+        resolve_sources(cfg, VALIDATION)
     except (FileNotFoundError, ValueError) as e:
         print(f"aunet/train.py: error: {e}", file=sys.stderr)
         return 2
+    import torch.distributed as dist
+
     from aunet.training.resume import ResumeError
-    from aunet.training.trainer import NonFiniteTraining
+    from aunet.training.trainer import NonFiniteTraining, train
 
     try:
         train(cfg, unused, stop_at=args.stop_at)
     except (ResumeError, NonFiniteTraining) as e:  # raised on every rank alike, after a collective
         print(f"aunet/train.py: error: {e}", file=sys.stderr, flush=True)
-        import torch.distributed as dist
-
         if dist.is_initialized():
             # Every rank is here (the error follows a collective). A process group still alive at
             # interpreter exit can abort it ("terminate called ..."), turning rc 1 into a crash.

@@ -23,7 +23,8 @@ sys.path.insert(0, str(HERE))
 from report import save  # noqa: E402
 from corpora import multilingual_docs, stdlib_docs  # noqa: E402
 
-from aunet.data import LoaderArgs, PackedLoader  # noqa: E402
+from aunet.config import DataArgs  # noqa: E402
+from aunet.data import PackedLoader  # noqa: E402
 from aunet.segment.shards import Manifest, open_shard  # noqa: E402
 
 PAPER_BYTES_PER_S_PER_GPU = 225e3
@@ -39,7 +40,7 @@ def build_shards(root: Path, mb: float) -> Path:
 
 
 def ours(shards: Path, seq_len: int, batch: int, seconds: float) -> float:
-    loader = PackedLoader(LoaderArgs({str(shards): 1.0}, seq_len=seq_len, batch_size=batch, prefetch=4, shuffle_buffer=1024))
+    loader = PackedLoader(DataArgs(sources={str(shards): 1.0}, seq_len=seq_len, batch_size=batch, prefetch_size=4, shuffle_buffer=1024))
     next(loader)
     n, t = 0, time.perf_counter()
     while time.perf_counter() - t < seconds:

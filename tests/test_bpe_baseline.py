@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from aunet.baselines.bpe import load_bpe, train_bpe
-from aunet.config import BlockArgs, ConfigError, ModelArgs, load_config
-from aunet.data import LoaderArgs, PackedLoader
+from aunet.baselines.tokenized_source import source_opener
+from aunet.config import BlockArgs, ConfigError, DataArgs, ModelArgs, TokenizerArgs, load_config
+from aunet.data import PackedLoader
 from aunet.inference.evaluate import heldout_bpb
 from aunet.model import HierarchicalTransformer, byte_nats
 from helpers import REPO_ROOT
@@ -60,8 +61,10 @@ def test_bad_tokenizer_files_name_the_file(data, tmp_path):
 
 def test_loader_reads_token_ids_with_exact_resume(data):
     bpe = load_bpe(data / "bpe400.json")
-    args = LoaderArgs({str(data / "shards"): 1.0}, seq_len=48, batch_size=2, prefetch=0, tokenizer=str(data / "bpe400.json"))
-    loader = PackedLoader(args)
+    args = DataArgs(sources={str(data / "shards"): 1.0}, seq_len=48, batch_size=2, load_async=False,
+                    tokenizer=TokenizerArgs("bpe", str(data / "bpe400.json")))
+    opener = source_opener(args.tokenizer.bpe_file)
+    loader = PackedLoader(args, open_source=opener)
     batches = [next(loader) for _ in range(5)]
     for b in batches:
         assert int(b["tokens"].max()) < 400 and int(b["levels"].max()) == 0
@@ -69,7 +72,7 @@ def test_loader_reads_token_ids_with_exact_resume(data):
     assert any((b["tokens"] == bpe.bos_id).any() for b in batches) and any((b["tokens"] == bpe.eos_id).any() for b in batches)
     state = loader.state_dict()
     following = [next(loader) for _ in range(3)]
-    restored = PackedLoader(args)
+    restored = PackedLoader(args, open_source=opener)
     restored.load_state_dict(json.loads(json.dumps(state)))
     for a, b in zip(following, [next(restored) for _ in range(3)]):
         assert all(torch.equal(a[k], b[k]) for k in a)

@@ -13,7 +13,7 @@ import torch
 from aunet import segment_corpus
 from aunet.config import load_config
 from aunet.training.metrics import DeviceMetrics
-from aunet.training.trainer import MIN_BUCKET, deepspeed_config, zero_config
+from aunet.training.ds_config import MIN_BUCKET, deepspeed_config, zero_config
 from helpers import REPO_ROOT, run_deepspeed
 from segment_fixtures import STRATEGY, sample_texts, write_jsonl
 

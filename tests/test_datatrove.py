@@ -12,7 +12,8 @@ from collections import Counter
 import pytest
 
 from aunet import Manifest, Segmenter
-from aunet.data import LoaderArgs, PackedLoader, ShardSource
+from aunet.config import DataArgs
+from aunet.data import PackedLoader, ShardSource
 from aunet.segment import ManifestError, merge, verify
 from helpers import REPO_ROOT
 from segment_fixtures import STRATEGY, sample_texts, write_jsonl, write_parquet
@@ -64,7 +65,7 @@ def test_four_tasks_on_two_workers_write_every_document_once(corpora, tmp_path, 
     assert all(m == seg.levels(t).tobytes() for t, m in rows)
     assert manifest.documents_read == manifest.documents_written == len(TEXTS)
     assert verify(out, deep=True) == []
-    loader = PackedLoader(LoaderArgs({str(out): 1.0}, seq_len=64, batch_size=2, prefetch=0))
+    loader = PackedLoader(DataArgs(sources={str(out): 1.0}, seq_len=64, batch_size=2, load_async=False))
     assert next(loader)["tokens"].shape == (2, 64)
     loader.close()
 

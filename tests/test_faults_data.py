@@ -14,7 +14,8 @@ import pytest
 
 from aunet import segment_corpus
 from aunet.config import load_config
-from aunet.data import LoaderArgs, PackedLoader, ShardSource
+from aunet.config import DataArgs
+from aunet.data import PackedLoader, ShardSource
 from aunet.segment.shards import file_checksum, open_shard
 from helpers import REPO_ROOT
 from segment_fixtures import STRATEGY, sample_texts, write_jsonl
@@ -65,8 +66,8 @@ def row_text(shard: Path, batch: int = 0, row: int = 1) -> bytes:
 def read_all(directory: Path, verify: bool = False) -> int:
     """Every batch of one pass over the directory's documents (the loader, one rank)."""
     src = ShardSource(directory, verify)
-    loader = PackedLoader(LoaderArgs({str(directory): 1.0}, seq_len=256, batch_size=4, prefetch=0, shuffle_buffer=1,
-                                     verify_shards=verify))
+    loader = PackedLoader(DataArgs(sources={str(directory): 1.0}, seq_len=256, batch_size=4, load_async=False, shuffle_buffer=1,
+                                   verify_shards=verify))
     tokens = sum(src.length(u, r) + 2 for u in range(src.units) for r in range(src.unit_rows[u]))
     for _ in range(tokens // (256 * 4) + 2):
         next(loader)

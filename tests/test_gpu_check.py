@@ -16,6 +16,10 @@ from helpers import REPO_ROOT, cpu_dist_env, run_in_session
 
 sys.path.insert(0, str(REPO_ROOT / "benches"))
 import gpu_check  # noqa: E402
+from gpu_parts.install import install_from_wheelhouse  # noqa: E402
+from gpu_parts.running import CheckFailed, check  # noqa: E402
+from gpu_parts.throughput import equal_flops_target, flat_bench  # noqa: E402
+from gpu_parts.train import train_model_args  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +73,7 @@ def test_the_training_model_is_a_100m_aunet3_derived_from_the_1b_config():
     from aunet.config import load_config
     from aunet.model.flops import param_count
 
-    cfg = gpu_check.train_model_args(gpu_check.GPU)
+    cfg = train_model_args(gpu_check.GPU)
     big, _ = load_config(REPO_ROOT / "configs" / "aunet3_1b.yaml")
     assert 95e6 <= param_count(cfg.model) <= 105e6
     assert cfg.model.n_levels == 2 and cfg.data.regex.strategy == big.data.regex.strategy
@@ -80,10 +84,10 @@ def test_the_training_model_is_a_100m_aunet3_derived_from_the_1b_config():
 def test_gpu_baselines_have_the_flops_per_byte_of_aunet2():
     from aunet.model.flops import flops_per_byte
 
-    target, seq_len = gpu_check.equal_flops_target(gpu_check.Context(gpu_check.GPU, REPO_ROOT, REPO_ROOT))
+    target, seq_len = equal_flops_target(gpu_check.Context(gpu_check.GPU, REPO_ROOT, REPO_ROOT))
     assert seq_len == 8192
     for bpe in (False, True):
-        bench = gpu_check.flat_bench(gpu_check.GPU, target, seq_len, bpe=bpe)
+        bench = flat_bench(gpu_check.GPU, target, seq_len, bpe=bpe)
         per_byte = flops_per_byte(bench.args, bench.seq_len).total / bench.bytes_per_position
         assert abs(per_byte / target - 1) < 0.03
         assert bench.args.n_levels == 0 and bench.args.head_dims == [128]
@@ -99,7 +103,7 @@ def test_the_install_is_offline_and_retried_where_the_system_manages_python(tmp_
         refused = len(calls) == 1
         return subprocess.CompletedProcess(cmd, 1 if refused else 0, "", "error: externally-managed-environment" if refused else "")
 
-    used = gpu_check.install_from_wheelhouse(tmp_path, ["aunet", "deepspeed"], runner=pip)
+    used = install_from_wheelhouse(tmp_path, ["aunet", "deepspeed"], runner=pip)
     assert len(calls) == 2 and used == calls[1]
     assert all("--no-index" in c and c[c.index("--find-links") + 1] == str(tmp_path) for c in calls)
     assert "--break-system-packages" in calls[1] and "--break-system-packages" not in calls[0]
@@ -108,8 +112,8 @@ def test_the_install_is_offline_and_retried_where_the_system_manages_python(tmp_
     def broken(cmd, **kw):
         return subprocess.CompletedProcess(cmd, 1, "", "No matching distribution found for zstandard")
 
-    with pytest.raises(gpu_check.CheckFailed, match="zstandard"):
-        gpu_check.install_from_wheelhouse(tmp_path, ["aunet"], runner=broken)
+    with pytest.raises(CheckFailed, match="zstandard"):
+        install_from_wheelhouse(tmp_path, ["aunet"], runner=broken)
 
 
 def test_a_failing_or_overrunning_part_is_recorded_and_the_run_goes_on(tmp_path):
@@ -118,7 +122,7 @@ def test_a_failing_or_overrunning_part_is_recorded_and_the_run_goes_on(tmp_path)
 
     def fails(ctx, rec, budget):
         rec["measured"] = 3.0
-        gpu_check.check(False, "too slow")
+        check(False, "too slow")
 
     def hangs(ctx, rec, budget):
         time.sleep(30)

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from aunet import Segmenter
-from aunet.data import LoaderArgs, PackedLoader, ShardSource
+from aunet.config import DataArgs
+from aunet.data import PackedLoader, ShardSource
 from aunet.config.model import BOS_ID as BOS, EOS_ID as EOS
 from aunet.data.doc_order import DocOrder, RankShare, SequentialOrder
 from aunet.data.packing import Packer
@@ -49,7 +50,7 @@ def stream_of(order: DocOrder, docs: int) -> tuple[np.ndarray, np.ndarray]:
 
 def test_windows_overlap_by_one_and_rebuild_the_stream(shards):
     S = 64
-    loader = PackedLoader(LoaderArgs({str(shards): 1.0}, seq_len=S, batch_size=1, shuffle_buffer=1, prefetch=0))
+    loader = PackedLoader(DataArgs(sources={str(shards): 1.0}, seq_len=S, batch_size=1, shuffle_buffer=1, load_async=False))
     windows = [next(loader) for _ in range(40)]
     tokens = [np.concatenate([w["tokens"][0].numpy(), w["targets"][0, -1:].numpy()]) for w in windows]
     levels = [np.concatenate([w["levels"][0].numpy(), w["target_levels"][0, -1:].numpy()]) for w in windows]
@@ -144,7 +145,7 @@ def test_ranks_with_a_shuffle_buffer_are_disjoint_and_complete_over_epochs(shard
 
 def test_mixing_follows_the_weights(tmp_path):
     a, b = make_source(tmp_path, "a", "a"), make_source(tmp_path, "b", "b")
-    loader = PackedLoader(LoaderArgs({str(a): 3.0, str(b): 1.0}, seq_len=16, batch_size=8, prefetch=2))
+    loader = PackedLoader(DataArgs(sources={str(a): 3.0, str(b): 1.0}, seq_len=16, batch_size=8, prefetch_size=2, seed=777))
     from_a = total = 0
     for _ in range(250):
         batch = next(loader)["tokens"].numpy()
@@ -155,14 +156,14 @@ def test_mixing_follows_the_weights(tmp_path):
 
 
 def test_state_restores_exactly_even_with_prefetch(shards, tmp_path):
-    args = dict(sources={str(shards): 1.0}, seq_len=32, batch_size=3, shuffle_buffer=8, prefetch=3)
-    first = PackedLoader(LoaderArgs(**args))
+    args = DataArgs(sources={str(shards): 1.0}, seq_len=32, batch_size=3, shuffle_buffer=8, prefetch_size=3)
+    first = PackedLoader(args)
     for _ in range(7):
         next(first)
     state = json.loads(json.dumps(first.state_dict()))  # the state is plain JSON
     expected = [next(first) for _ in range(6)]
     first.close()
-    resumed = PackedLoader(LoaderArgs(**args))
+    resumed = PackedLoader(args)
     resumed.load_state_dict(state)
     got = [next(resumed) for _ in range(6)]
     resumed.close()
@@ -173,12 +174,15 @@ def test_state_restores_exactly_even_with_prefetch(shards, tmp_path):
 
 def test_bad_paths_and_values_fail_early(tmp_path, shards):
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "missing")):
-        PackedLoader(LoaderArgs({str(tmp_path / "missing"): 1.0}))
-    with pytest.raises(ValueError, match=r"data.sources\[.*\]: weight"):
-        LoaderArgs({str(shards): -1})
+        PackedLoader(DataArgs(sources={str(tmp_path / "missing"): 1.0}))
+    with pytest.raises(ValueError, match=r"sources\..*: weight"):
+        DataArgs(sources={str(shards): -1})
+    with pytest.raises(ValueError, match="at least one shard directory"):
+        PackedLoader(DataArgs())
+    PackedLoader(DataArgs(sources={str(shards): 1.0, str(tmp_path / "missing"): 0.0})).close()  # weight 0: not opened
     with pytest.raises(ValueError, match="loader state is for"):
-        other = PackedLoader(LoaderArgs({str(shards): 1.0}, rank=1, world_size=2, prefetch=0))
-        PackedLoader(LoaderArgs({str(shards): 1.0}, prefetch=0)).load_state_dict(other.state_dict())
+        other = PackedLoader(DataArgs(sources={str(shards): 1.0}, load_async=False), rank=1, world_size=2)
+        PackedLoader(DataArgs(sources={str(shards): 1.0}, load_async=False)).load_state_dict(other.state_dict())
 
 
 def resident_bytes(files: list[Path]) -> int:

@@ -3,6 +3,7 @@ early errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -62,12 +63,10 @@ def validation(dump: Path) -> dict[int, dict]:
 def rank_batch(data_root: Path, cfg, rank: int, state: dict | None = None, world_size: int = 2) -> dict:
     """The next batch of rank `rank`'s training loader (from loader state `state`, else from the
     start), built as the trainer builds it for `cfg`."""
-    from aunet.data import LoaderArgs, PackedLoader
+    from aunet.data import PackedLoader
 
-    d = cfg.data
-    loader = PackedLoader(LoaderArgs({str(data_root / "stdlib"): 1.0}, seq_len=d.seq_len, batch_size=d.batch_size, add_bos=d.add_bos,
-                                     add_eos=d.add_eos, seed=d.seed, prefetch=0, shuffle_buffer=d.shuffle_buffer, rank=rank,
-                                     world_size=world_size))
+    data = dataclasses.replace(cfg.data, root_dir=None, sources={str(data_root / "stdlib"): 1.0}, load_async=False)
+    loader = PackedLoader(data, rank, world_size)
     if state is not None:
         loader.load_state_dict(state)
     try:
@@ -141,7 +140,8 @@ def test_export_gives_a_model_that_loads_without_deepspeed(tmp_path, straight, d
     import numpy as np
     import torch
 
-    from aunet.data import LoaderArgs, PackedLoader
+    from aunet.config import DataArgs
+    from aunet.data import PackedLoader
     from aunet.inference.export import load_model
     from aunet.model import HierarchicalTransformer, bpb
 
@@ -150,7 +150,7 @@ def test_export_gives_a_model_that_loads_without_deepspeed(tmp_path, straight, d
     assert proc.returncode == 0, proc.stderr[-3000:]
     model, cfg = load_model(tmp_path / "export")
     fresh = HierarchicalTransformer(cfg.model).eval()
-    batch = next(PackedLoader(LoaderArgs({str(data_root / "stdlib"): 1.0}, seq_len=128, batch_size=4, prefetch=0)))
+    batch = next(PackedLoader(DataArgs(sources={str(data_root / "stdlib"): 1.0}, seq_len=128, batch_size=4, load_async=False, seed=777)))
     with torch.no_grad():
         trained_bpb = float(bpb(model(batch["tokens"], batch["levels"])[0], batch["targets"]))
         fresh_bpb = float(bpb(fresh(batch["tokens"], batch["levels"])[0], batch["targets"]))

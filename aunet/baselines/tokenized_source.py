@@ -1,6 +1,6 @@
 """A shard directory read through a BPE tokenizer: the BPE baseline's training data.
 
-Same interface as `ShardSource` (documents by (unit, row), so the loader's order, packing and
+A `aunet.data.Source` like `ShardSource` (documents by (unit, row), so the loader's order, packing and
 exact resume are shared), but a document is its token ids and its levels are all 0 (a flat
 model has no pooling). Every document is tokenized once, when the source opens, and kept in
 memory: fine for the comparison runs it exists for, not for web-scale corpora.
@@ -8,10 +8,13 @@ memory: fine for the comparison runs it exists for, not for web-scale corpora.
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
 import numpy as np
 
-from aunet.baselines.bpe import BPE
-from aunet.data.shard_source import ShardSource
+from aunet.baselines.bpe import BPE, load_bpe
+from aunet.data.shard_source import ShardSource, SourceOpener
 
 ENCODE_BATCH = 512
 
@@ -31,8 +34,6 @@ class TokenizedSource:
             invalid += [ref for ref, doc in zip(refs[i:i + ENCODE_BATCH], docs) if not _is_utf8(doc)]
             pieces += bpe.encode_batch(docs)
         if invalid:
-            import warnings
-
             unit, row = invalid[0]
             warnings.warn(f"data source {source.directory}: {len(invalid)} documents are not valid UTF-8 (first: unit {unit}, "
                           f"row {row}); the BPE tokenizer reads each bad byte as U+FFFD, which counts 3 bytes in bpb", stacklevel=2)
@@ -74,3 +75,17 @@ def _is_utf8(data: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+def source_opener(tokenizer_file: str | Path | None) -> SourceOpener:
+    """How shard directories are read for a model whose tokenizer is `tokenizer_file`
+    (`data.tokenizer.bpe_file`): as bytes (`ShardSource`) when None, else as that BPE's
+    token ids (the file is loaded once, here)."""
+    if tokenizer_file is None:
+        return ShardSource
+    bpe = load_bpe(tokenizer_file)
+
+    def open_tokenized(directory: str | Path, verify: bool = False) -> TokenizedSource:
+        return TokenizedSource(ShardSource(directory, verify), bpe)
+
+    return open_tokenized

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from aunet.config.errors import ConfigError, require
 from aunet.config.model import ModelArgs
+from aunet.segment.segmenter import Segmenter
 
 FSDP_TO_ZERO = {"full_shard": 3, "shard_grad_op": 2, "no_shard": 0}
 MODEL_DTYPES = ("bf16", "fp16", "fp32")
@@ -26,6 +27,11 @@ class TokenizerArgs:
     path: str | None = None
     """Tokenizer file, for ``bpe``."""
 
+    @property
+    def bpe_file(self) -> str | None:
+        """The BPE tokenizer file for ``bpe``; None for bytes."""
+        return self.path if self.name == "bpe" else None
+
     def __post_init__(self) -> None:
         require(self.name in ("bytes", "bpe"), "name", f"must be 'bytes' or 'bpe', got {self.name!r}")
         require(self.name != "bpe" or bool(self.path), "path", "the bpe tokenizer needs its file (data.tokenizer.path)")
@@ -39,9 +45,7 @@ class RegexArgs:
 
     def __post_init__(self) -> None:
         require(len(self.strategy) >= 1, "strategy", "needs at least one strategy")
-        from aunet.segment.segmenter import Segmenter  # the compiled core validates kinds and parameters
-
-        try:
+        try:  # the compiled core validates kinds and parameters
             Segmenter(self.strategy)
         except (ValueError, TypeError) as e:
             raise ConfigError("strategy", str(e)) from None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from aunet.segment import Manifest
 from aunet.segment.strategy_order import describe_strategy, ordered_strategy
 
 
@@ -24,8 +25,6 @@ def check_shards(directories, strategy, n_levels: int, allow: bool = False, how_
     `data.regex.strategy`) as ordered lists, and its depth with `n_levels`. Raises
     `ShardMismatch` on the first difference, or with `allow` returns the differences (to be
     reported). Flat models (`n_levels == 0`) ignore levels, so any shards fit them."""
-    from aunet.segment import Manifest
-
     if n_levels == 0:
         return []
     expected = ordered_strategy(strategy)

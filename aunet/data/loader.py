@@ -1,53 +1,25 @@
-"""Batches of packed windows from weighted sources, prefetched, with an exact resumable state."""
+"""Batches of packed windows from weighted sources, prefetched, with an exact resumable state.
+
+The settings are the config's `data` section (`DataArgs`) itself: its sources (shard
+directories, under `root_dir`), sequence length, batch size, BOS/EOS, seed, shuffle buffer,
+prefetching (`load_async`, `prefetch_size`) and shard verification. What a config cannot know
+comes as arguments: this process's rank, whether to pin memory, and how a shard directory is
+read (`open_source`: bytes by default; the BPE baseline passes its tokenizing reader).
+"""
 
 from __future__ import annotations
 
 import queue
 import threading
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from aunet.config import DataArgs
 from aunet.data.doc_order import DocOrder
 from aunet.data.packing import Packer
-from aunet.data.shard_source import open_sources
-
-
-@dataclass
-class LoaderArgs:
-    sources: dict[str, float]
-    """Shard directories (from aunet-segment) and their sampling weights (any positive scale)."""
-    seq_len: int = 8192
-    batch_size: int = 1
-    add_bos: bool = True
-    add_eos: bool = True
-    seed: int = 777
-    shuffle_buffer: int = 1024
-    """Documents held in each source's shuffle buffer (1 = no shuffling beyond unit order)."""
-    prefetch: int = 4
-    """Batches prepared ahead on a background thread (0 = produce on the caller's thread)."""
-    rank: int = 0
-    world_size: int = 1
-    tokenizer: str | None = None
-    """A BPE tokenizer file (`aunet.baselines.bpe`): documents are read as its token ids (the BPE baseline)."""
-    pin_memory: bool = False
-    """Hand out batches in page-locked memory (on GPUs), so that `.to(device, non_blocking=True)`
-    really overlaps the copy with compute; pinned on the prefetch thread, off the training loop."""
-    verify_shards: bool = False
-    """Check each shard's SHA-256 against its manifest when it is first opened
-    (`data.verify_shards`; sizes, rows and level ranges are always checked)."""
-
-    def __post_init__(self):
-        if not self.sources:
-            raise ValueError("data.sources: at least one shard directory is needed")
-        for path, weight in self.sources.items():
-            if not (isinstance(weight, (int, float)) and weight > 0):
-                raise ValueError(f"data.sources[{path!r}]: weight must be a positive number, got {weight!r}")
-        if self.seq_len < 1 or self.batch_size < 1:
-            raise ValueError(f"data.seq_len and data.batch_size must be >= 1 (got {self.seq_len}, {self.batch_size})")
-        if not 0 <= self.rank < self.world_size:
-            raise ValueError(f"rank {self.rank} is not in [0, world_size {self.world_size})")
+from aunet.data.shard_source import ShardSource, SourceOpener
+from aunet.data.sources import source_path
 
 
 class PackedLoader:
@@ -57,24 +29,38 @@ class PackedLoader:
     batch handed out (not the last one prefetched), so a restored loader continues with
     exactly the next batch."""
 
-    def __init__(self, args: LoaderArgs):
-        self.args = args
-        self.sources = open_sources(args.sources, args.tokenizer, args.verify_shards)
+    def __init__(self, data: DataArgs, rank: int = 0, world_size: int = 1, pin_memory: bool = False,
+                 open_source: SourceOpener = ShardSource):
+        """`pin_memory`: hand out batches in page-locked memory (on GPUs), so that
+        `.to(device, non_blocking=True)` really overlaps the copy with compute; pinned on the
+        prefetch thread, off the training loop."""
+        if data.tokenizer.name != "bytes" and open_source is ShardSource:
+            raise ValueError(f"data.tokenizer.name = {data.tokenizer.name}: pass the loader that tokenizer's reader "
+                             "(aunet.baselines.tokenized_source.source_opener)")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size {world_size})")
+        self.data, self.rank, self.world_size, self.pin_memory = data, rank, world_size, pin_memory
+        # Directory -> weight; sources weighted 0 are not read (as in the trainer's `source_paths`).
+        self.paths = {str(source_path(data.root_dir, name)): float(w) for name, w in data.sources.items() if w > 0}
+        if not self.paths:
+            raise ValueError("data.sources: at least one shard directory with a positive weight is needed")
+        self.prefetch = data.prefetch_size if data.load_async else 0
+        self.sources = [open_source(p, data.verify_shards) for p in self.paths]
         self.token_bytes = torch.from_numpy(self.sources[0].token_bytes)
         depths = {s.depth for s in self.sources}
         if len(depths) != 1:
             raise ValueError(f"data.sources: the shard directories were segmented with different strategy depths {sorted(depths)}")
         for src in self.sources:
-            if src.manifest.documents_written and not any(s.text_bytes for s in src.manifest.shards) and not (args.add_bos or args.add_eos):
+            if src.manifest.documents_written and not any(s.text_bytes for s in src.manifest.shards) and not (data.add_bos or data.add_eos):
                 raise ValueError(f"data source {src.directory}: every document is empty and BOS/EOS are off: no tokens")
-        weights = np.array(list(args.sources.values()), dtype=np.float64)
+        weights = np.array(list(self.paths.values()), dtype=np.float64)
         self.weights = weights / weights.sum()
         self.cumulative = np.cumsum(self.weights)[:-1]  # source i when the draw falls in its slice
         self.packers = [
-            Packer(DocOrder(src, args.rank, args.world_size, args.seed + 1000 * i, args.shuffle_buffer), args.seq_len, args.add_bos, args.add_eos)
+            Packer(DocOrder(src, rank, world_size, data.seed + 1000 * i, data.shuffle_buffer), data.seq_len, data.add_bos, data.add_eos)
             for i, src in enumerate(self.sources)
         ]
-        self.mix = np.random.default_rng([args.seed, args.rank, 3])
+        self.mix = np.random.default_rng([data.seed, rank, 3])
         self.batches = 0
         self._state = self._snapshot()
         self._queue: queue.Queue | None = None
@@ -84,7 +70,7 @@ class PackedLoader:
     # ------------------------------------------------------------------ producing
 
     def _produce(self) -> tuple[dict, dict]:
-        B, S = self.args.batch_size, self.args.seq_len
+        B, S = self.data.batch_size, self.data.seq_len
         tokens = np.empty((B, S + 1), dtype=np.int64)
         levels = np.empty((B, S + 1), dtype=np.uint8)
         for b in range(B):
@@ -98,7 +84,7 @@ class PackedLoader:
             "target_levels": torch.from_numpy(levels[:, 1:]),
             "target_bytes": self.token_bytes[torch.from_numpy(tokens[:, 1:])],
         }
-        if self.args.pin_memory:
+        if self.pin_memory:
             batch = {k: v.pin_memory() for k, v in batch.items()}
         return batch, self._snapshot()
 
@@ -107,9 +93,9 @@ class PackedLoader:
             "batches": self.batches,
             "mix": self.mix.bit_generator.state,
             "sources": [p.snapshot() for p in self.packers],
-            "rank": self.args.rank,
-            "world_size": self.args.world_size,
-            "source_paths": list(self.args.sources),
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "source_paths": list(self.paths),
         }
 
     def _run(self) -> None:
@@ -131,11 +117,11 @@ class PackedLoader:
         return self
 
     def __next__(self) -> dict:
-        if self.args.prefetch <= 0:
+        if self.prefetch <= 0:
             batch, self._state = self._produce()
             return batch
         if self._thread is None:
-            self._queue = queue.Queue(maxsize=self.args.prefetch)
+            self._queue = queue.Queue(maxsize=self.prefetch)
             self._thread = threading.Thread(target=self._run, name="aunet-prefetch", daemon=True)
             self._thread.start()
         item = self._queue.get()
@@ -157,7 +143,7 @@ class PackedLoader:
     def load_state_dict(self, state: dict) -> None:
         if self._thread is not None:
             raise RuntimeError("load_state_dict before the first batch (the prefetch thread has started)")
-        mine = (self.args.rank, self.args.world_size, list(self.args.sources))
+        mine = (self.rank, self.world_size, list(self.paths))
         theirs = (state["rank"], state["world_size"], state["source_paths"])
         if mine != theirs:
             raise ValueError(f"loader state is for rank/world/sources {theirs}, this loader is {mine}")

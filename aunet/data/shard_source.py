@@ -17,7 +17,9 @@ loader reads anyway).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -29,6 +31,49 @@ from aunet.segment.strategy_order import describe_strategy, same_strategy
 
 #: Bytes of text each id stands for: 1 per byte, 0 for BOS and EOS.
 BYTE_TOKEN_BYTES = np.array([1] * 256 + [0, 0], dtype=np.int32)
+
+
+class Source(Protocol):
+    """What the loader, the packer and held-out evaluation read: one shard directory's
+    documents by (unit, row), a unit being one record batch. `ShardSource` reads bytes and
+    level masks; a baseline may read the same documents as other tokens
+    (`aunet.baselines.tokenized_source.TokenizedSource`)."""
+
+    directory: Path
+    manifest: Manifest
+    depth: int
+    """Levels run 0..depth (0 for a flat reader)."""
+    bos_id: int
+    eos_id: int
+    token_bytes: np.ndarray
+    """Bytes of text each token id stands for (what bits per byte counts)."""
+    unit_rows: list[int]
+    first_doc: np.ndarray
+    """Index of each unit's first document, plus the total."""
+
+    @property
+    def units(self) -> int: ...
+
+    @property
+    def documents(self) -> int: ...
+
+    @property
+    def total_tokens(self) -> int: ...
+
+    def document(self, unit: int, row: int) -> tuple[np.ndarray, np.ndarray]:
+        """The document's tokens and levels."""
+
+    def length(self, unit: int, row: int) -> int: ...
+
+    def unit_text_bytes(self, unit: int) -> int:
+        """What the rank split balances: a unit's text bytes (or tokens)."""
+
+    def doc_lengths(self, unit: int) -> np.ndarray: ...
+
+
+#: (shard directory, verify checksums) -> its `Source`: `ShardSource` itself, or a reader that
+#: wraps one (`aunet.baselines.tokenized_source.source_opener`).
+SourceOpener = Callable[[str | Path, bool], Source]
 
 
 class ShardSource:
@@ -165,16 +210,3 @@ def _buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     data = arr.buffers()[2]
     return offsets, (np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8))
 
-
-def open_sources(paths, tokenizer: str | None = None, verify: bool = False) -> list:
-    """ShardSources for `paths` (shard directories), checking each shard's SHA-256 as it is
-    opened when `verify`; with a BPE `tokenizer` file, read through it as token ids
-    (`aunet.baselines.tokenized_source`, the BPE baseline)."""
-    sources = [ShardSource(p, verify) for p in paths]
-    if tokenizer is None:
-        return sources
-    from aunet.baselines.bpe import load_bpe
-    from aunet.baselines.tokenized_source import TokenizedSource
-
-    bpe = load_bpe(tokenizer)
-    return [TokenizedSource(s, bpe) for s in sources]

@@ -1,7 +1,7 @@
 """`checkpoint.init_ckpt_path`: a new run starts from the weights of an export or of another
 run's training checkpoint. Only the weights: the optimizer, the learning-rate schedule's step and
 the data position start fresh. A run that has a complete checkpoint of its own resumes from it
-instead (the trainer decides; see `aunet.training.trainer.train`).
+instead (the trainer decides; see `aunet.training.trainer.Trainer`).
 
 Sources (`resolve`):
 
@@ -43,11 +43,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
+from safetensors import safe_open
 
-from aunet.inference.export import CONFIG as EXPORT_CONFIG
-from aunet.inference.export import WEIGHTS as EXPORT_WEIGHTS
+from aunet.config import ConfigError, config_from_dict, to_dict
+from aunet.segment.strategy_order import describe_strategy, same_strategy
 from aunet.training.checkpoint import MARKER, is_complete, latest_complete, step_of, tag_for
+from aunet.training.consolidate import CONFIG as EXPORT_CONFIG
+from aunet.training.consolidate import WEIGHTS as EXPORT_WEIGHTS
 
 #: Model keys that only shape the initialisation, which the loaded weights replace.
 INIT_ONLY = frozenset({"seed", "block.init_base_std", "block.init_std_factor"})
@@ -129,8 +133,6 @@ _NEITHER = (f"neither an `aunet export` directory ({EXPORT_WEIGHTS} + {EXPORT_CO
 
 
 def _export_step(weights: Path) -> int | None:
-    from safetensors import safe_open
-
     with safe_open(str(weights), framework="pt") as f:
         step = (f.metadata() or {}).get("step")
     return int(step) if step is not None and step.isdigit() else None
@@ -138,8 +140,6 @@ def _export_step(weights: Path) -> int | None:
 
 def check_compatible(source: InitSource, cfg, given: Path) -> None:
     """Refuse a source whose model, segmentation strategy or tokenizer is not this run's."""
-    from aunet.config import ConfigError
-
     try:
         problems = incompatibilities(source.config, cfg, str(source.path))
     except ConfigError as e:
@@ -153,9 +153,6 @@ def incompatibilities(stored: dict, cfg, where: str, theirs_name: str = "the sou
     `cfg` in what the weights depend on: the model section (except `INIT_ONLY`), the
     segmentation strategy (in order) and the tokenizer; one sentence per kind. Raises
     ConfigError when `stored` does not load. Shared by `checkpoint.init_ckpt_path` and resume."""
-    from aunet.config import config_from_dict, to_dict
-    from aunet.segment.strategy_order import describe_strategy, same_strategy
-
     theirs, _ = config_from_dict(stored, source=where)
     problems = []
     ours_model, theirs_model = _flat(to_dict(cfg.model)), _flat(to_dict(theirs.model))
@@ -190,12 +187,10 @@ def open_tensors(source: InitSource) -> Iterator[tuple[dict[str, tuple[int, ...]
     """(shape of every tensor by name, read(name) -> that one tensor, full and in fp32 for a
     checkpoint), reading nothing else into memory."""
     if source.kind in ("export", "hf"):  # the same safetensors layout
-        from safetensors import safe_open
-
         with safe_open(str(source.path), framework="pt", device="cpu") as f:
             yield {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}, f.get_tensor
         return
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint  # after ensure_ds_accelerator
 
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # its per-rank progress output
         lazy = get_fp32_state_dict_from_zero_checkpoint(str(source.path.parent), tag=source.path.name, lazy_mode=True)
@@ -205,8 +200,7 @@ def open_tensors(source: InitSource) -> Iterator[tuple[dict[str, tuple[int, ...]
 def load_into(model, source: InitSource, rank: int) -> int:
     """Copy the source's weights into `model` (built, under ZeRO-3 partitioned, not yet handed
     to `deepspeed.initialize`); every rank calls it. Returns the number of tensors loaded."""
-    import deepspeed
-    import torch
+    import deepspeed  # after ensure_ds_accelerator (DeepSpeed fixes its accelerator on import)
 
     params = dict(model.named_parameters())
     with open_tensors(source) as (shapes, read):

@@ -12,11 +12,18 @@ ranks) only where the trainer asks: at logging steps and before each checkpoint.
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 FIELDS = ("loss", "nats", "scored_bytes", "text_bytes")
+
+#: Peak dense bf16 FLOP/s that MFU divides by (H100 and H200 SXM alike); on a CPU the figure is
+#: only indicative.
+PEAK_FLOPS = {"cuda": 989e12, "cpu": 1e12}
 
 
 class DeviceMetrics:
@@ -54,8 +61,6 @@ class DeviceMetrics:
         rank: one MAX all-reduce and one host read."""
         runs = self.runs.clone()
         if all_reduce is not None:
-            import torch.distributed as dist
-
             all_reduce(runs, op=dist.ReduceOp.MAX)
         current, longest = runs.tolist()
         return current, longest
@@ -71,3 +76,36 @@ class DeviceMetrics:
     def reset(self) -> None:
         self.sums.zero_()
         self.micro_steps = self.tokens = 0
+
+
+def log_record(step: int, lr: float, totals: list[float], metrics: DeviceMetrics, elapsed: float, grad_norm,
+               world: int, flops_share: float) -> dict:
+    """One metrics.jsonl record from the summed (all-reduced) totals of `DeviceMetrics`;
+    `flops_share` is the model's FLOPs per input position over the ranks' peak FLOP/s."""
+    sums = dict(zip(FIELDS, totals))
+    tokens_per_s = metrics.tokens * world / elapsed
+    return {
+        "step": step,
+        "loss": sums["loss"] / (metrics.micro_steps * world),
+        "bpb": sums["nats"] / max(sums["scored_bytes"], 1.0) / math.log(2),
+        "lr": lr,
+        "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+        "bytes_per_s": sums["text_bytes"] / elapsed,
+        "tokens_per_s": tokens_per_s,
+        "mfu": tokens_per_s * flops_share,
+    }
+
+
+class MetricsLog:
+    """Records to `<dump_dir>/metrics.jsonl` and the console, on rank 0 only (`enabled`)."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        parts = [f"step {record['step']}"] + [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items() if k != "step"]
+        print(" | ".join(parts), flush=True)

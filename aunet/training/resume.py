@@ -22,7 +22,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from aunet.config import ConfigError
 from aunet.training.checkpoint import complete_steps, read_marker, tag_for, verify
+from aunet.training.init_weights import incompatibilities
 
 
 class ResumeError(RuntimeError):
@@ -61,9 +63,6 @@ def resume(engine, loader, root: Path, cfg, rank: int, world: int, any_rank) -> 
 
 
 def check_same_run(directory: Path, cfg, world: int) -> None:
-    from aunet.config import ConfigError
-    from aunet.training.init_weights import incompatibilities
-
     marker = read_marker(directory)
     if "config" in marker:
         try:

@@ -21,7 +21,8 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from aunet.config import load_config  # noqa: E402
-from aunet.training.trainer import build_model, deepspeed_config  # noqa: E402
+from aunet.training.ds_config import deepspeed_config  # noqa: E402
+from aunet.training.trainer import build_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 BIG = ["model.dimensions=[512,1024,2048]", "model.layers=[2,2,4]", "model.head_dims=[64,128,128]", "model.max_seqlens=[-1,-1,-1]"]
