@@ -6,6 +6,10 @@ the library.
                    [--temperature T] [--top-k K] [--top-p P] [--stop S] [--seed S]
     aunet eval --model DIR --data SHARD_DIR_OR_FILES... [--max-batches N] [--out FILE]
     aunet lm-eval ARGS...   lm-evaluation-harness's own command line, with `--model aunet`
+
+Each command imports the library it calls inside its own function, for lazy loading only:
+`aunet --help` and argument errors answer without loading torch, and the optional extras
+(lm-eval, transformers) load only for the commands that use them.
 """
 
 from __future__ import annotations

@@ -19,6 +19,10 @@ import sysconfig
 import time
 from pathlib import Path
 
+from aunet.inference.evaluate import heldout_bpb
+from aunet.inference.export import load_model
+from aunet.inference.generate import Generator, decode_utf8
+
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "tiny_aunet3.yaml"
 
@@ -89,9 +93,6 @@ def main(argv: list[str] | None = None) -> int:
 
     banner("4. export, evaluate held-out bpb, generate")
     run([str(bin_dir / "aunet"), "export", "--checkpoints", str(dump / "checkpoints"), "--out", str(work / "export")], env=env)
-    from aunet.inference.evaluate import heldout_bpb
-    from aunet.inference.export import load_model
-    from aunet.inference.generate import Generator, decode_utf8
 
     model, cfg = load_model(work / "export")
     result = heldout_bpb(model, {str(work / "data" / "heldout"): 1.0}, cfg.data.seq_len, cfg.data.batch_size, max_batches=40)

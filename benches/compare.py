@@ -48,6 +48,7 @@ from aunet.config import config_from_dict, load_config, to_dict  # noqa: E402
 from aunet.data import ShardSource  # noqa: E402
 from aunet.model.flops import param_count  # noqa: E402
 from aunet.baselines.sizing import TEMPLATES, size_to  # noqa: E402
+from aunet.segment.layout import is_shard_dir  # noqa: E402
 
 LABELS = {"aunet2": "AU-Net-2", "aunet3": "AU-Net-3", "bytes": "byte transformer", "bpe": "BPE transformer"}
 
@@ -90,7 +91,7 @@ def forget_other_corpus(work: Path, train_jsonl: Path, val_jsonl: Path) -> None:
 def segment(inputs: Path, out: Path, strategy: dict[str, str]) -> Path:
     from aunet import segment_corpus
 
-    if not (out / "manifest.json").is_file():
+    if not is_shard_dir(out):
         segment_corpus(inputs, out, strategy)  # on_error="fail": the corpus is ours, nothing may be lost
     return out
 

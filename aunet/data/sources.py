@@ -16,6 +16,7 @@ from pathlib import Path
 from aunet.config import TrainArgs
 from aunet.data.contract import check_shards
 from aunet.segment import InvalidRequest, expand_inputs, merge, segment_corpus
+from aunet.segment.layout import RANK_MANIFEST_GLOB, REJECTS_DIR, is_shard_dir
 
 TRAINING = "data.sources"
 VALIDATION = "eval.validation.sources"
@@ -36,7 +37,7 @@ def resolve_sources(cfg: TrainArgs, key: str = TRAINING) -> list[tuple[str, Path
         if weight <= 0:
             continue
         path = source_path(cfg.data.root_dir, name)
-        if (path / "manifest.json").is_file():
+        if is_shard_dir(path):
             out.append((name, path, float(weight), None))
             continue
         try:
@@ -74,14 +75,14 @@ def source_paths(cfg: TrainArgs, key: str = TRAINING, rank: int = 0, world_size:
             barrier()
         if rank == 0:
             if world_size > 1:
-                for stale in cache.glob("manifest.rank*-of*.json"):  # rank manifests of a run with another world size
+                for stale in cache.glob(RANK_MANIFEST_GLOB):  # rank manifests of a run with another world size
                     if not stale.name.endswith(f"-of{world_size}.json"):
                         stale.unlink()
                 m = merge(cache)
             else:
                 m = part
             print(f"{key}.{name}: {m.documents_written:,} documents segmented into {cache} by {world_size} rank(s)"
-                  + (f" ({m.documents_rejected:,} rejected, listed in {cache / 'rejects'})" if m.documents_rejected else ""), flush=True)
+                  + (f" ({m.documents_rejected:,} rejected, listed in {cache / REJECTS_DIR})" if m.documents_rejected else ""), flush=True)
         if barrier is not None:
             barrier()
         out[str(cache)] = weight

@@ -1,6 +1,6 @@
 """`AUNetConfig`: an AU-Net's `config.json` for HuggingFace transformers.
 
-It holds aunet's own configuration as three plain JSON sections (see `aunet.hf.format`, which
+It holds aunet's own configuration as three plain JSON sections (see `aunet.config.hf_format`, which
 reads and writes them): ``aunet_model`` (the model section, SPEC section 4), ``aunet_strategy``
 (the segmentation strategy list, ``[key, parameter]`` pairs in stage order, null for a flat
 model) and ``aunet_training`` (the rest of the training config: data sources, steps, ...).

@@ -23,16 +23,22 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import yaml
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from aunet.config import config_from_dict
+from aunet.config.hf_format import MODEL_TYPE, sections
+from aunet.inference.export import CONFIG, WEIGHTS, export_checkpoint
+from aunet.segment.strategy_order import describe_strategy
+
 HERE = Path(__file__).resolve().parent
 CODE_FILES = ("configuration_aunet.py", "modeling_aunet.py", "tokenization_aunet.py")
-WEIGHTS = "model.safetensors"
 
 
 def export_hf(checkpoints: Path, out: Path, step: int | None = None) -> Path:
     """From a run's checkpoint directory; the model card gets the run's held-out bpb at that
     step when its metrics.jsonl (beside the checkpoint directory) has one."""
-    from aunet.inference.export import export_checkpoint
-
     with tempfile.TemporaryDirectory(prefix="aunet-export-") as tmp:
         weights = export_checkpoint(Path(checkpoints), Path(tmp), step)
         return export_hf_from_export(weights.parent, out, run_dir=Path(checkpoints).parent)
@@ -40,12 +46,7 @@ def export_hf(checkpoints: Path, out: Path, step: int | None = None) -> Path:
 
 def export_hf_from_export(export_dir: Path, out: Path, run_dir: Path | None = None) -> Path:
     """From an `aunet export` directory (model.safetensors + config.yaml)."""
-    import yaml
-    from safetensors import safe_open
-    from safetensors.torch import save_file
 
-    from aunet.config import config_from_dict
-    from aunet.inference.export import CONFIG
 
     export_dir, out = Path(export_dir), Path(out)
     if not (export_dir / WEIGHTS).is_file() or not (export_dir / CONFIG).is_file():
@@ -83,7 +84,6 @@ def export_hf_from_export(export_dir: Path, out: Path, run_dir: Path | None = No
 
 def hf_config(raw: dict[str, Any], step: int | None) -> dict[str, Any]:
     """config.json: `AUNetConfig`'s fields and the auto_map that names the code files."""
-    from aunet.hf.format import MODEL_TYPE, sections
 
     return {
         "model_type": MODEL_TYPE,
@@ -115,7 +115,6 @@ def held_out_bpb(run_dir: Path, step: int | None) -> dict[str, float] | None:
 
 
 def model_card(raw: dict[str, Any], cfg, step: int | None, n_params: int, bpb: dict | None) -> str:
-    from aunet.segment.strategy_order import describe_strategy
 
     m = cfg.model
     strategy = cfg.data.regex.strategy if cfg.data.regex is not None else None

@@ -36,7 +36,7 @@ from .configuration_aunet import AUNetConfig
 
 try:
     from aunet.config import config_from_dict
-    from aunet.hf.format import training_config
+    from aunet.config.hf_format import training_config
     from aunet.inference.generate import DEFAULT_ROOM, Generator
     from aunet.model import HierarchicalTransformer
     from aunet.segment.segmenter import Segmenter

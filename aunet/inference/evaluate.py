@@ -13,6 +13,7 @@ import pyarrow as pa
 from aunet.data.contract import check_shards
 from aunet.inference.export import load_model
 from aunet.segment import segment_corpus
+from aunet.segment.layout import is_shard_dir
 from aunet.segment.readers import detect_format
 from aunet.training.validate import heldout_bpb
 
@@ -36,7 +37,7 @@ def evaluate_model(model_dir: str | Path, data: list[str], batch_size: int = 8, 
     with tempfile.TemporaryDirectory() as tmp:
         for i, item in enumerate(data):
             path = Path(item)
-            if (path / "manifest.json").is_file():
+            if is_shard_dir(path):
                 strategy = cfg.data.regex.strategy if cfg.data.regex is not None else None
                 for problem in check_shards([path], strategy, cfg.model.n_levels, allow_shard_mismatch,
                                             "pass --allow-shard-mismatch"):

@@ -15,7 +15,7 @@ import yaml
 from safetensors.torch import load_file
 
 from aunet.config import config_from_dict
-from aunet.hf.format import HF_CONFIG, is_hf_dir, read_training_config
+from aunet.config.hf_format import HF_CONFIG, is_hf_dir, read_training_config
 from aunet.model import HierarchicalTransformer
 from aunet.training.consolidate import CONFIG, WEIGHTS, export_checkpoint
 

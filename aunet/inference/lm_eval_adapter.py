@@ -43,7 +43,9 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
 from aunet.config.model import BOS_ID, EOS_ID
+from aunet.inference.export import load_model
 from aunet.inference.generate import Generator, decode_utf8
+from aunet.segment.segmenter import Segmenter
 
 DEFAULT_BATCH = 16
 DEFAULT_GEN_BYTES = 256
@@ -89,8 +91,6 @@ class AUNetLM(LM):
         if (path is None) == (model is None):
             raise ValueError("aunet lm-eval: give model_args path=EXPORT_DIR (or, from Python, model= and config=)")
         if path is not None:
-            from aunet.inference.export import load_model
-
             model, config = load_model(Path(path), device="cpu")
         if config.data.tokenizer.name != "bytes":
             raise ValueError(f"aunet lm-eval: byte-level models only; this one reads {config.data.tokenizer.name} tokens")
@@ -117,8 +117,6 @@ class AUNetLM(LM):
         self.strategy = regex.strategy if regex is not None and self.model.n_levels > 0 else None
         self.segmenter = None
         if self.strategy is not None:
-            from aunet.segment.segmenter import Segmenter
-
             self.segmenter = Segmenter(self.strategy)
 
     @property

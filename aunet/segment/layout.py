@@ -13,12 +13,19 @@ writers ask the same functions.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 MANIFEST = "manifest.json"
 REJECTS_DIR = "rejects"
 PROGRESS_DIR = ".progress"
 #: Every shard of the directory, and every rank manifest.
 SHARD_GLOB = "part-*.arrow"
 RANK_MANIFEST_GLOB = "manifest.rank*-of*.json"
+
+
+def is_shard_dir(path) -> bool:
+    """A finished shard directory (local path): one whose manifest has been written."""
+    return (Path(path) / MANIFEST).is_file()
 
 
 def shard_name(index: int, part: int) -> str:

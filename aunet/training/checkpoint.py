@@ -26,7 +26,7 @@ import shutil
 import zlib
 from pathlib import Path
 
-from aunet.segment.shards import write_atomic
+from aunet.io import write_atomic
 
 MARKER = "COMPLETE.json"
 _TAG = re.compile(r"^step_(\d{8})$")

@@ -48,6 +48,7 @@ import yaml
 from safetensors import safe_open
 
 from aunet.config import ConfigError, config_from_dict, to_dict
+from aunet.config.hf_format import is_hf_dir, read_training_config
 from aunet.segment.strategy_order import describe_strategy, same_strategy
 from aunet.training.checkpoint import MARKER, is_complete, latest_complete, step_of, tag_for
 from aunet.training.consolidate import CONFIG as EXPORT_CONFIG
@@ -92,8 +93,6 @@ def resolve(path: str | Path, cfg) -> InitSource:
 
 
 def _locate(given: Path) -> InitSource:
-    from aunet.hf.format import is_hf_dir, read_training_config
-
     directory = given.parent if given.is_file() and given.name == EXPORT_WEIGHTS else given
     if (directory / EXPORT_WEIGHTS).is_file() and not (directory / EXPORT_CONFIG).is_file() and is_hf_dir(directory):
         try:
