@@ -65,6 +65,16 @@ def test_gpu_runs_use_torchs_fused_adamw_not_a_jit_compiled_op():
     assert cpu["torch_adam"] and "fused" not in cpu
 
 
+#: Where DeepSpeed 0.19 reads the device from the host inside a training step ('file function').
+DEEPSPEED_HOST_READS = {
+    "runtime/utils.py is_invalid_grad_norm",
+    "runtime/zero/stage3.py step_with_gradscaler",
+    "runtime/zero/utils.py assert_lst_len_same_as_other_ranks",
+    "runtime/zero/utils.py get_lst_from_rank0",
+    "runtime/zero/utils.py <listcomp>",
+}
+
+
 @pytest.mark.distributed
 def test_a_training_step_has_no_host_sync_and_collectives_stay_on_the_device(tmp_path):
     write_jsonl(tmp_path / "a.jsonl", sample_texts(600))
@@ -82,6 +92,15 @@ def test_a_training_step_has_no_host_sync_and_collectives_stay_on_the_device(tmp
         assert rank["micro_steps"] == 8
         ours = {k: v for k, v in rank["syncs"].items() if k.startswith("aunet:")}
         assert ours == {}, rank["ours_at"]
+        # No device synchronisation inside a step, DeepSpeed's included (its throughput timer
+        # synchronises at every step's start and end unless switched off).
+        assert rank["device_syncs"] == {}, rank["device_syncs"]
+        # DeepSpeed's own host reads are the ones the README names, no others: ZeRO-3's check
+        # of the gradient norm (one per optimizer step), torch's unfused AdamW reading its step
+        # count (CPU only; the fused CUDA kernel keeps it on the device) and, in the first
+        # steps only, ZeRO-3's cross-rank check of the parameter trace it records.
+        assert set(rank["deepspeed_at"]) <= DEEPSPEED_HOST_READS, rank["deepspeed_at"]
+        assert rank["deepspeed_at"]["runtime/utils.py is_invalid_grad_norm"] == 4
         # Logging (2 steps: the bad-step counters' MAX, then the sums) and validation (2 runs:
         # steps MAX, then the sums) all-reduce.
         assert len(rank["collectives"]) == 2 * 2 + 2 * 2

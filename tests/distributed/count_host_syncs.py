@@ -5,7 +5,9 @@ test_cluster_training.py).
 A call of Tensor.item / .cpu / .tolist / __int__ / __float__ / __bool__ made on the training
 thread while `micro_step` runs (every micro-batch: forward, backward, optimizer step; logging
 is outside it) is attributed to the first frame outside torch: our code (aunet/) or
-DeepSpeed's. Each rank writes OUT_DIR/rank{R}.json.
+DeepSpeed's (with its file and function). Device synchronisations (the accelerator's
+`synchronize`, `torch.cuda.synchronize`) made there are counted too. Each rank writes
+OUT_DIR/rank{R}.json.
 """
 
 import argparse
@@ -40,11 +42,23 @@ def caller_owner() -> str:
     return "aunet" if name.startswith(AUNET) else "deepspeed" if f"{os.sep}deepspeed{os.sep}" in name else name
 
 
+def deepspeed_site() -> str:
+    """'file function' of the DeepSpeed frame that made the call (file relative to deepspeed/)."""
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_code.co_filename.startswith(TORCH):
+        frame = frame.f_back
+    if frame is None:
+        return "?"
+    return f"{frame.f_code.co_filename.split(f'{os.sep}deepspeed{os.sep}')[-1]} {frame.f_code.co_name}"
+
+
 class Recorder:
     def __init__(self):
         self.active = False
         self.calls: Counter = Counter()
         self.where: Counter = Counter()
+        self.device_syncs: Counter = Counter()
+        self.deepspeed_at: Counter = Counter()
         self.micro_steps = 0
         self.collectives: list[dict] = []
         self.main = threading.get_ident()
@@ -60,6 +74,8 @@ class Recorder:
                     if owner == "aunet":
                         f = sys._getframe(1)
                         self.where[f"{f.f_code.co_filename}:{f.f_lineno}"] += 1
+                    elif owner == "deepspeed":
+                        self.deepspeed_at[deepspeed_site()] += 1
                 return _original(t, *a, **k)
 
             setattr(torch.Tensor, name, wrapped)
@@ -74,6 +90,19 @@ class Recorder:
                 self.micro_steps += 1
 
         trainer.micro_step = counted_step
+        # Device synchronisations: the accelerator's (DeepSpeed's timers call it) and torch.cuda's.
+        from deepspeed.accelerator import get_accelerator
+
+        accel = get_accelerator()
+        for owner, name in ((accel, "synchronize"), (torch.cuda, "synchronize")):
+            original_sync = getattr(owner, name)
+
+            def counted_sync(*a, _original=original_sync, _label=f"{type(owner).__name__}.{name}", **k):
+                if self.active and threading.get_ident() == self.main:
+                    self.device_syncs[f"{caller_owner()}:{_label}"] += 1
+                return _original(*a, **k)
+
+            setattr(owner, name, counted_sync)
         reduce = dist.all_reduce
 
         def recorded_reduce(tensor, *a, **k):
@@ -95,6 +124,8 @@ def main(out: Path, overrides: list[str]) -> None:
         "micro_steps": rec.micro_steps,
         "syncs": {f"{owner}:{name}": n for (owner, name), n in rec.calls.items()},
         "ours_at": dict(rec.where),
+        "device_syncs": dict(rec.device_syncs),
+        "deepspeed_at": dict(rec.deepspeed_at),
         "collectives": rec.collectives,
         "device": str(torch.device(get_accelerator().current_device_name())),
     }
