@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=sampling_setting("top_p", float), default=1.0, help="in (0, 1]; 1 = no limit")
     g.add_argument("--stop", action="append", default=[], help="stop after this string (repeatable)")
     g.add_argument("--seed", type=int, default=0)
+    placement_options(g)
     v = sub.add_parser("eval", help="bits per byte on shard directories or raw text, as JSON")
     v.add_argument("--model", type=Path, required=True)
     v.add_argument("--data", nargs="+", required=True, help="aunet-segment directories, JSONL/.zst/Parquet/Arrow corpora, or text files (one document each)")
@@ -59,9 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--allow-shard-mismatch", action="store_true",
                    help="score shard directories segmented with another strategy list or depth than the model's "
                         "(refused by default; each difference is reported)")
+    placement_options(v)
     sub.add_parser("lm-eval", help="run EleutherAI's lm-evaluation-harness with the model name 'aunet' registered",
                    add_help=False)
     return p
+
+
+def placement_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", help="where the model runs: cuda, cuda:N or cpu (default: the GPU when there is one)")
+    parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"),
+                        help="precision (default: the config's eval.generator.dtype on a GPU, fp32 on a CPU)")
 
 
 def whole(low: int):
@@ -147,6 +155,7 @@ def generate(args) -> int:
 
     from aunet.inference.export import load_model
     from aunet.inference.generate import Generator, decode_utf8
+    from aunet.inference.placement import pick_device, pick_dtype
 
     prompts = [p.encode("utf-8", "surrogatepass") for p in args.prompt or []]
     if args.prompts_file is not None:
@@ -155,6 +164,8 @@ def generate(args) -> int:
     if not prompts:
         prompts = [b""]
     model, cfg = load_model(args.model)
+    device = pick_device(args.device)
+    model = model.to(device, pick_dtype(device, cfg.eval.generator.dtype, args.dtype))
     if cfg.data.tokenizer.name != "bytes":
         raise ValueError(f"generate works on byte-level models; this one reads {cfg.data.tokenizer.name} tokens "
                          "(a comparison baseline: evaluate it with `aunet eval`)")
@@ -235,7 +246,7 @@ def evaluate(args) -> int:
     from aunet.inference.evaluate import evaluate_model
 
     report = evaluate_model(args.model, args.data, batch_size=args.batch_size, max_batches=args.max_batches,
-                            allow_shard_mismatch=args.allow_shard_mismatch)
+                            allow_shard_mismatch=args.allow_shard_mismatch, device=args.device, dtype=args.dtype)
     text = json.dumps(report, indent=1)
     print(text)
     if args.out:

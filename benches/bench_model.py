@@ -7,7 +7,10 @@ multi-linear upsampling against the reference's per-offset loop.
    training FLOPs per byte. Two flat peers each: matched to the FLOPs the AU-Net executes
    (stages padded to max_seqlens, the reference's accounting) and to its useful FLOPs (the
    pooled share of positions measured on this text). `x flat` = AU-Net time / flat time.
-2. The upsampling of one transition, forward + backward: our batched multi-linear map against
+2. Per-batch stage lengths against padding every stage to max_seqlens (the reference), for
+   the "1B" AU-Net-2 and AU-Net-3 at seq_len 8192 on real English prose: FLOPs per byte at
+   the real widths, and CPU time of the same proportions scaled down, as ratios.
+3. The upsampling of one transition, forward + backward: our batched multi-linear map against
    the reference's loop over the 16 offsets (torch.where, one host sync each), at the tiny
    size and at the paper's AU-Net-2 size (512 <-> 2048, 2048 bytes).
 
@@ -20,6 +23,7 @@ other turn any other load into 10-50x stalls, while one thread degrades graceful
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import platform
 import sys
@@ -34,12 +38,13 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from report import save  # noqa: E402
-from corpora import stdlib_docs  # noqa: E402
+from corpora import english_prose, stdlib_docs  # noqa: E402
 
 from aunet import Segmenter  # noqa: E402
 from aunet.config import ModelArgs, load_config  # noqa: E402
-from aunet.model.flops import flops_per_byte, param_count  # noqa: E402
-from aunet.model import HierarchicalTransformer  # noqa: E402
+from aunet.model.flops import batch_flops, flops_per_byte, param_count  # noqa: E402
+from aunet.model import HierarchicalTransformer, stage_lengths  # noqa: E402
+from aunet.model.lengths import stage_counts  # noqa: E402
 from aunet.model.pooling import build_transition, gather_rows, pool_index  # noqa: E402
 from model_helpers import indexed_up_loop  # noqa: E402
 
@@ -155,6 +160,56 @@ def upsample_rows(repeats: int) -> list[dict]:
     return rows
 
 
+def bucket_rows(repeats: int) -> list[dict]:
+    """Per-batch stage lengths against padding to max_seqlens, for the "1B" AU-Net-2 and AU-Net-3
+    on real English prose at seq_len 8192: FLOPs per byte at the real widths (counted from the
+    shapes: useful = each row's real positions, executed = what the model runs), and CPU time of
+    a forward + backward pass of the same proportions with widths / 8 and depths / 4."""
+    rows = []
+    for name in ("aunet2_1b", "aunet3_1b"):
+        cfg, _ = load_config(CONFIGS / f"{name}.yaml")
+        m, T = cfg.model, cfg.data.seq_len
+        B = cfg.data.batch_size
+        tok, lev = prose_batch(cfg.data.regex.strategy, B, T + 1)
+        counts = stage_counts(lev[:, :-1], m)
+        bucketed = stage_lengths(lev[:, :-1], m)
+        useful, executed = batch_flops(m, counts, bucketed)
+        _, padded = batch_flops(m, counts, m.stage_lengths(T))
+        small = dataclasses.replace(m, dimensions=[d // 8 for d in m.dimensions], head_dims=[16] * len(m.dimensions),
+                                    layers=[max(1, n // 4) for n in m.layers], block=dataclasses.replace(m.block, multiple_of=16))
+        torch.manual_seed(0)
+        model = HierarchicalTransformer(small)
+        t2, l2 = torch.from_numpy(tok[:2]), torch.from_numpy(lev[:2].astype(np.int64))
+        lengths2 = stage_lengths(lev[:2, :-1], small)
+
+        def step(lengths):
+            def run():
+                model.zero_grad(set_to_none=True)
+                model(t2[:, :-1], l2[:, :-1], t2[:, 1:], stage_lengths=lengths)[1].backward()
+            return run
+
+        t_padded, t_bucketed = best_times([step(None), step(lengths2)], repeats)
+        per_byte = B * T
+        rows.append({"model": name, "batch": B, "seq_len": T, "stage_caps": m.stage_lengths(T), "stage_lengths": bucketed,
+                     "largest_counts": counts.max(axis=0).tolist(), "useful_flops_per_byte": useful / per_byte,
+                     "executed_flops_per_byte": executed / per_byte, "padded_flops_per_byte": padded / per_byte,
+                     "padded_over_bucketed_flops": padded / executed, "executed_over_useful": executed / useful,
+                     "small_model": {"dimensions": small.dimensions, "layers": small.layers, "batch": 2,
+                                     "stage_lengths": lengths2},
+                     "padded_s": t_padded, "bucketed_s": t_bucketed, "padded_over_bucketed_time": t_padded / t_bucketed})
+    return rows
+
+
+def prose_batch(strategy: dict[str, str], batch: int, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Packed windows of real English prose (BOS + document + EOS) with segmenter levels."""
+    seg = Segmenter(strategy)
+    docs = english_prose()
+    toks = np.concatenate([np.concatenate([[256], np.frombuffer(d, np.uint8), [257]]) for d in docs])
+    levs = np.concatenate([seg.levels(d, bos=True, eos=True) for d in docs])
+    n = batch * seq_len
+    return toks[:n].reshape(batch, seq_len).astype(np.int64), levs[:n].reshape(batch, seq_len)
+
+
 def print_tables(result: dict) -> None:
     head = f"{'model':<13}{'params':>9}{'flops/B exec':>14}{'flops/B useful':>16}{'ms/step':>9}{'KB/s':>8}"
     head += f"{'flat (exec) LxD':>17}{'x flat':>8}{'flat (useful) LxD':>19}{'x flat':>8}"
@@ -175,6 +230,17 @@ def print_tables(result: dict) -> None:
         shape = f"{r['batch']}x{r['seq_len']}->{r['pooled']}"
         print(f"{r['size']:<22}{shape:>16}{r['batched_s'] * 1e3:>12.1f}{r['loop_s'] * 1e3:>10.1f}"
               f"{r['loop_over_batched']:>13.2f}x")
+    print()
+    head = (f"{'stage lengths':<11}{'caps':>13}{'bucketed':>13}{'GF/B useful':>13}{'GF/B exec':>11}{'GF/B padded':>13}"
+            f"{'padded/exec':>13}{'exec/useful':>13}{'CPU padded/bucketed':>21}")
+    print(head)
+    print("-" * len(head))
+    for r in result["buckets"]:
+        caps = "/".join(map(str, r["stage_caps"][1:]))
+        got = "/".join(map(str, r["stage_lengths"][1:]))
+        print(f"{r['model']:<11}{caps:>13}{got:>13}{r['useful_flops_per_byte'] / 1e9:>13.2f}{r['executed_flops_per_byte'] / 1e9:>11.2f}"
+              f"{r['padded_flops_per_byte'] / 1e9:>13.2f}{r['padded_over_bucketed_flops']:>12.2f}x{r['executed_over_useful']:>12.2f}x"
+              f"{r['padded_over_bucketed_time']:>20.2f}x")
 
 
 def main() -> None:
@@ -189,6 +255,7 @@ def main() -> None:
     result = {
         "threads": torch.get_num_threads(), "machine": platform.machine(), "python": platform.python_version(),
         "torch": torch.__version__, "models": model_rows(repeats), "upsampling": upsample_rows(repeats),
+        "buckets": bucket_rows(repeats),
         "command": " ".join(["benches/bench_model.py", *sys.argv[1:]]),
     }
     print_tables(result)

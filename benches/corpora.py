@@ -3,7 +3,10 @@
 - `stdlib_docs`: the Python standard library's own sources on this machine (code and prose).
 - `multilingual_docs`: seeded synthetic documents mixing Latin, Cyrillic, Greek, CJK (no
   spaces), Arabic, emoji with ZWJ sequences, combining marks, digit runs and punctuation.
-Both are cut into documents of typical web size (1-10 KB) unless asked otherwise.
+- `english_prose`: real English prose, the Python documentation's topic texts (pydoc_data).
+- `cjk_prose`: real Chinese, Japanese and Korean text, the UTF-8 samples of CPython's codec
+  tests (test/cjkencodings).
+All are cut into documents of typical web size (1-10 KB) unless asked otherwise.
 """
 
 from __future__ import annotations
@@ -40,6 +43,21 @@ def stdlib_docs(limit_bytes: int, seed: int = 0) -> list[bytes]:
         if total >= limit_bytes:
             break
     return cut(b"".join(blobs)[:limit_bytes], rng)
+
+
+def english_prose(seed: int = 0) -> list[bytes]:
+    import pydoc_data.topics
+
+    return cut("\n".join(pydoc_data.topics.topics.values()).encode(), random.Random(seed))
+
+
+def cjk_prose() -> list[bytes]:
+    """One document per sample file (a few hundred bytes to a few KB each)."""
+    folder = Path(sysconfig.get_paths()["stdlib"]) / "test" / "cjkencodings"
+    docs = [p.read_bytes() for p in sorted(folder.glob("*-utf8.txt"))]
+    if not docs:
+        raise FileNotFoundError(f"{folder}: no *-utf8.txt samples (this Python was installed without its tests)")
+    return docs
 
 
 WORDS = {

@@ -60,12 +60,18 @@ def test_torch_settings_follow_the_config():
 
     from aunet.training.trainer import apply_torch_settings
 
+    from aunet.model.compile import compile_shapes
+
     cfg, _ = config_from_dict({"distributed": {"matmul_allow_tf32": True, "compile": True, "compile_cache_size_limit": 3}})
+    big, _ = config_from_dict({"distributed": {"compile": True, "compile_cache_size_limit": 1000}})
     before = (torch.backends.cuda.matmul.allow_tf32, torch._dynamo.config.cache_size_limit, gc.isenabled())
     try:
         apply_torch_settings(cfg, on_gpu=True)
         assert torch.backends.cuda.matmul.allow_tf32 is True and torch.backends.cudnn.allow_tf32 is True
-        assert torch._dynamo.config.cache_size_limit == 3
+        # Raised to hold every stage bucket in training and validation, never lowered below the config.
+        assert torch._dynamo.config.cache_size_limit == 2 * compile_shapes(cfg.model, cfg.data.seq_len) > 3
+        apply_torch_settings(big, on_gpu=True)
+        assert torch._dynamo.config.cache_size_limit == 1000
         assert not gc.isenabled()  # gc_collect_freq collects instead, on every rank at the same step
         off, _ = config_from_dict({})
         apply_torch_settings(off, on_gpu=True)

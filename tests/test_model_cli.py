@@ -123,3 +123,29 @@ def test_generate_cli_runs_several_prompts_as_one_batch_in_order(exported, tmp_p
     bad = subprocess.run([venv_script("aunet"), "generate", "--model", str(exported / "export"),
                           "--prompts-file", str(prompts_file)], capture_output=True, text=True)
     assert bad.returncode == 1 and f"{prompts_file}, line 2: expected a JSON string" in bad.stderr
+
+
+def test_inference_commands_take_a_device_and_a_dtype(exported, tmp_path):
+    """--device and --dtype place the model (default: the GPU when there is one, in the config's
+    dtype; this machine has none, so the CPU in fp32); a GPU asked for where there is none is a
+    one-line error, not a crash after loading."""
+    model_dir = str(exported / "export")
+    bf16 = subprocess.run([venv_script("aunet"), "generate", "--model", model_dir, "--prompt", "The cat", "--max-bytes", "8",
+                           "--temperature", "0", "--device", "cpu", "--dtype", "bf16"], capture_output=True, text=True)
+    assert bf16.returncode == 0 and bf16.stdout.startswith("The cat"), bf16.stderr[-2000:]
+    (tmp_path / "notes.txt").write_text("The cat sat on the mat. " * 20)
+    scored = subprocess.run([venv_script("aunet"), "eval", "--model", model_dir, "--data", str(tmp_path / "notes.txt"),
+                             "--device", "cpu", "--dtype", "fp32"], capture_output=True, text=True)
+    assert scored.returncode == 0 and json.loads(scored.stdout)["overall"]["bytes"] > 0, scored.stderr[-2000:]
+    if not torch.cuda.is_available():
+        for command in (["generate", "--prompt", "x"], ["eval", "--data", str(tmp_path / "notes.txt")]):
+            proc = subprocess.run([venv_script("aunet"), *command, "--model", model_dir, "--device", "cuda"],
+                                  capture_output=True, text=True)
+            assert proc.returncode == 1 and "no CUDA GPU is available" in proc.stderr and "Traceback" not in proc.stderr
+    from aunet.inference.placement import pick_device, pick_dtype
+
+    assert pick_device(None) == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert pick_dtype(torch.device("cuda"), "bf16") == torch.bfloat16 and pick_dtype(torch.device("cpu"), "bf16") == torch.float32
+    assert pick_dtype(torch.device("cpu"), "bf16", "float16") == torch.float16
+    with pytest.raises(ValueError, match="unknown dtype"):
+        pick_dtype(torch.device("cpu"), "bf16", "int8")

@@ -93,6 +93,22 @@ def test_validation_bpb_is_logged_at_eval_steps(straight):
     assert all(0 < v["val_bpb"] < 10 and v["val_bytes"] > 0 for v in val.values())
 
 
+def test_logged_flops_count_the_bucketed_stages_and_mfu_uses_the_useful_ones(straight):
+    """Each record counts the FLOPs of the batches' real positions (useful) and of what the
+    model ran (executed, stages bucketed): useful <= executed <= the stages padded to
+    max_seqlens, and MFU is the useful share."""
+    from aunet.config import load_config
+    from aunet.model.flops import flops_per_byte
+
+    cfg, _ = load_config(straight / "config.yaml")
+    padded = flops_per_byte(cfg.model, cfg.data.seq_len, padded=True).total
+    records = metrics(straight)
+    assert sorted(records) == list(range(1, 7))
+    for r in records.values():
+        assert 0 < r["useful_flops_per_byte"] < r["executed_flops_per_byte"] <= padded * (1 + 1e-9)
+        assert r["mfu"] / r["mfu_executed"] == pytest.approx(r["useful_flops_per_byte"] / r["executed_flops_per_byte"])
+
+
 def test_exact_resume_equals_straight_run(tmp_path, data_root, straight):
     resumed = tmp_path / "resumed"
     run(["--stop-at", "4", *overrides(data_root, resumed, 6)])

@@ -148,6 +148,11 @@ class ModelArgs:
     """Epsilon of the final RMSNorm and of the level head's norm."""
     seed: int = 42
     """Seed for the weight initialisation (applied by the trainer around model construction)."""
+    stage_bucket: int = 128
+    """Each batch runs every stage below the byte level on as many positions as its rows need:
+    the largest pooled count, rounded up to a multiple of this (so that the set of shapes, and of
+    compiled kernels, stays small), capped by `max_seqlens`. 0 pads every stage to its
+    `max_seqlens` cap, as the reference does. Logits do not depend on it (not a reference key)."""
 
     def __post_init__(self) -> None:
         dims = self.dimensions
@@ -187,6 +192,8 @@ class ModelArgs:
         require(self.lambda_level >= 0, "lambda_level", f"must be >= 0, got {self.lambda_level}")
         require(self.vocab_size >= 1, "vocab_size", f"must be >= 1 or -1, got {self.vocab_size}")
         require(self.norm_eps > 0, "norm_eps", f"must be > 0, got {self.norm_eps}")
+        require(isinstance(self.stage_bucket, int) and self.stage_bucket >= 0, "stage_bucket",
+                f"must be an integer >= 0, got {self.stage_bucket!r}")
 
     @property
     def n_levels(self) -> int:
@@ -204,7 +211,8 @@ class ModelArgs:
         return self.block.n_kv_heads or self.n_heads(stage)
 
     def stage_lengths(self, seq_len: int) -> list[int]:
-        """Static sequence length of every stage for a byte input of `seq_len`."""
+        """Longest sequence of every stage for a byte input of `seq_len` (the `max_seqlens` caps;
+        what every stage is padded to when `stage_bucket` is 0)."""
         lengths = [seq_len]
         for m in self.max_seqlens[1:]:
             lengths.append(lengths[-1] if m == -1 else min(m, lengths[-1]))

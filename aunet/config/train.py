@@ -15,6 +15,8 @@ from aunet.segment.segmenter import Segmenter
 
 FSDP_TO_ZERO = {"full_shard": 3, "shard_grad_op": 2, "no_shard": 0}
 MODEL_DTYPES = ("bf16", "fp16", "fp32")
+#: torch.compile backends the trainer offers (`distributed.compile_backend`).
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
 #: The strategy of `data.regex` when a config gives none: one stage, words.
 DEFAULT_STRATEGY = {"word1": "1@1"}
 
@@ -152,7 +154,11 @@ class DistributedArgs:
     zero_stage: int | None = None
     """Explicit DeepSpeed ZeRO stage (0-3); overrides fsdp_type when set."""
     compile: bool = False
-    """torch.compile the model."""
+    """torch.compile the model, one transformer block at a time (static shapes, one graph per
+    block; under ZeRO-3 blocks are DeepSpeed leaf modules, gathered whole before they run)."""
+    compile_backend: str = "inductor"
+    """The torch.compile backend: ``inductor`` (fused kernels), or ``aot_eager`` / ``eager`` to
+    tell a compiler problem from a model problem."""
     model_dtype: str = "bf16"
     """Training precision on GPUs (``bf16``, ``fp16``, ``fp32``); CPUs always train in fp32."""
     matmul_allow_tf32: bool = False
@@ -164,9 +170,10 @@ class DistributedArgs:
     tp_size: int = 1
     """Tensor parallelism is not supported: must be 1."""
     compile_cache_size_limit: int = 8
-    """`torch._dynamo.config.cache_size_limit` when `compile` is on: how many recompilations of
-    one function (new shapes: each pooled stage's length varies per batch) before dynamo falls
-    back to eager for it."""
+    """`torch._dynamo.config.cache_size_limit` when `compile` is on: how many compiled versions
+    of the block function dynamo keeps before it falls back to eager. Raised when needed to
+    twice `aunet.model.compile.compile_shapes` (every stage-length bucket, in training and in
+    validation), so that no bucket runs uncompiled."""
     zero_reduce_bucket_size: int | None = None
     """ZeRO gradient reduce-scatter bucket (elements). Default: hidden^2 (at least 2^22), with
     hidden the widest stage (`model.dimensions`): buckets of about one square weight keep the
@@ -197,6 +204,8 @@ class DistributedArgs:
         require(self.tp_size == 1, "tp_size", f"tensor parallelism is not supported, got {self.tp_size}")
         require(self.compile_cache_size_limit >= 1, "compile_cache_size_limit",
                 f"must be >= 1, got {self.compile_cache_size_limit}")
+        require(self.compile_backend in COMPILE_BACKENDS, "compile_backend",
+                f"{self.compile_backend!r} is not one of {', '.join(COMPILE_BACKENDS)}")
 
     @property
     def zero(self) -> int:
@@ -274,8 +283,8 @@ class GeneratorArgs:
     """Longest prompt + generation of `aunet generate`, in bytes: a longer prompt keeps its last
     `max_tokens - max_bytes` bytes (the cache is sized for this many bytes)."""
     dtype: str = "bf16"
-    """Precision of `aunet lm-eval` on GPUs when its `dtype` model argument is not given
-    (CPUs always use fp32)."""
+    """Precision of inference on GPUs (`aunet generate`, `aunet eval`, `aunet lm-eval`) unless
+    told otherwise (`--dtype`, the `dtype` model argument); CPUs use fp32 by default."""
 
     def __post_init__(self) -> None:
         require(self.max_tokens >= 1, "max_tokens", f"must be >= 1, got {self.max_tokens}")

@@ -3,8 +3,11 @@
 The settings are the config's `data` section (`DataArgs`) itself: its sources (shard
 directories, under `root_dir`), sequence length, batch size, BOS/EOS, seed, shuffle buffer,
 prefetching (`load_async`, `prefetch_size`) and shard verification. What a config cannot know
-comes as arguments: this process's rank, whether to pin memory, and how a shard directory is
-read (`open_source`: bytes by default; the BPE baseline passes its tokenizing reader).
+comes as arguments: this process's rank, whether to pin memory, how a shard directory is
+read (`open_source`: bytes by default; the BPE baseline passes its tokenizing reader), and the
+model the batches are for: given its `ModelArgs`, each batch also says how many positions every
+stage needs (`aunet.model.stage_lengths`), computed here, on the prefetch thread, from levels
+that are on the host anyway.
 """
 
 from __future__ import annotations
@@ -15,22 +18,26 @@ import threading
 import numpy as np
 import torch
 
-from aunet.config import DataArgs
+from aunet.config import DataArgs, ModelArgs
 from aunet.data.doc_order import DocOrder
 from aunet.data.packing import Packer
 from aunet.data.shard_source import ShardSource, SourceOpener
 from aunet.data.sources import source_path
+from aunet.model.lengths import lengths_from_counts, stage_counts
 
 
 class PackedLoader:
     """Iterates batches: dicts of `tokens`, `targets` (int64 [B, S]), `levels`,
     `target_levels` (uint8 [B, S]) and `target_bytes` (int32 [B, S]: bytes of text each target
-    stands for; 0 for BOS/EOS). `state_dict()` describes the position after the last
+    stands for; 0 for BOS/EOS); with a `model`, also `stage_lengths` (a list of ints: what
+    `HierarchicalTransformer.forward` runs each stage on) and `stage_counts` (numpy int64
+    [B, L + 1]: every row's real positions per stage, for counting useful FLOPs). Only the
+    tensors go to the device. `state_dict()` describes the position after the last
     batch handed out (not the last one prefetched), so a restored loader continues with
     exactly the next batch."""
 
     def __init__(self, data: DataArgs, rank: int = 0, world_size: int = 1, pin_memory: bool = False,
-                 open_source: SourceOpener = ShardSource):
+                 open_source: SourceOpener = ShardSource, model: ModelArgs | None = None):
         """`pin_memory`: hand out batches in page-locked memory (on GPUs), so that
         `.to(device, non_blocking=True)` really overlaps the copy with compute; pinned on the
         prefetch thread, off the training loop."""
@@ -39,7 +46,7 @@ class PackedLoader:
                              "(aunet.baselines.tokenized_source.source_opener)")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size {world_size})")
-        self.data, self.rank, self.world_size, self.pin_memory = data, rank, world_size, pin_memory
+        self.data, self.rank, self.world_size, self.pin_memory, self.model = data, rank, world_size, pin_memory, model
         # Directory -> weight; sources weighted 0 are not read (as in the trainer's `source_paths`).
         self.paths = {str(source_path(data.root_dir, name)): float(w) for name, w in data.sources.items() if w > 0}
         if not self.paths:
@@ -86,6 +93,10 @@ class PackedLoader:
         }
         if self.pin_memory:
             batch = {k: v.pin_memory() for k, v in batch.items()}
+        if self.model is not None:
+            counts = stage_counts(levels[:, :-1], self.model)
+            batch["stage_counts"] = counts
+            batch["stage_lengths"] = lengths_from_counts(counts, self.model, S)
         return batch, self._snapshot()
 
     def _snapshot(self) -> dict:

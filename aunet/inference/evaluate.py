@@ -15,13 +15,14 @@ from aunet.inference.export import load_model
 from aunet.segment import segment_corpus
 from aunet.segment.layout import is_shard_dir
 from aunet.segment.readers import detect_format
+from aunet.inference.placement import pick_device, pick_dtype
 from aunet.training.validate import heldout_bpb
 
 __all__ = ["evaluate_model", "heldout_bpb"]
 
 
 def evaluate_model(model_dir: str | Path, data: list[str], batch_size: int = 8, max_batches: int | None = None,
-                   allow_shard_mismatch: bool = False) -> dict:
+                   allow_shard_mismatch: bool = False, device: str | None = None, dtype: str | None = None) -> dict:
     """`aunet eval`: bits per byte of the exported model in `model_dir` on each item of `data`
     and overall, as {"model", "sources": {item: {"bpb", "bytes"}}, "overall": {"bpb", "bytes"}};
     "bytes" is the number of bytes scored, and "bpb" is None where it is 0 (an empty file, or
@@ -30,8 +31,12 @@ def evaluate_model(model_dir: str | Path, data: list[str], batch_size: int = 8, 
     An item is an `aunet-segment` directory, a corpus in any `segment_corpus` input format, or
     a plain file (one document, its bytes as they are, valid UTF-8 or not), segmented with the
     model's strategy into a temporary folder. Shard directories must have been segmented with
-    the model's strategy list and depth (`aunet.data.contract`), unless `allow_shard_mismatch`."""
+    the model's strategy list and depth (`aunet.data.contract`), unless `allow_shard_mismatch`.
+    `device` and `dtype`: see `aunet.inference.placement` (default: the GPU in the config's
+    dtype when there is one)."""
     model, cfg = load_model(model_dir)
+    where = pick_device(device)
+    model = model.to(where, pick_dtype(where, cfg.eval.generator.dtype, dtype))
     tokenizer = cfg.data.tokenizer.bpe_file
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -54,7 +59,8 @@ def evaluate_model(model_dir: str | Path, data: list[str], batch_size: int = 8, 
                     inputs = [str(doc)]
                 path = Path(tmp) / f"source{i}"
                 segment_corpus(inputs, path, cfg.data.shard_strategy, on_error="skip")
-            results[item] = heldout_bpb(model, {str(path): 1.0}, cfg.data.seq_len, batch_size, max_batches, tokenizer=tokenizer,
+            results[item] = heldout_bpb(model, {str(path): 1.0}, cfg.data.seq_len, batch_size, max_batches, device=where,
+                                        tokenizer=tokenizer,
                                         add_bos=cfg.data.add_bos, add_eos=cfg.data.add_eos)
     for r in results.values():
         if r["bytes"] == 0:

@@ -45,6 +45,8 @@ from lm_eval.api.registry import register_model
 from aunet.config.model import BOS_ID, EOS_ID
 from aunet.inference.export import load_model
 from aunet.inference.generate import Generator, decode_utf8
+from aunet.inference.placement import pick_device, pick_dtype
+from aunet.model.lengths import bucketed_length, stage_lengths
 from aunet.segment.segmenter import Segmenter
 
 DEFAULT_BATCH = 16
@@ -64,10 +66,6 @@ def plan_windows(n: int, first: int, width: int) -> Iterator[tuple[int, int, int
         end = min(n, max(pos + stride, width))
         yield max(0, end - width), pos, end
         pos = end
-
-
-#: `eval.generator.dtype` in torch's names.
-CONFIG_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
 @register_model("aunet")
@@ -96,12 +94,12 @@ class AUNetLM(LM):
             raise ValueError(f"aunet lm-eval: byte-level models only; this one reads {config.data.tokenizer.name} tokens")
         if levels not in ("generate", "full"):
             raise ValueError(f"aunet lm-eval: levels must be 'generate' or 'full', got {levels!r}")
-        self.device_ = _pick_device(device)
-        if dtype is None:
-            dtype = CONFIG_DTYPES[config.eval.generator.dtype] if self.device_.type == "cuda" else "float32"
-        if not hasattr(torch, str(dtype)) or not isinstance(getattr(torch, str(dtype)), torch.dtype):
-            raise ValueError(f"aunet lm-eval: unknown dtype {dtype!r} (float32, bfloat16, float16)")
-        self.model = model.to(self.device_, getattr(torch, str(dtype))).eval()
+        self.device_ = pick_device(device, strict=False)
+        try:
+            chosen = pick_dtype(self.device_, config.eval.generator.dtype, dtype)
+        except ValueError as e:
+            raise ValueError(f"aunet lm-eval: {e}") from None
+        self.model = model.to(self.device_, chosen).eval()
         self.config = config
         self.levels_mode = levels
         self.batch_size = int(batch_size) if not str(batch_size).startswith("auto") else DEFAULT_BATCH
@@ -159,14 +157,17 @@ class AUNetLM(LM):
 
     @torch.no_grad()
     def _score_batch(self, batch: list[tuple[bytes, int]]) -> list[tuple[float, bool]]:
-        T = 1 + max(len(d) for d, _ in batch)
+        # Padded on the right to a bucket, and each stage run on what the batch needs: a bounded
+        # set of shapes, so compiled code and FlexAttention masks are reused across batches.
+        T = bucketed_length(1 + max(len(d) for d, _ in batch), self.model.args)
         tokens = torch.full((len(batch), T), EOS_ID, dtype=torch.long)
         levels = torch.zeros((len(batch), T), dtype=torch.long)
         for j, (data, k) in enumerate(batch):
             tokens[j, 0] = BOS_ID
             tokens[j, 1:1 + len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8).long() if data else 0
             levels[j, :1 + len(data)] = torch.tensor(self.window_levels(data, k))
-        logits, _ = self.model(tokens.to(self.device_), levels.to(self.device_))
+        lengths = stage_lengths(levels, self.model.args)
+        logits, _ = self.model(tokens.to(self.device_), levels.to(self.device_), stage_lengths=lengths)
         logprobs = logits.float().log_softmax(-1).cpu()
         results = []
         for j, (data, k) in enumerate(batch):
@@ -247,20 +248,6 @@ def prompt_room(max_length: int, max_bytes: int) -> int:
     `max_gen_toks` (the harness's default is 256) cannot starve the prompt; generation may then
     run past `max_length` (the cached generator's windows allow it)."""
     return max(max_length - 1 - max_bytes, max_length // 2)
-
-
-def _pick_device(device: str | None) -> torch.device:
-    """The harness's command line passes device="cuda" unless told otherwise; on a machine
-    without a GPU that means the CPU (with a warning), not a crash."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    chosen = torch.device(device)
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        import warnings
-
-        warnings.warn(f"aunet lm-eval: device {device!r} asked for, but no GPU is available: using the CPU", stacklevel=3)
-        return torch.device("cpu")
-    return chosen
 
 
 def _utf8(text: str) -> bytes:

@@ -7,7 +7,8 @@ Deeper stages see a fraction of the positions: by default the expected share of 
 (`DEFAULT_STAGE_FRACTIONS`: word1 opens a segment about every 5.5 bytes of English or code,
 each further `word` level halves that), capped by `max_seqlens`; with ``padded=True`` the
 static stage lengths that the model actually computes on (the reference's accounting, which
-counts padding). Transitions count as model FLOPs: down and up once per coarse vector, and
+counts padding). `batch_flops` counts one batch both ways: useful FLOPs on each row's real
+positions, executed FLOPs on the stage lengths the model runs. Transitions count as model FLOPs: down and up once per coarse vector, and
 the multi-linear map once per stage-i position (our implementation computes it for all 16
 offsets of every coarse vector, which is not counted). Embedding lookups and elementwise work
 are not counted.
@@ -80,21 +81,35 @@ def stage_positions(args: ModelArgs, seq_len: int, fractions: tuple[float, ...] 
     return [min(f * seq_len, n) for f, n in zip(fractions, lengths)]
 
 
-def flops_per_byte(args: ModelArgs, seq_len: int, fractions: tuple[float, ...] | None = None,
-                   padded: bool = False) -> Flops:
-    """Forward + backward FLOPs per byte of one `seq_len`-byte sequence (see the module doc)."""
+def flops_at(args: ModelArgs, positions) -> Flops:
+    """Forward + backward FLOPs of one sequence that has `positions[i]` positions at stage i
+    (totals, not per byte; see the module doc for what counts)."""
     L, dims = args.n_levels, args.dimensions
     transition = pooling_class(args.pooling_type)
-    pos = stage_positions(args, seq_len, fractions, padded)
     linear = attention = 0.0
     for i in range(L + 1):
         depth = args.layers[i] * (1 if i == L else 2)
         weights = block_params(args, i) - 2 * dims[i]  # norms are not matmuls
-        linear += 6 * depth * weights * pos[i]
-        attention += 12 * depth * dims[i] * mean_context(pos[i], args.sliding_windows[i]) * pos[i]
+        linear += 6 * depth * weights * positions[i]
+        attention += 12 * depth * dims[i] * mean_context(positions[i], args.sliding_windows[i]) * positions[i]
     for i in range(L):
-        linear += transition.flops(dims[i], dims[i + 1], fine=pos[i], coarse=pos[i + 1])
-    linear += 6 * dims[0] * args.vocab_size * pos[0]
+        linear += transition.flops(dims[i], dims[i + 1], fine=positions[i], coarse=positions[i + 1])
+    linear += 6 * dims[0] * args.vocab_size * positions[0]
     if args.lambda_level > 0:
-        linear += 6 * 2 * dims[0] * (L + 1) * pos[0]
-    return Flops(linear / seq_len, attention / seq_len)
+        linear += 6 * 2 * dims[0] * (L + 1) * positions[0]
+    return Flops(linear, attention)
+
+
+def flops_per_byte(args: ModelArgs, seq_len: int, fractions: tuple[float, ...] | None = None,
+                   padded: bool = False) -> Flops:
+    """Forward + backward FLOPs per byte of one `seq_len`-byte sequence (see the module doc)."""
+    total = flops_at(args, stage_positions(args, seq_len, fractions, padded))
+    return Flops(total.linear / seq_len, total.attention / seq_len)
+
+
+def batch_flops(args: ModelArgs, counts, lengths) -> tuple[float, float]:
+    """(useful, executed) training FLOPs of one batch: useful counts each row's real positions
+    per stage (`counts` [B, L + 1], from `aunet.model.lengths.stage_counts`), executed counts
+    what the model runs, every row at the batch's `lengths` (bucketed, or padded to the caps)."""
+    useful = sum(flops_at(args, row).total for row in counts.tolist())
+    return useful, len(counts) * flops_at(args, lengths).total

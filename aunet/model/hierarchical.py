@@ -31,6 +31,8 @@ from aunet.model.layers import Embedding, Linear, RMSNorm, Stack
 from aunet.model.metrics import nats_over_text
 from aunet.model.pooling import build_transition
 from aunet.model.routes import FullRoute, PrefillRoute, StepRoute
+from aunet.model.lengths import bucketed_length, check_stage_lengths
+from aunet.model.lengths import stage_lengths as lengths_for
 
 
 class HierarchicalTransformer(nn.Module):
@@ -96,6 +98,7 @@ class HierarchicalTransformer(nn.Module):
         targets: torch.Tensor | None = None,
         target_levels: torch.Tensor | None = None,
         target_bytes: torch.Tensor | None = None,
+        stage_lengths: Sequence[int] | None = None,
     ):
         """Logits [B, T, vocab] and, when `targets` [B, T] are given, the mean next-token
         cross-entropy (plus lambda_level times the level loss when the level head exists;
@@ -105,8 +108,13 @@ class HierarchicalTransformer(nn.Module):
         With `target_bytes` (the bytes each target stands for) a third value comes back:
         (summed nats, bytes of text) of the targets that stand for text, from the same
         cross-entropy as the loss, so training gets its bpb without a second pass over the
-        logits and without a host synchronisation."""
-        h = self.hidden(tokens, levels)
+        logits and without a host synchronisation.
+
+        `stage_lengths` (plain ints, from `aunet.model.stage_lengths` on the host) sets how many
+        positions each stage runs; by default every stage is padded to its `max_seqlens` cap.
+        Either way the logits are the same: the lengths only have to hold every row's pooled
+        positions, which is what `stage_lengths` computes from the levels."""
+        h = self.hidden(tokens, levels, stage_lengths)
         logits = self.vocab(self.vocab_norm(h))
         if targets is None:
             return logits, None
@@ -131,8 +139,10 @@ class HierarchicalTransformer(nn.Module):
         emb = self.tok_embeddings(next_tokens.clamp(min=0))
         return self.level_mask(self.level_mask_norm(torch.cat([h, emb.to(h.dtype)], dim=-1)))
 
-    def hidden(self, tokens: torch.Tensor, levels: torch.Tensor | None = None) -> torch.Tensor:
-        """Final byte-level features [B, T, dimensions[0]] (before the output norm)."""
+    def hidden(self, tokens: torch.Tensor, levels: torch.Tensor | None = None,
+               stage_lengths: Sequence[int] | None = None) -> torch.Tensor:
+        """Final byte-level features [B, T, dimensions[0]] (before the output norm); see
+        `forward` for `stage_lengths`."""
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be [batch, time], got shape {tuple(tokens.shape)}")
         T = tokens.shape[1]
@@ -141,7 +151,8 @@ class HierarchicalTransformer(nn.Module):
             raise ValueError(f"input of {T} positions is longer than model.max_seqlens[0] = {limit}")
         if self.n_levels:
             levels = self._check_levels(tokens, levels)
-        return self._walk(self.tok_embeddings(tokens), FullRoute(levels, self.args.stage_lengths(T)))
+        lengths = self.args.stage_lengths(T) if stage_lengths is None else check_stage_lengths(stage_lengths, self.args, T)
+        return self._walk(self.tok_embeddings(tokens), FullRoute(levels, lengths))
 
     def _walk(self, x: torch.Tensor, route: FullRoute | StepRoute) -> torch.Tensor:
         """The one traversal of the U-Net (see the module doc); `route` is a `FullRoute`,
@@ -210,7 +221,9 @@ class HierarchicalTransformer(nn.Module):
             raise ValueError(f"prefill needs one non-empty prompt per row of the cache ({cache.batch})")
         longest = max(lengths)
         self.check_prompt(longest)
-        tok = np.zeros((len(tokens), longest), dtype=np.int64)
+        # Right-padded to a bucket, every stage run on what the prompts need: prompts of any
+        # length share a bounded set of shapes (compiled kernels, FlexAttention masks).
+        tok = np.zeros((len(tokens), bucketed_length(longest, self.args)), dtype=np.int64)
         lev = np.zeros_like(tok)
         for b, n in enumerate(lengths):
             tok[b, :n] = tokens[b]
@@ -219,7 +232,7 @@ class HierarchicalTransformer(nn.Module):
         tok_dev, lev_dev = torch.from_numpy(tok).to(cache.device), torch.from_numpy(lev).to(cache.device)
         if self.n_levels:
             lev_dev = self._check_levels(tok_dev, lev_dev)
-        route = PrefillRoute(lev_dev, self.args.stage_lengths(longest), lengths, cache)
+        route = PrefillRoute(lev_dev, lengths_for(lev, self.args), lengths, cache)
         h = self._walk(self.tok_embeddings(tok_dev), route)
         return self.vocab(self.vocab_norm(h))[:, 0]
 

@@ -20,6 +20,9 @@ import torch
 import torch.distributed as dist
 
 FIELDS = ("loss", "nats", "scored_bytes", "text_bytes")
+#: Host-side sums, all-reduced with the device sums at logging steps: training FLOPs on the
+#: batches' real positions and on the positions the model ran (`aunet.model.flops.batch_flops`).
+WORK = ("useful_flops", "executed_flops")
 
 #: Peak dense bf16 FLOP/s that MFU divides by (H100 and H200 SXM alike); on a CPU the figure is
 #: only indicative.
@@ -32,6 +35,7 @@ class DeviceMetrics:
         self.sums = torch.zeros(len(FIELDS), dtype=torch.float64, device=self.device)
         self.micro_steps = 0
         self.tokens = 0
+        self.work = [0.0, 0.0]
         self._step_bad = torch.zeros((), dtype=torch.bool, device=self.device)
         self.runs = torch.zeros(2, dtype=torch.int64, device=self.device)  # [current, longest] bad run
 
@@ -42,6 +46,11 @@ class DeviceMetrics:
         self._step_bad |= ~torch.isfinite(loss.detach())
         self.micro_steps += 1
         self.tokens += tokens
+
+    def add_work(self, useful: float, executed: float) -> None:
+        """One micro-batch's training FLOPs (host numbers, known from the batch before it runs)."""
+        self.work[0] += useful
+        self.work[1] += executed
 
     def end_step(self, grad_norm) -> None:
         """After the optimizer step: `grad_norm` is DeepSpeed's (a device tensor, a float, or
@@ -66,9 +75,9 @@ class DeviceMetrics:
         return current, longest
 
     def reduced(self, all_reduce=None) -> torch.Tensor:
-        """The sums over every rank, as a device tensor (`all_reduce` is
+        """The sums over every rank, FIELDS then WORK, as a device tensor (`all_reduce` is
         torch.distributed.all_reduce when several ranks train)."""
-        totals = self.sums.clone()
+        totals = torch.cat([self.sums, torch.tensor(self.work, dtype=self.sums.dtype, device=self.device)])
         if all_reduce is not None:
             all_reduce(totals)
         return totals
@@ -76,14 +85,20 @@ class DeviceMetrics:
     def reset(self) -> None:
         self.sums.zero_()
         self.micro_steps = self.tokens = 0
+        self.work = [0.0, 0.0]
 
 
 def log_record(step: int, lr: float, totals: list[float], metrics: DeviceMetrics, elapsed: float, grad_norm,
-               world: int, flops_share: float) -> dict:
-    """One metrics.jsonl record from the summed (all-reduced) totals of `DeviceMetrics`;
-    `flops_share` is the model's FLOPs per input position over the ranks' peak FLOP/s."""
-    sums = dict(zip(FIELDS, totals))
-    tokens_per_s = metrics.tokens * world / elapsed
+               world: int, peak_flops: float, estimate: float) -> dict:
+    """One metrics.jsonl record from the summed (all-reduced) totals of `DeviceMetrics`.
+    `peak_flops`: the peak FLOP/s of all ranks together. MFU is on useful FLOPs (the batches'
+    real positions); `executed_flops_per_byte` and `mfu_executed` count what the model ran,
+    padding included. A loader that did not count FLOPs (no model given) falls back on
+    `estimate`, the model's FLOPs per input position at the expected stage shares."""
+    sums = dict(zip((*FIELDS, *WORK), totals))
+    tokens = metrics.tokens * world
+    if not sums["executed_flops"]:
+        sums["useful_flops"] = sums["executed_flops"] = estimate * tokens
     return {
         "step": step,
         "loss": sums["loss"] / (metrics.micro_steps * world),
@@ -91,8 +106,11 @@ def log_record(step: int, lr: float, totals: list[float], metrics: DeviceMetrics
         "lr": lr,
         "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
         "bytes_per_s": sums["text_bytes"] / elapsed,
-        "tokens_per_s": tokens_per_s,
-        "mfu": tokens_per_s * flops_share,
+        "tokens_per_s": tokens / elapsed,
+        "useful_flops_per_byte": sums["useful_flops"] / tokens,
+        "executed_flops_per_byte": sums["executed_flops"] / tokens,
+        "mfu": sums["useful_flops"] / elapsed / peak_flops,
+        "mfu_executed": sums["executed_flops"] / elapsed / peak_flops,
     }
 
 

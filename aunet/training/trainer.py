@@ -30,11 +30,13 @@ import torch.distributed as dist
 import yaml
 
 from aunet.baselines.tokenized_source import source_opener
-from aunet.config import TrainArgs, to_dict
+from aunet.config import ModelArgs, TrainArgs, to_dict
 from aunet.data import PackedLoader
 from aunet.data.sources import VALIDATION, check_sources, source_paths
 from aunet.model import HierarchicalTransformer
-from aunet.model.flops import flops_per_byte
+from aunet.model.compile import compile_blocks, compile_shapes
+from aunet.model.flops import batch_flops, flops_per_byte
+from aunet.model.layers import Block
 from aunet.training.accelerator import ensure_ds_accelerator, init_distributed
 from aunet.training.checkpoint import checksum_share, latest_complete, mark_complete, prune, tag_for
 from aunet.training.ds_config import deepspeed_config
@@ -71,8 +73,8 @@ class Trainer:
         self.loader, self.validation = self._build_data()
         self.engine, self.optimizer = self._build_engine(init_from)
         self.step, self.damaged = self._resume(latest)
-        flops = flops_per_byte(cfg.model, cfg.data.seq_len).total  # per input position: a byte, or a BPE token
-        self.flops_share = flops / (PEAK_FLOPS["cuda" if self.on_gpu else "cpu"] * self.world)
+        self.peak_flops = PEAK_FLOPS["cuda" if self.on_gpu else "cpu"] * self.world
+        self.flops_estimate = flops_per_byte(cfg.model, cfg.data.seq_len).total  # per input position: a byte, or a BPE token
         self.log = MetricsLog(self.dump / "metrics.jsonl", self.rank == 0)
         self.metrics = DeviceMetrics(self.device)
         self.last_record: dict = {}
@@ -106,7 +108,8 @@ class Trainer:
         validation = source_paths(cfg, VALIDATION, rank=rank, world_size=world, barrier=dist.barrier)
         check_sources(cfg, [*sources, *validation], rank)
         loader = PackedLoader(dataclasses.replace(cfg.data, root_dir=None, sources=sources), rank, world,
-                              pin_memory=self.on_gpu, open_source=source_opener(cfg.data.tokenizer.bpe_file))
+                              pin_memory=self.on_gpu, open_source=source_opener(cfg.data.tokenizer.bpe_file),
+                              model=cfg.model)
         if len(loader.token_bytes) > cfg.model.vocab_size:
             raise ValueError(f"model.vocab_size = {cfg.model.vocab_size} is smaller than the tokenizer's {len(loader.token_bytes)} ids")
         return loader, validation
@@ -119,6 +122,8 @@ class Trainer:
         apply_torch_settings(cfg, self.on_gpu)
         model = build_model(cfg, ds_config)
         model.set_activation_checkpointing(cfg.distributed.selective_activation_checkpointing)
+        if cfg.distributed.compile:
+            compile_for_training(model, ds_config["zero_optimization"]["stage"], cfg.distributed.compile_backend)
         if init_from is not None:
             # Before `initialize`: the optimizer takes its fp32 master weights from the parameters.
             load_into(model, init_from, self.rank)
@@ -126,8 +131,6 @@ class Trainer:
                 print(f"initialised the weights from {init_from.describe()}; optimizer, learning-rate schedule and data start fresh",
                       flush=True)
         engine, optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
-        if cfg.distributed.compile:
-            engine.compile()
         return engine, optimizer
 
     def _any_rank(self, flags: list[bool]) -> list[bool]:
@@ -174,7 +177,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         for _ in range(cfg.grad_acc_steps):
-            micro_step(self.engine, next(self.loader), self.device, self.metrics)
+            micro_step(self.engine, next(self.loader), self.device, self.metrics, cfg.model)
         self.metrics.end_step(self.engine.get_global_grad_norm())
         if step % cfg.gc_collect_freq == 0:
             gc.collect()
@@ -195,7 +198,8 @@ class Trainer:
             return
         totals = self.metrics.reduced(dist.all_reduce).tolist()
         self.last_record = log_record(step, lr, totals, self.metrics, time.perf_counter() - self.tic,
-                                      self.engine.get_global_grad_norm(), self.world, self.flops_share)
+                                      self.engine.get_global_grad_norm(), self.world, self.peak_flops,
+                                      self.flops_estimate)
         self.log.write(self.last_record)
         self.metrics.reset()
         self.tic = time.perf_counter()
@@ -254,7 +258,10 @@ def apply_torch_settings(cfg: TrainArgs, on_gpu: bool) -> None:
     if cfg.distributed.compile:
         from torch import _dynamo  # loaded only by compiled runs (it takes seconds to import)
 
-        _dynamo.config.cache_size_limit = cfg.distributed.compile_cache_size_limit
+        # Every stage-length bucket, in training and in validation (no grad), may need its own
+        # compiled block; past the limit dynamo would run the rest uncompiled.
+        needed = 2 * compile_shapes(cfg.model, cfg.data.seq_len)
+        _dynamo.config.cache_size_limit = max(cfg.distributed.compile_cache_size_limit, needed)
     gc.disable()
     gc.collect()
 
@@ -272,13 +279,29 @@ def build_model(cfg: TrainArgs, ds_config: dict):
         return HierarchicalTransformer(cfg.model)
 
 
-def micro_step(engine, batch: dict, device, metrics: DeviceMetrics) -> None:
+def compile_for_training(model, zero_stage: int, backend: str) -> None:
+    """Compile block by block (`aunet.model.compile`). Under ZeRO-3 each block becomes a
+    DeepSpeed leaf module first (before `deepspeed.initialize` installs its hooks): its
+    parameters are gathered by one hook before the block and none runs inside it, so the
+    compiled block is one graph."""
+    if zero_stage == 3:
+        from deepspeed.utils import set_z3_leaf_modules
+
+        set_z3_leaf_modules(model, [Block])
+    compile_blocks(model, backend)
+
+
+def micro_step(engine, batch: dict, device, metrics: DeviceMetrics, model: ModelArgs | None = None) -> None:
     """Forward, backward and (at the accumulation boundary) the optimizer step of one
     micro-batch. Nothing here reads a tensor on the host: the copies are asynchronous (the
-    loader pins its batches on GPUs) and the metrics stay on the device."""
-    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    loader pins its batches on GPUs), the metrics stay on the device, and the stage lengths
+    and FLOPs come from the loader as host numbers (given `model`, the FLOPs are counted)."""
+    lengths = batch.get("stage_lengths")
+    if model is not None and lengths is not None:
+        metrics.add_work(*batch_flops(model, batch["stage_counts"], lengths))
+    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
     _, loss, (nats, scored) = engine(batch["tokens"], batch["levels"], batch["targets"], batch["target_levels"],
-                                     batch["target_bytes"])
+                                     batch["target_bytes"], stage_lengths=lengths)
     engine.backward(loss)
     engine.step()
     metrics.add(loss, nats, scored, batch["target_bytes"], batch["tokens"].numel())

@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from aunet.baselines.tokenized_source import source_opener
 from aunet.data.heldout import empty_batch, eval_batches, rank_stream_length
-from aunet.model import byte_nats
+from aunet.model import byte_nats, stage_lengths
 
 
 @torch.no_grad()
@@ -42,10 +42,12 @@ def heldout_bpb(model, sources: dict[str, float], seq_len: int, batch_size: int,
     model.eval()
     totals = torch.zeros(2, dtype=torch.float64, device=device)
     batches = eval_batches(opened, rank, world_size, seq_len, batch_size, add_bos, add_eos)
+    args = getattr(model, "module", model).args  # a DeepSpeed engine wraps the model
     for _ in range(steps):
         batch = next(batches, None) or empty_batch(batch_size, seq_len)
+        lengths = stage_lengths(batch["levels"], args)  # on the host, before the copy
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        logits, _ = model(batch["tokens"], batch["levels"])
+        logits, _ = model(batch["tokens"], batch["levels"], stage_lengths=lengths)
         totals += torch.stack([t.to(torch.float64) for t in byte_nats(logits, batch["targets"], batch["target_bytes"])])
     if reduce is not None:
         reduce(totals)

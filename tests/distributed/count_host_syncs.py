@@ -113,6 +113,15 @@ class Recorder:
         dist.all_reduce = recorded_reduce
 
 
+def dynamo_counters() -> dict:
+    """Graphs compiled and graph breaks, when the run compiled (distributed.compile)."""
+    if "torch._dynamo" not in sys.modules:
+        return {}
+    from torch._dynamo.utils import counters
+
+    return {"unique_graphs": counters["stats"]["unique_graphs"], "graph_breaks": dict(counters["graph_break"])}
+
+
 def main(out: Path, overrides: list[str]) -> None:
     rec = Recorder()
     rec.install()
@@ -128,6 +137,7 @@ def main(out: Path, overrides: list[str]) -> None:
         "deepspeed_at": dict(rec.deepspeed_at),
         "collectives": rec.collectives,
         "device": str(torch.device(get_accelerator().current_device_name())),
+        "dynamo": dynamo_counters(),
     }
     (out / f"rank{os.environ['RANK']}.json").write_text(json.dumps(report))
 
