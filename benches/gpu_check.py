@@ -2,15 +2,19 @@
 prints a table and writes JSON.
 
 Parts, in order; each is one function with a time budget, and a part that fails (an error, a
-check that does not hold, its budget spent) is recorded with its error while the run goes on:
+check that does not hold, its budget spent) is recorded with its error while the run goes on. A
+compile that runs out of a part's time leaves the part its eager figures. Under the device tool,
+`--out $OUT/gpu_check.json` brings the results back.
 
   setup       aunet and DeepSpeed importable; installed offline from the wheelhouse
               (`make gpu-wheelhouse`) when they are not; the installed aunet is the checkout's
   environment GPU, versions, and the tools DeepSpeed and Inductor build with at run time
   train       a ~100M-parameter AU-Net-3 (configs/aunet3_1b.yaml, narrower and shallower) on this
-              machine's Python standard library sources, segmented here: 50 steps under the
-              DeepSpeed launcher (ZeRO-3, bf16, distributed.compile=true), then the same command
-              with steps=60 resumes to 60; `aunet export`, `aunet eval`, `aunet generate`
+              machine's Python standard library sources, segmented here: 30 steps under the
+              DeepSpeed launcher (ZeRO-3, bf16, eager), then the same command with steps=40
+              resumes to 40; `aunet export`, `aunet eval`, `aunet generate`; then a fresh run
+              compiled block by block (`distributed.compile`), whose figures are added when it
+              finishes in the part's time (the eager ones stand otherwise)
   generation  cached generation logits against the full forward pass in bf16
   throughput_aunet2 / throughput_bytes / throughput_bpe
               bytes/s, MFU and peak memory of a bf16 forward + backward + AdamW step at seq_len
@@ -117,6 +121,25 @@ def print_tables(result: dict) -> None:
             print(f"{key}: {value:.2f}x")
 
 
+def default_out(plan, workdir: Path) -> Path:
+    """Under the device tool ($OUT set: only what is written there comes back) the results go
+    there; otherwise to benches/results (the smoke run: its work folder)."""
+    if os.environ.get("OUT"):
+        return Path(os.environ["OUT"]) / "gpu_check.json"
+    return workdir / "gpu_check.json" if plan.smoke else HERE / "results" / "gpu_check.json"
+
+
+def keep_logs(workdir: Path, dest: Path) -> None:
+    """Next to the results under $OUT, the subprocesses' logs (their last 200 KB each), which
+    say why a part failed on a machine that is gone once the run ends."""
+    if not os.environ.get("OUT") or dest != Path(os.environ["OUT"]):
+        return
+    for log in sorted(workdir.glob("**/logs/*.log")):
+        target = dest / "logs" / log.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(log.read_bytes()[-200_000:])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU: the plumbing only")
@@ -136,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     if not plan.smoke and not torch.cuda.is_available():
         print("gpu_check: no CUDA device visible; run it on a GPU machine, or --cpu-smoke here", file=sys.stderr)
         return 2
-    out = args.out or (args.workdir / "gpu_check.json" if plan.smoke else HERE / "results" / "gpu_check.json")
+    out = args.out or default_out(plan, args.workdir)
     # DeepSpeed picks its accelerator when first imported, in every child process too.
     if plan.smoke:
         os.environ["DS_ACCELERATOR"] = "cpu"
@@ -155,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     print_tables(result)
     print(f"\n{sum(p['ok'] for p in parts.values())}/{len(parts)} parts ok in {result['seconds']:.0f} s")
     save(out, result)
+    keep_logs(args.workdir, out.parent)
     return 0 if all(p["ok"] for p in parts.values()) else 1
 
 

@@ -17,7 +17,7 @@ from helpers import REPO_ROOT, cpu_dist_env, run_in_session
 sys.path.insert(0, str(REPO_ROOT / "benches"))
 import gpu_check  # noqa: E402
 from gpu_parts.install import install_from_wheelhouse  # noqa: E402
-from gpu_parts.running import CheckFailed, check  # noqa: E402
+from gpu_parts.running import CheckFailed, check, optional_phase  # noqa: E402
 from gpu_parts.throughput import equal_flops_target, flat_bench  # noqa: E402
 from gpu_parts.train import train_model_args  # noqa: E402
 
@@ -25,13 +25,17 @@ from gpu_parts.train import train_model_args  # noqa: E402
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("gpu-check")
-    out = work / "result.json"
+    # As the device tool runs it: no --out, results and logs under $OUT.
+    out_dir = work / "out"
+    out_dir.mkdir()
     proc = run_in_session([sys.executable, str(REPO_ROOT / "benches" / "gpu_check.py"), "--cpu-smoke",
-                           "--workdir", str(work / "work"), "--out", str(out)],
-                          timeout=900, env=cpu_dist_env(), cwd=REPO_ROOT)
+                           "--workdir", str(work / "work")],
+                          timeout=900, env={**cpu_dist_env(), "OUT": str(out_dir)}, cwd=REPO_ROOT)
+    out = out_dir / "gpu_check.json"
     assert out.exists(), proc.stdout[-4000:] + proc.stderr[-4000:]
     result = json.loads(out.read_text())
     result["returncode"] = proc.returncode
+    result["logs_under_out"] = sorted(p.name for p in (out_dir / "logs").glob("*.log"))
     return result
 
 
@@ -53,6 +57,10 @@ def test_cpu_smoke_training_resumes_from_its_checkpoint_and_serves_the_export(sm
     assert train["run2"]["logged_steps"][-1] == plan.resume_steps
     assert math.isfinite(train["eval"]["bpb"]) and train["eval"]["bytes"] > 0
     assert len(train["generate"]["sample"]) > len("def ")
+    # The compiled run (block by block, dynamo's capture in the smoke run) trained to its end.
+    assert train["compiled"]["backend"] == plan.compile_backend
+    assert train["compiled"]["logged_steps"][-1] == plan.compiled_steps
+    assert {"train.log", "resume.log", "compiled.log", "export.log"} <= set(smoke["logs_under_out"])
 
 
 @pytest.mark.distributed
@@ -64,6 +72,9 @@ def test_cpu_smoke_generation_and_throughput_records(smoke):
     assert steps[0] > steps[1] > steps[2] > 0  # deeper stages step once per segment
     rows = [smoke["parts"][n] for n in ("throughput_aunet2", "throughput_bytes", "throughput_bpe")]
     assert all(r["bytes_per_s"] > 0 and r["batch"] in gpu_check.SMOKE.batches for r in rows)
+    # AU-Net-2 runs the loader's bucketed stages: never more than the padded shapes, never less
+    # than the real positions.
+    assert rows[0]["batch_useful_flops_per_byte"] <= rows[0]["executed_flops_per_byte"] <= rows[0]["padded_flops_per_byte"]
     aunet2 = rows[0]["flops_per_byte"]
     assert all(abs(math.log(r["flops_per_byte"] / aunet2)) < 0.1 for r in rows[1:])
     assert set(smoke["ratios"]) == {"aunet2_over_bytes", "aunet2_over_bpe"}
@@ -142,3 +153,31 @@ def test_the_gpu_run_refuses_to_run_without_a_gpu(tmp_path, capsys):
     assert gpu_check.main(["--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "r.json")]) == 2
     assert "no CUDA device" in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_a_compile_that_runs_out_of_time_leaves_the_part_its_eager_figures(tmp_path):
+    def compiles_forever(ctx, rec, budget):
+        rec["bytes_per_s"] = 100.0  # the eager figure
+        compiled = optional_phase(rec, "compiled", 0.5, lambda: time.sleep(30))
+        rec["after"] = compiled
+
+    def outer_still_counts(ctx, rec, budget):
+        optional_phase(rec, "compiled", 0.2, lambda: time.sleep(30))
+        time.sleep(30)  # the part's own budget (1 s) still ends it
+
+    parts = {"setup": compiles_forever, "next": outer_still_counts}
+    ctx = gpu_check.Context(gpu_check.SMOKE, tmp_path, tmp_path, device=torch.device("cpu"))
+    started = time.monotonic()
+    results = gpu_check.run_parts(ctx, list(parts), parts, budgets={"setup": 5, "next": 1})
+    assert time.monotonic() - started < 10
+    first = results["setup"]
+    assert first["ok"] is True and first["bytes_per_s"] == 100.0 and first["after"] is None
+    assert "ran out of time" in first["compiled"]
+    assert results["next"]["ok"] is False and "over its 1 s budget" in results["next"]["error"]
+
+
+def test_the_gpu_plan_fits_in_8_minutes_and_compiles_training_block_by_block():
+    # Eight minutes less 15 s for the interpreter, imports and the tables.
+    assert sum(gpu_check.GPU.budgets.values()) <= 8 * 60 - 15
+    assert set(gpu_check.GPU.budgets) == set(gpu_check.PART_NAMES)
+    assert gpu_check.GPU.compile_training and gpu_check.GPU.compile_backend == "inductor"

@@ -42,17 +42,36 @@ class Budget:
 @contextmanager
 def deadline(seconds: float):
     """Raise PartTimeout in the main thread once `seconds` have passed (a hung compile or
-    collective must not take the later parts' time)."""
+    collective must not take the later parts' time). Nestable: an inner deadline never outlives
+    the one around it, and the outer one goes on counting once the inner one is over."""
+    outer_left = signal.getitimer(signal.ITIMER_REAL)[0]
+    started = time.monotonic()
+    own = min(seconds, outer_left) if outer_left else seconds
+
     def fire(signum, frame):
-        raise PartTimeout(f"over its {seconds:.0f} s budget")
+        raise PartTimeout(f"over its {own:.0f} s budget")
 
     previous = signal.signal(signal.SIGALRM, fire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    signal.setitimer(signal.ITIMER_REAL, own)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        if outer_left:
+            signal.setitimer(signal.ITIMER_REAL, max(outer_left - (time.monotonic() - started), 0.01))
+
+
+def optional_phase(rec: dict, key: str, seconds: float, fn):
+    """`fn()` under its own deadline inside a part (a compile that may not finish): on overrun
+    `rec[key]` says so and None is returned, so the part keeps what it measured before."""
+    try:
+        with deadline(seconds):
+            return fn()
+    except PartTimeout as e:
+        rec[key] = f"ran out of time ({e}); the eager figures stand"
+        print(f"{key}: {rec[key]}", flush=True)
+        return None
 
 
 def run_part(name: str, fn, ctx: "Context", seconds: float) -> dict:

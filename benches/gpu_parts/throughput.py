@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from gpu_parts.devices import free_memory, is_oom, peak_gb, reset_peak, sync
 from gpu_parts.plan import PAPER_BYTES_PER_S, REPO, Context, Plan
-from gpu_parts.running import Budget, check
+from gpu_parts.running import Budget, check, optional_phase
 
 
 def flat_args(width: int, layers: int, plan: Plan, vocab: int):
@@ -64,7 +64,7 @@ def aunet2_bench(plan: Plan) -> Bench:
     cfg, _ = load_config(REPO / plan.throughput_config)
     T, top = plan.throughput_seq_len or cfg.data.seq_len, max(plan.batches)
     tokens, levels = text_batch(cfg.data.regex.strategy, top, T + 1)
-    return Bench("AU-Net-2", cfg.model, T, 1.0, lambda B: trainer_batch(tokens[:B], levels[:B].to(torch.uint8)))
+    return Bench("AU-Net-2", cfg.model, T, 1.0, lambda B: trainer_batch(tokens[:B], levels[:B].to(torch.uint8), cfg.model))
 
 
 def flat_bench(plan: Plan, target: float, seq_bytes: int, bpe: bool) -> Bench:
@@ -81,27 +81,21 @@ def flat_bench(plan: Plan, target: float, seq_bytes: int, bpe: bool) -> Bench:
     return Bench("BPE transformer" if bpe else "byte transformer", args, T, bpt, lambda B: trainer_batch(ids[:B], flat[:B]))
 
 
-def trainer_batch(windows, levels) -> dict:
+def trainer_batch(windows, levels, args=None) -> dict:
     """A batch as the training loader hands it out, from windows of seq_len + 1 tokens and their
-    levels (every target counts one byte of text: throughput is counted from the plan)."""
+    levels (every target counts one byte of text: throughput is counted from the plan), with
+    the loader's stage lengths when the model has deeper stages (`args`)."""
     import torch
 
-    return {"tokens": windows[:, :-1], "targets": windows[:, 1:], "levels": levels[:, :-1], "target_levels": levels[:, 1:],
-            "target_bytes": torch.ones_like(windows[:, 1:], dtype=torch.int32)}
+    batch = {"tokens": windows[:, :-1], "targets": windows[:, 1:], "levels": levels[:, :-1], "target_levels": levels[:, 1:],
+             "target_bytes": torch.ones_like(windows[:, 1:], dtype=torch.int32)}
+    if args is not None and args.n_levels:
+        from aunet.model.lengths import lengths_from_counts, stage_counts
 
-
-def compile_blocks(model) -> None:
-    """Compile each transformer block (regional compilation): the blocks of a stage share one
-    compiled graph, so compiling takes seconds where the whole model takes minutes; what is
-    left outside (pooling, the output head) is a small share of the step."""
-    import torch
-
-    from aunet.model.layers import Block
-
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-    for module in model.modules():
-        if isinstance(module, Block):
-            module.compile()
+        counts = stage_counts(batch["levels"].numpy(), args)
+        batch["stage_counts"] = counts
+        batch["stage_lengths"] = lengths_from_counts(counts, args, batch["tokens"].shape[1])
+    return batch
 
 
 class AutocastEngine:
@@ -111,11 +105,11 @@ class AutocastEngine:
     def __init__(self, model, optimizer, device):
         self.model, self.optimizer, self.device = model, optimizer, device
 
-    def __call__(self, *inputs):
+    def __call__(self, *inputs, **options):
         import torch
 
         with torch.autocast(self.device.type, dtype=torch.bfloat16):
-            return self.model(*inputs)
+            return self.model(*inputs, **options)
 
     def backward(self, loss) -> None:
         loss.backward()
@@ -125,15 +119,28 @@ class AutocastEngine:
         self.optimizer.zero_grad(set_to_none=True)
 
 
+def compile_blocks(model) -> None:
+    """The trainer's compilation, one transformer block at a time (`aunet.model.compile`), with
+    room in dynamo's cache for every stage bucket."""
+    import torch
+
+    from aunet.model.compile import compile_blocks as compile_each_block
+
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    compile_each_block(model)
+
+
 def training_step(model, optimizer, batch: dict, device):
     """The trainer's micro-step (forward, backward, AdamW step; bpb sums kept on the device) as a
     closure over one batch moved to the device once. Nothing in it reads a value back to the
     host, so consecutive steps queue without waiting."""
+    import torch
+
     from aunet.training.metrics import DeviceMetrics
     from aunet.training.trainer import micro_step
 
     engine, metrics = AutocastEngine(model, optimizer, device), DeviceMetrics(device)
-    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     return lambda: micro_step(engine, batch, device, metrics)
 
 
@@ -192,6 +199,31 @@ def measure(model, optimizer, bench: Bench, B: int, plan: Plan, device) -> dict:
 
 # Below this many seconds left, a part reports its eager speed instead of starting to compile.
 MIN_COMPILE_S = 20
+# What a part keeps for freeing the GPU after a compile that ran out of time.
+CLEANUP_S = 5
+
+
+def batch_flops_per_byte(bench: Bench, B: int) -> tuple[float, float]:
+    """(useful, executed) FLOPs per byte of the timed batch, as the trainer counts them: useful
+    on each row's real positions, executed on the loader's bucketed stage lengths (a flat model
+    runs every position, so both are the same)."""
+    from aunet.model.flops import batch_flops, flops_per_byte
+
+    batch = bench.batch(B)
+    if "stage_lengths" not in batch:
+        flat = flops_per_byte(bench.args, bench.seq_len, padded=True).total / bench.bytes_per_position
+        return flat, flat
+    useful, executed = batch_flops(bench.args, batch["stage_counts"], batch["stage_lengths"])
+    scale = B * bench.seq_len * bench.bytes_per_position
+    return useful / scale, executed / scale
+
+
+def record_speed(rec: dict, result: dict, timed: str, useful: float, executed: float) -> None:
+    rec.update(timed=timed, bytes_per_s=result["bytes_per_s"], peak_memory_gb=result["peak_memory_gb"],
+               mfu=result["bytes_per_s"] * useful / peak_flops(), mfu_executed=result["bytes_per_s"] * executed / peak_flops(),
+               x_paper=result["bytes_per_s"] / PAPER_BYTES_PER_S)
+    rec["summary"] = (f"batch {rec['batch']}, {timed}: {result['bytes_per_s'] / 1e3:.1f}k bytes/s, MFU {rec['mfu']:.1%} "
+                      f"({rec['mfu_executed']:.1%} executed), peak {result['peak_memory_gb']} GB")
 
 
 def peak_flops() -> float:
@@ -209,11 +241,11 @@ def run_throughput(ctx: "Context", rec: dict, budget: Budget, bench: Bench) -> N
 
     plan, device = ctx.plan, ctx.device
     free_memory(device)  # what a failed earlier part left cached
-    useful = flops_per_byte(bench.args, bench.seq_len).total / bench.bytes_per_position
-    executed = flops_per_byte(bench.args, bench.seq_len, padded=True).total / bench.bytes_per_position
+    nominal = flops_per_byte(bench.args, bench.seq_len).total / bench.bytes_per_position
+    padded = flops_per_byte(bench.args, bench.seq_len, padded=True).total / bench.bytes_per_position
     rec.update(model=bench.name, params=param_count(bench.args), dimensions=bench.args.dimensions,
                layers=bench.args.layers, seq_len=bench.seq_len, bytes_per_position=bench.bytes_per_position,
-               vocab=bench.args.vocab_size, flops_per_byte=useful, executed_flops_per_byte=executed,
+               vocab=bench.args.vocab_size, flops_per_byte=nominal, padded_flops_per_byte=padded,
                precision="bf16 autocast; fp32 weights, gradients and AdamW moments (fused AdamW on GPUs)")
     if plan.compile_throughput:
         torch._dynamo.reset()  # no compiled graph of an earlier part lingers (importing dynamo takes seconds)
@@ -226,22 +258,20 @@ def run_throughput(ctx: "Context", rec: dict, budget: Budget, bench: Bench) -> N
         B, rec["batches_tried"] = largest_batch(model, optimizer, bench, plan, device, budget)
         check(B is not None, f"batch {plan.batches[0]} does not fit")
         rec["batch"] = B
+        useful, executed = batch_flops_per_byte(bench, B)
+        rec.update(batch_useful_flops_per_byte=useful, executed_flops_per_byte=executed)
         rec["eager"] = measure(model, optimizer, bench, B, plan, device)
-        result = rec["eager"]
+        record_speed(rec, rec["eager"], "eager", useful, executed)  # stands if compiling runs out of time
         if plan.compile_throughput and budget.left() < MIN_COMPILE_S:
             rec["compiled"] = f"skipped: {budget.left():.0f} s left, compiling takes about {MIN_COMPILE_S} s"
         elif plan.compile_throughput:
-            compile_blocks(model)
-            rec["compiled"] = measure(model, optimizer, bench, B, plan, device)
-            # The faster of the two is the model's speed (the same rule for every model).
-            result = max(rec["eager"], rec["compiled"], key=lambda r: r["bytes_per_s"])
-        rec["timed"] = "compiled" if result is rec.get("compiled") else "eager"
-        rec.update(bytes_per_s=result["bytes_per_s"], peak_memory_gb=result["peak_memory_gb"],
-                   mfu=result["bytes_per_s"] * useful / peak_flops(),
-                   mfu_executed=result["bytes_per_s"] * executed / peak_flops(),
-                   x_paper=result["bytes_per_s"] / PAPER_BYTES_PER_S)
-        rec["summary"] = (f"batch {B}, {rec['timed']}: {result['bytes_per_s'] / 1e3:.1f}k bytes/s, MFU {rec['mfu']:.1%} "
-                          f"({rec['mfu_executed']:.1%} executed), peak {result['peak_memory_gb']} GB")
+            compiled = optional_phase(rec, "compiled", budget.left() - CLEANUP_S,
+                                      lambda: (compile_blocks(model), measure(model, optimizer, bench, B, plan, device))[1])
+            if compiled is not None:
+                rec["compiled"] = compiled
+                # The faster of the two is the model's speed (the same rule for every model).
+                if compiled["bytes_per_s"] > rec["eager"]["bytes_per_s"]:
+                    record_speed(rec, compiled, "compiled", useful, executed)
     finally:
         del model, optimizer
         if plan.compile_throughput:

@@ -15,7 +15,10 @@ import time
 from pathlib import Path
 
 from gpu_parts.plan import REPO, Context, Plan
-from gpu_parts.running import Budget, Ran, check, free_port, require_success, run_logged
+from gpu_parts.running import Budget, Ran, check, free_port, optional_phase, require_success, run_logged
+
+# What the part keeps for its own bookkeeping after a compiled run that ran out of time.
+CLEANUP_S = 5
 
 
 def train_config_raw(plan: Plan, data_root: Path, dump: Path) -> dict:
@@ -80,7 +83,7 @@ def subprocess_env(plan: Plan) -> dict:
     return env
 
 
-def launch_training(ctx: "Context", config: Path, steps: int, log: Path, budget: Budget) -> Ran:
+def launch_training(ctx: "Context", config: Path, steps: int, log: Path, timeout: float, compile: bool = False) -> Ran:
     """`deepspeed --num_gpus 1 aunet/train.py --config CONFIG key=value ...` (the launcher run
     as a module, so that a scripts folder missing from PATH does not matter)."""
     import aunet
@@ -89,8 +92,29 @@ def launch_training(ctx: "Context", config: Path, steps: int, log: Path, budget:
     train_py = Path(aunet.__file__).parent / "train.py"
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "1", "--master_port", str(free_port()),
            str(train_py), "--config", str(config), f"steps={steps}", "distributed.fsdp_type=full_shard",
-           "distributed.model_dtype=bf16", f"distributed.compile={'true' if plan.compile_training else 'false'}"]
-    return run_logged(cmd, log, budget.left(), ctx.env, sample_gpu=not plan.smoke)
+           "distributed.model_dtype=bf16", f"distributed.compile={'true' if compile else 'false'}",
+           f"distributed.compile_backend={plan.compile_backend}"]
+    return run_logged(cmd, log, timeout, ctx.env, sample_gpu=not plan.smoke)
+
+
+def compiled_run(ctx: "Context", rec: dict, work: Path, logs: Path, budget: Budget) -> None:
+    """A fresh run of `compiled_steps` steps compiled block by block, in its own dump folder;
+    `rec["compiled"]` gets its figures, or why there are none (the eager ones stand)."""
+    import yaml
+
+    plan = ctx.plan
+    dump, config = work / "run_compiled", work / "config_compiled.yaml"
+    config.write_text(yaml.safe_dump(train_config_raw(plan, work / "data", dump), sort_keys=False))
+
+    def run() -> dict:
+        ran = launch_training(ctx, config, plan.compiled_steps, logs / "compiled.log", budget.left() - CLEANUP_S, compile=True)
+        require_success(ran, "compiled training", logs / "compiled.log")
+        return {"seconds": round(ran.seconds, 1), "peak_gpu_gb": ran.peak_gpu_gb, "backend": plan.compile_backend,
+                **train_summary(metrics_records(dump))}
+
+    result = optional_phase(rec, "compiled", budget.left() - CLEANUP_S, run)
+    if result is not None:
+        rec["compiled"] = result
 
 
 def train_summary(records: list[dict]) -> dict:
@@ -112,7 +136,7 @@ def part_train(ctx: "Context", rec: dict, budget: Budget) -> None:
     cfg = train_model_args(plan)
     rec.update(params=param_count(cfg.model), dimensions=cfg.model.dimensions, layers=cfg.model.layers,
                seq_len=plan.train_seq_len, batch=plan.train_batch, steps=plan.steps, resume_steps=plan.resume_steps,
-               compile=plan.compile_training)
+               compile=plan.compile_training, compiled_steps=plan.compiled_steps)
     t = time.monotonic()
     rec["data"] = build_training_data(plan, work)
     rec["segment_s"] = round(time.monotonic() - t, 1)
@@ -121,14 +145,14 @@ def part_train(ctx: "Context", rec: dict, budget: Budget) -> None:
 
     config.write_text(yaml.safe_dump(train_config_raw(plan, work / "data", dump), sort_keys=False))
 
-    first = launch_training(ctx, config, plan.steps, logs / "train.log", budget)
+    first = launch_training(ctx, config, plan.steps, logs / "train.log", budget.left())
     require_success(first, "training", logs / "train.log")
     records = metrics_records(dump)
     rec["run1"] = {"seconds": round(first.seconds, 1), "peak_gpu_gb": first.peak_gpu_gb, **train_summary(records)}
     ckpts = dump / "checkpoints"
     check(latest_complete(ckpts) == plan.steps, f"no complete checkpoint at step {plan.steps} in {ckpts}")
 
-    second = launch_training(ctx, config, plan.resume_steps, logs / "resume.log", budget)
+    second = launch_training(ctx, config, plan.resume_steps, logs / "resume.log", budget.left())
     require_success(second, "resumed training", logs / "resume.log")
     new = metrics_records(dump)[len(records):]
     rec["run2"] = {"seconds": round(second.seconds, 1), "peak_gpu_gb": second.peak_gpu_gb, **train_summary(new)}
@@ -166,4 +190,9 @@ def part_train(ctx: "Context", rec: dict, budget: Budget) -> None:
     r1, r2 = rec["run1"], rec["run2"]
     rec["summary"] = (f"{rec['params'] / 1e6:.1f}M params; bpb {r1['first_bpb']:.2f} -> {r2['last_bpb']:.2f}, "
                       f"resumed at step {rec['first_resumed_step']}; held-out bpb {rec['eval']['bpb']:.2f}; "
-                      f"{(r2['bytes_per_s'] or 0) / 1e3:.0f}k bytes/s")
+                      f"eager {(r2['bytes_per_s'] or 0) / 1e3:.0f}k bytes/s")
+    if plan.compile_training:
+        compiled_run(ctx, rec, work, logs, budget)
+        c = rec["compiled"]
+        rec["summary"] += (f", compiled {(c['bytes_per_s'] or 0) / 1e3:.0f}k bytes/s" if isinstance(c, dict)
+                           else ", compiled: ran out of time")
