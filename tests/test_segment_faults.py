@@ -207,10 +207,104 @@ def test_a_rerun_with_repair_redoes_a_shard_with_a_flipped_byte(tmp_path):
     assert segment("verify", out, check=1).returncode == 1
     repaired = segment(path, "--out", out, *STRATEGY_ARGS, "--repair")
     assert "1 processed now, 0 already done" in repaired.stdout
+    # Redone under the other generation of names (the damaged one stayed listed until then).
+    shard = out / Manifest.load(out).shards[0].path
     assert shard.read_bytes() == good
     segment("verify", out, "--deep")
     truncated = segment(path, "--out", out, *STRATEGY_ARGS)
     assert "1 already done" in truncated.stdout
     shard.write_bytes(good[:-10])
     redone = segment(path, "--out", out, *STRATEGY_ARGS)
-    assert "1 processed now" in redone.stdout and shard.read_bytes() == good
+    assert "1 processed now" in redone.stdout
+    assert (out / Manifest.load(out).shards[0].path).read_bytes() == good
+
+
+# ---------------------------------------------------------------- third pass, item 1: publish, then delete
+
+
+def listed_shards_are_whole(out: Path, manifest: Manifest) -> None:
+    from aunet.segment.shards import checksum_matches
+
+    for s in manifest.shards:
+        assert (out / s.path).is_file() and checksum_matches(out / s.path, s.checksum), s.path
+
+
+def test_a_failed_rerun_after_an_input_changed_leaves_the_old_manifest_whole(tmp_path):
+    a = write_jsonl(tmp_path / "a.jsonl", sample_texts(60, seed=1))
+    b = write_jsonl(tmp_path / "b.jsonl", sample_texts(60, seed=2))
+    out = tmp_path / "out"
+    segment(a, b, "--out", out, *STRATEGY_ARGS)
+    before = Manifest.load(out)
+    write_jsonl(a, sample_texts(50, seed=3))  # a changed: its shards are redone first (index 0)
+    with open(b, "a") as f:
+        f.write("{not json\n")  # then b fails the run (on_error fail)
+    segment(a, b, "--out", out, *STRATEGY_ARGS, check=1)
+    # The manifest is the old one, and every shard it lists is there with its bytes.
+    assert [(s.path, s.checksum) for s in Manifest.load(out).shards] == [(s.path, s.checksum) for s in before.shards]
+    listed_shards_are_whole(out, Manifest.load(out))
+    assert [t.encode() for t in sample_texts(60, seed=1)] == texts_in(out)[:60]
+    # Fixed and rerun: the new shards are listed, the replaced ones are gone, nothing stray.
+    write_jsonl(b, sample_texts(60, seed=2))
+    segment(a, b, "--out", out, *STRATEGY_ARGS)
+    after = Manifest.load(out)
+    listed_shards_are_whole(out, after)
+    assert texts_in(out) == [t.encode() for t in sample_texts(50, seed=3) + sample_texts(60, seed=2)]
+    assert sorted(p.name for p in out.glob("part-*")) == sorted(s.path for s in after.shards)
+    assert "OK" in segment("verify", out).stdout
+
+
+def test_a_rerun_that_would_empty_the_manifest_deletes_none_of_its_shards(tmp_path):
+    a = write_jsonl(tmp_path / "a.jsonl", sample_texts(40))
+    out = tmp_path / "out"
+    segment(a, "--out", out, *STRATEGY_ARGS)
+    before = Manifest.load(out)
+    a.write_text('{"text": 1}\n{"no": "text"}\n')  # every document of the changed input rejected
+    emptied = segment(a, "--out", out, *STRATEGY_ARGS, "--on-error", "skip", check=1)
+    assert "manifest is left as it was" in emptied.stderr
+    listed_shards_are_whole(out, before)
+    assert texts_in(out) == [t.encode() for t in sample_texts(40)]
+
+
+# ---------------------------------------------------------------- third pass, items 2 and 14: write errors
+
+
+def test_a_full_disk_fails_with_one_line_naming_the_shard_and_leaves_no_temporary(tmp_path):
+    import resource
+    import signal
+
+    path = write_jsonl(tmp_path / "a.jsonl", sample_texts(4000))
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def small_disk():
+        # Writes past 64 KB fail with EFBIG (SIGXFSZ ignored), as a full disk fails with ENOSPC.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))
+
+    proc = subprocess.run([CLI, str(path), "--out", str(out), *STRATEGY_ARGS], capture_output=True, text=True,
+                          timeout=300, preexec_fn=small_disk)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"{out / 'part-000000-0000.arrow'}: cannot write the shard: File too large" in lines[0]
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == []  # no .tmp, no shard, no manifest
+
+
+def test_an_fsync_error_fails_the_file_and_publishes_nothing(tmp_path, monkeypatch):
+    import errno
+
+    import pytest
+
+    from aunet.segment import segment_corpus
+    from aunet.segment.errors import SegmentError
+
+    path = write_jsonl(tmp_path / "a.jsonl", sample_texts(200))
+    out = tmp_path / "out"
+
+    def eio(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", eio)  # a failing device cannot be had here; its error can
+    with pytest.raises(SegmentError, match=r"part-000000-0000\.arrow: cannot write the shard: Input/output error"):
+        segment_corpus([path], out, {"word1": "1@1"})
+    assert not list(out.glob("part-*")) and not (out / "manifest.json").exists()

@@ -23,7 +23,7 @@ from aunet.segment.errors import InvalidRequest, ManifestError, MissingManifest,
 from aunet.segment.job import FileResult, JobOptions, load_done, process_file
 from aunet.segment.readers import DEFAULT_MAX_DOCUMENT_BYTES, detect_format, expected_suffixes, format_labels
 from aunet.segment.segmenter import Segmenter
-from aunet.segment.layout import manifest_name
+from aunet.segment.layout import MANIFEST, input_glob, manifest_name
 from aunet.segment.shards import Manifest, RunReport, input_list_digest
 
 # Columns every shard has (SPEC section 3): kept input fields may not take these names.
@@ -198,6 +198,7 @@ def segment_corpus(
     files, duplicates = expand_inputs_counted([inputs] if isinstance(inputs, (str, Path)) else list(inputs), out)
     out.mkdir(parents=True, exist_ok=True)
     mine = [(k, f) for k, f in enumerate(files) if k % world_size == rank]
+    listed = listed_shards(out, rank, world_size)
     results: dict[int, FileResult] = {}
     pending = []
     for k, f in mine:
@@ -215,9 +216,9 @@ def segment_corpus(
     try:
         if workers == 1 or len(pending) <= 1:
             for k, f in pending:
-                results[k] = process_file(out, k, f, str(f), opts, bar)
+                results[k] = process_file(out, k, f, str(f), opts, bar, listed=listed)
         else:
-            results.update(_run_parallel(out, pending, opts, workers, bar))
+            results.update(_run_parallel(out, pending, opts, workers, bar, listed))
     finally:
         bar.close()
 
@@ -231,6 +232,8 @@ def segment_corpus(
     )
     _refuse_emptying(out, manifest_name(rank, world_size), manifest)
     manifest.write(out, manifest_name(rank, world_size))
+    # Only now that no manifest of this run lists them: the shards the redone inputs replaced.
+    _remove_unlisted(out, [k for k, _ in mine], listed_shards(out, rank, world_size))
     manifest.run = RunReport(files_processed=len(pending), files_done_before=len(mine) - len(pending),
                              seconds=time.monotonic() - started, duplicate_inputs=duplicates,
                              retry_later=sum(1 for k, _ in pending if not results[k].complete))
@@ -251,7 +254,28 @@ def _refuse_emptying(out: Path, name: str, new: Manifest) -> None:
                            f"or inputs without documents); the manifest is left as it was", file=str(out / name))
 
 
-def _run_parallel(out: Path, pending, opts: JobOptions, workers: int, progress: _Progress) -> dict[int, FileResult]:
+def listed_shards(out: Path, rank: int, world_size: int) -> frozenset[str]:
+    """The shard names that a manifest of `out` lists now and a reader may open: this rank's
+    manifest and, in a multi-rank run, the merged one (until `merge` runs again). A manifest
+    that cannot be read lists nothing."""
+    names = set()
+    for name in {manifest_name(rank, world_size), MANIFEST}:
+        try:
+            names.update(Path(s.path).name for s in Manifest.load(out, name).shards)
+        except (MissingManifest, ManifestError):
+            pass
+    return frozenset(names)
+
+
+def _remove_unlisted(out: Path, indices: list[int], listed: frozenset[str]) -> None:
+    for k in indices:
+        for path in out.glob(input_glob(k)):
+            if path.name not in listed and not path.name.endswith(".tmp"):
+                path.unlink(missing_ok=True)
+
+
+def _run_parallel(out: Path, pending, opts: JobOptions, workers: int, progress: _Progress,
+                  listed: frozenset[str] = frozenset()) -> dict[int, FileResult]:
     """Files to `workers` workers, threads of this process: this thread is one, `workers - 1`
     threads are the others. Each takes the next file in order when it is free; after an error
     no new file is started, the running ones finish, and the error of the lowest file index is
@@ -277,7 +301,7 @@ def _run_parallel(out: Path, pending, opts: JobOptions, workers: int, progress: 
         while (item := take()) is not None:
             k, f = item
             try:
-                results[k] = process_file(out, k, f, str(f), opts, progress, cancel)
+                results[k] = process_file(out, k, f, str(f), opts, progress, cancel, listed)
             except Exception as e:  # noqa: BLE001 - raised below, after the other workers stop
                 with lock:
                     errors.append((k, e))

@@ -2,7 +2,8 @@
 
 Input file k (its index in the sorted list of all inputs, shared by every rank) becomes
 `part-{k:06d}-{j:04d}.arrow` for j = 0, 1, ..., a pure function of the file's contents and
-the options. Shards are written under a `.tmp` name and renamed when complete; when all of a
+the options (a rerun that redoes an input still listed by a manifest writes another generation
+of names, `layout.shard_name`, and the caller removes the old ones after its manifest). Shards are written under a `.tmp` name and renamed when complete; when all of a
 file's shards are complete, a marker `.progress/{k:06d}.json` (written atomically) records
 them with their checksums. A rerun skips files whose marker matches the current options and
 input, and redoes any other file from scratch, so a run killed at any point and rerun ends
@@ -26,7 +27,7 @@ from aunet.io import write_atomic
 from aunet.segment.errors import BadDocument
 from aunet.segment.readers import DEFAULT_MAX_DOCUMENT_BYTES, Reject, ahead, int64_array, read_batches
 from aunet.segment.segmenter import Segmenter
-from aunet.segment.layout import PROGRESS_DIR, REJECTS_DIR, input_glob, marker_name, rejects_name
+from aunet.segment.layout import PROGRESS_DIR, REJECTS_DIR, input_glob, marker_name, rejects_name, shard_generation
 from aunet.segment.shard_writer import LocalFiles, ShardWriter
 from aunet.segment.shards import ShardInfo, checksum_matches, confined, shard_schema, split_checksum
 from aunet.segment.strategy_order import ordered_strategy
@@ -138,13 +139,21 @@ def load_done(out: Path, index: int, source: Path, opts: JobOptions, repair: boo
     return done
 
 
-def _clear_file_outputs(out: Path, index: int) -> None:
-    for stale in out.glob(input_glob(index)):
-        stale.unlink()
-    (out / rejects_name(index)).unlink(missing_ok=True)
+def _prepare_redo(out: Path, index: int, listed: frozenset[str]) -> int:
+    """Before input `index` is redone: remove what no manifest lists (unfinished `.tmp` files,
+    shards of a run that was killed or failed before its manifest) and the marker, and return
+    the generation its new shards are written under: one that no listed shard of the input has,
+    so the shards a manifest lists stay whole until a new manifest replaces it."""
+    kept = set()
+    for path in out.glob(input_glob(index)):
+        if path.name in listed:
+            kept.add(shard_generation(path.name))
+        else:
+            path.unlink()
     marker = marker_path(out, index)
     marker.unlink(missing_ok=True)
     marker.with_name(marker.name + ".tmp").unlink(missing_ok=True)
+    return min(set(range(len(kept) + 1)) - kept)
 
 
 def process_file(
@@ -155,11 +164,13 @@ def process_file(
     opts: JobOptions,
     progress: Callable[[int, int, int], None] = lambda docs, text_bytes, input_bytes: None,
     cancel: threading.Event | None = None,
+    listed: frozenset[str] = frozenset(),
 ) -> FileResult:
     """Segment one input file into its shards; returns what was read, written and rejected.
     When `cancel` is set, the file is left unfinished at the next batch (`Cancelled`): no
-    marker, so a rerun redoes it."""
-    _clear_file_outputs(out, index)
+    marker, so a rerun redoes it. `listed`: the shard names that the directory's manifests list
+    now, which stay until the caller has published a manifest that no longer does."""
+    generation = _prepare_redo(out, index, listed)
     st = source.stat()
     result = FileResult(index, name, st.st_size, st.st_mtime_ns, opts.fingerprint(), resolved=str(source.resolve()))
     try:
@@ -168,7 +179,7 @@ def process_file(
         result.complete = False  # read_batches below rejects the file, naming the error
     segmenter = Segmenter(opts.strategy)
     schema = shard_schema(opts.strategy, name, list(opts.extra_fields))
-    writer = ShardWriter(LocalFiles(out), index, schema, opts.shard_bytes, opts.compression)
+    writer = ShardWriter(LocalFiles(out), index, schema, opts.shard_bytes, opts.compression, generation)
     rejects: list[Reject] = []
     reported = 0
 
@@ -213,6 +224,8 @@ def process_file(
         lines = "".join(json.dumps({"file": r.file, "location": r.location, "reason": r.reason, "count": r.count}) + "\n" for r in rejects)
         (out / REJECTS_DIR).mkdir(exist_ok=True)
         write_atomic(out / rejects_name(index), lines.encode())
+    else:
+        (out / rejects_name(index)).unlink(missing_ok=True)
     if any(r.retry for r in rejects):
         result.complete = False
     if result.complete:

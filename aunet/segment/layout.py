@@ -4,6 +4,8 @@ datatrove writer, `merge`, `verify` and the resume logic write or look for.
     manifest.json                  the directory's manifest, written last and atomically
     manifest.rank{R}-of{W}.json    rank R's manifest in a run over W ranks, until `merge`
     part-{k:06d}-{j:04d}.arrow     shard j of input file k (of datatrove task k)
+    part-{k:06d}-{j:04d}.g{g}.arrow  the same, written by a rerun while generation 0 of input k
+                                   is still listed (its old shards go once the new manifest is out)
     rejects/part-{k:06d}.jsonl     the documents of input k that were rejected, with reasons
     .progress/{k:06d}.json         input k is done: its shards and checksums (the resume marker)
 
@@ -13,6 +15,7 @@ writers ask the same functions.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 MANIFEST = "manifest.json"
@@ -28,8 +31,21 @@ def is_shard_dir(path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
-def shard_name(index: int, part: int) -> str:
-    return f"part-{index:06d}-{part:04d}.arrow"
+def shard_name(index: int, part: int, generation: int = 0) -> str:
+    """Shard `part` of input `index`. A rerun that redoes an input whose shards a manifest still
+    lists writes them under another `generation`, so that the old ones stay whole until the
+    new manifest replaces the old one (SPEC section 8: published before anything is removed)."""
+    suffix = f".g{generation}" if generation else ""
+    return f"part-{index:06d}-{part:04d}{suffix}.arrow"
+
+
+_GENERATION = re.compile(r"\.g(\d+)\.arrow$")
+
+
+def shard_generation(name: str) -> int:
+    """The generation of a shard name (`shard_name`'s third argument)."""
+    m = _GENERATION.search(name)
+    return int(m.group(1)) if m else 0
 
 
 def input_glob(index: int) -> str:

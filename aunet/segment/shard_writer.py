@@ -7,13 +7,16 @@ filesystem through a datatrove `DataFolder`); the difference is the `ShardFiles`
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
+from aunet.segment.errors import SegmentError
 from aunet.segment.layout import shard_name
 from aunet.segment.shards import CHECKSUM_ALGORITHM, ShardInfo, new_hasher
 
@@ -30,6 +33,12 @@ class LocalFiles:
     def publish(self, tmp: str, final: str) -> None:
         os.replace(self.directory / tmp, self.directory / final)
 
+    def remove(self, name: str) -> None:
+        (self.directory / name).unlink(missing_ok=True)
+
+    def describe(self, name: str) -> str:
+        return str(self.directory / name)
+
 
 class FolderFiles:
     """Shards in a datatrove `DataFolder` (local, s3://, memory://...): written under the
@@ -43,6 +52,13 @@ class FolderFiles:
 
     def publish(self, tmp: str, final: str) -> None:
         self.folder.mv(tmp, final)
+
+    def remove(self, name: str) -> None:
+        if self.folder.exists(name):
+            self.folder.rm(name)
+
+    def describe(self, name: str) -> str:
+        return f"{getattr(self.folder, 'path', '')}/{name}"
 
 
 class _HashingFile(io.RawIOBase):
@@ -73,22 +89,37 @@ class _HashingFile(io.RawIOBase):
     def finish(self) -> tuple[int, str]:
         self._f.flush()
         try:
-            os.fsync(self._f.fileno())  # local files: durable before they are renamed
+            fd = self._f.fileno()
         except (AttributeError, OSError, io.UnsupportedOperation):
-            pass  # object stores make a file durable when it is closed
+            fd = None  # object stores make a file durable when it is closed
+        if fd is not None:
+            try:
+                os.fsync(fd)  # local files: durable before they are renamed
+            except OSError as e:
+                # Only "this file cannot be synced" is no error; EIO, ENOSPC... mean lost data.
+                if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+                    raise
         self._f.close()
         return self._size, f"{CHECKSUM_ALGORITHM}:{self._hash.hexdigest()}"  # as `file_checksum` writes it
+
+    def discard(self) -> None:
+        try:
+            self._f.close()
+        except OSError:
+            pass  # the error being reported is the write's
 
 
 class ShardWriter:
     """Writes record batches into shards `layout.shard_name(index, j)` of about `shard_bytes` text
     bytes each; `shards` lists the finished ones."""
 
-    def __init__(self, files, index: int, schema: pa.Schema, shard_bytes: int, compression: str):
+    def __init__(self, files, index: int, schema: pa.Schema, shard_bytes: int, compression: str, generation: int = 0):
         self.files, self.index, self.schema, self.shard_bytes = files, index, schema, shard_bytes
+        self.generation = generation
         self.write_options = pa.ipc.IpcWriteOptions(compression=None if compression == "none" else compression)
         self.shards: list[ShardInfo] = []
         self._writer = None
+        self._sink: _HashingFile | None = None
         self._tmp: str | None = None
         self._docs = self._bytes = 0
         self._batches: list[list[int]] = []
@@ -107,8 +138,42 @@ class ShardWriter:
             start += take
 
     def _write_slice(self, batch: pa.RecordBatch, text_bytes: int) -> None:
+        with self._failing_loudly():
+            self._write_slice_unguarded(batch, text_bytes)
+
+    @contextmanager
+    def _failing_loudly(self):
+        """A write, fsync or close error (a full disk, a quota, an I/O error) fails the file
+        with one line naming the shard, and its temporary is removed: nothing half-written is
+        left, nothing is listed that is not there (SPEC section 8)."""
+        try:
+            yield
+        except OSError as e:  # pyarrow raises its IO errors as OSError subclasses too
+            name = self._tmp
+            self.abort()
+            reason = e.strerror or str(e) or type(e).__name__
+            where = self.files.describe(name.removesuffix(".tmp")) if name else "a shard"
+            raise SegmentError(f"{where}: cannot write the shard: {reason}", file=where) from e
+
+    def abort(self) -> None:
+        """Drop the shard being written (its temporary file included)."""
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except (OSError, ValueError):
+                pass
+        if self._sink is not None:
+            self._sink.discard()
+        if self._tmp is not None:
+            try:
+                self.files.remove(self._tmp)
+            except OSError:
+                pass  # the write's error is the one to report
+        self._writer, self._sink, self._tmp, self._docs, self._bytes, self._batches = None, None, None, 0, 0, []
+
+    def _write_slice_unguarded(self, batch: pa.RecordBatch, text_bytes: int) -> None:
         if self._writer is None:
-            self._tmp = shard_name(self.index, len(self.shards)) + ".tmp"
+            self._tmp = shard_name(self.index, len(self.shards), self.generation) + ".tmp"
             self._sink = _HashingFile(self.files.create(self._tmp))
             self._writer = pa.ipc.new_file(pa.PythonFile(self._sink, mode="w"), self.schema, options=self.write_options)
         self._writer.write_batch(batch)
@@ -121,9 +186,13 @@ class ShardWriter:
     def close_shard(self) -> None:
         if self._writer is None:
             return
+        with self._failing_loudly():
+            self._close_shard()
+
+    def _close_shard(self) -> None:
         self._writer.close()
         size, digest = self._sink.finish()
         final = self._tmp.removesuffix(".tmp")
         self.files.publish(self._tmp, final)
         self.shards.append(ShardInfo(final, self._docs, self._bytes, size, digest, self._batches))
-        self._writer, self._tmp, self._docs, self._bytes, self._batches = None, None, 0, 0, []
+        self._writer, self._sink, self._tmp, self._docs, self._bytes, self._batches = None, None, None, 0, 0, []
