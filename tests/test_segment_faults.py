@@ -308,3 +308,20 @@ def test_an_fsync_error_fails_the_file_and_publishes_nothing(tmp_path, monkeypat
     with pytest.raises(SegmentError, match=r"part-000000-0000\.arrow: cannot write the shard: Input/output error"):
         segment_corpus([path], out, {"word1": "1@1"})
     assert not list(out.glob("part-*")) and not (out / "manifest.json").exists()
+
+
+# ---------------------------------------------------------------- third pass, item 10: file names
+
+
+def test_an_input_name_that_is_not_utf8_is_segmented_resumed_and_inspected(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    name = os.fsdecode(b"caf\xe9.jsonl")  # Latin-1 bytes: not UTF-8, as old archives name files
+    write_jsonl(corpus / name, sample_texts(20))
+    out = tmp_path / "out"
+    segment(corpus, "--out", out, *STRATEGY_ARGS)
+    assert texts_in(out) == [t.encode() for t in sample_texts(20)]
+    assert "1 already done" in segment(corpus, "--out", out, *STRATEGY_ARGS).stdout
+    shown = subprocess.run([CLI, "inspect", str(out), "--limit", "1"], capture_output=True, timeout=60)
+    assert shown.returncode == 0 and b"caf" in shown.stdout, shown.stderr
+    assert "OK" in segment("verify", out).stdout

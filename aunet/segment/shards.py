@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -61,7 +62,7 @@ def shard_schema(strategy: dict[str, str] | list, source: str, extra_fields: lis
             META_FORMAT: FORMAT.encode(),
             META_STRATEGY: json.dumps(strategy).encode(),
             META_VERSION: __version__.encode(),
-            META_SOURCE: source.encode(),
+            META_SOURCE: os.fsencode(source),  # the name as the filesystem has it, UTF-8 or not
         },
     )
 

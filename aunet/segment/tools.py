@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -124,7 +125,7 @@ def inspect(path: str | Path, limit: int = 3, max_bytes: int = 400) -> Iterator[
             raise ManifestError(f"{shard}: not a readable Arrow IPC file: {e}", file=str(shard)) from e
         meta = reader.schema.metadata or {}
         strategy = json.loads(meta.get(META_STRATEGY, b"[]"))
-        source = meta.get(META_SOURCE, b"?").decode()
+        source = os.fsdecode(meta.get(META_SOURCE, b"?"))
         for b in range(reader.num_record_batches):
             batch = reader.get_batch(b)
             for i in range(batch.num_rows):
