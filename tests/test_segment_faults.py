@@ -325,3 +325,76 @@ def test_an_input_name_that_is_not_utf8_is_segmented_resumed_and_inspected(tmp_p
     shown = subprocess.run([CLI, "inspect", str(out), "--limit", "1"], capture_output=True, timeout=60)
     assert shown.returncode == 0 and b"caf" in shown.stdout, shown.stderr
     assert "OK" in segment("verify", out).stdout
+
+
+# ---------------------------------------------------------------- third pass, items 3, 9, 12, 17: column types
+
+
+def write_table(path: Path, table: pa.Table) -> Path:
+    import pyarrow.parquet as pq
+
+    if path.suffix == ".parquet":
+        pq.write_table(table, path)
+    else:
+        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+    return path
+
+
+def kept_columns(out: Path, names: list[str]) -> list[tuple]:
+    from aunet.segment.shards import open_shard
+
+    rows = []
+    for shard in Manifest.load(out).shards:
+        t = open_shard(out / shard.path).read_all()
+        rows += zip(t.column("row").to_pylist(), *(t.column(n).to_pylist() for n in names))
+    return rows
+
+
+def test_kept_fields_of_any_type_are_kept_or_rejected_row_by_row(tmp_path):
+    table = pa.table({
+        "text": ["first doc", "second doc", "third doc", "fourth doc"],
+        "meta": pa.array([{"k": 1}, None, {"k": 2}, {"k": 3}]),
+        "tags": pa.array([["x"], [], None, ["y", "z"]]),
+        "raw": pa.array([b"ok", b"\xff\xfe", b"fine", b"also"], pa.binary()),
+    })
+    for suffix in (".parquet", ".arrow"):
+        src = write_table(tmp_path / f"in{suffix}", table)
+        out = tmp_path / f"out{suffix}"
+        skipped = segment(src, "--out", out, *STRATEGY_ARGS, "--keep-fields", "meta,tags,raw", "--on-error", "skip", check=3)
+        assert "Traceback" not in skipped.stderr
+        # Nested values are kept as JSON text (as from JSONL); the row whose bytes are not UTF-8
+        # is the one row rejected, and the rows after it are written.
+        assert kept_columns(out, ["text", "meta", "tags", "raw"]) == [
+            (0, b"first doc", '{"k": 1}', '["x"]', "ok"), (2, b"third doc", '{"k": 2}', None, "fine"),
+            (3, b"fourth doc", '{"k": 3}', '["y", "z"]', "also")]
+        m = Manifest.load(out)
+        assert (m.documents_read, m.documents_written, m.documents_rejected) == (4, 3, 1)
+        rejects = [json.loads(line) for line in (out / "rejects" / "part-000000.jsonl").read_text().splitlines()]
+        assert [(r["location"], r["count"]) for r in rejects] == [("row 1", 1)]
+        assert rejects[0]["reason"].startswith("kept field 'raw' is not valid UTF-8")
+        failed = segment(src, "--out", tmp_path / f"fail{suffix}", *STRATEGY_ARGS, "--keep-fields", "raw", check=1)
+        assert f"{src}: row 1: kept field 'raw' is not valid UTF-8" in failed.stderr and "Traceback" not in failed.stderr
+
+
+def test_two_text_columns_of_the_same_name_are_refused_naming_the_file(tmp_path):
+    table = pa.Table.from_arrays([pa.array(["a", "b"]), pa.array(["c", "d"])], names=["text", "text"])
+    for suffix in (".parquet", ".arrow"):
+        src = write_table(tmp_path / f"dup{suffix}", table)
+        proc = segment(src, "--out", tmp_path / f"out{suffix}", *STRATEGY_ARGS, check=1)
+        assert f"{src}: rows 0-1: columns named 'text' (2 times) appear more than once" in proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
+def test_dictionary_encoded_and_view_text_columns_are_text(tmp_path):
+    texts = sample_texts(50)
+    layouts = {"dict": pa.array(texts).dictionary_encode(), "view": pa.array(texts, pa.string_view()),
+               "binview": pa.array([t.encode() for t in texts], pa.binary_view())}
+    for name, column in layouts.items():
+        for suffix in (".arrow", ".parquet"):
+            if suffix == ".parquet" and name != "dict":
+                continue  # Parquet has no view layout: it reads back as plain strings
+            src = write_table(tmp_path / f"{name}{suffix}", pa.table({"text": column}))
+            out = tmp_path / f"out-{name}{suffix}"
+            segment(src, "--out", out, *STRATEGY_ARGS)
+            assert texts_in(out) == [t.encode() for t in texts], (name, suffix)
