@@ -398,3 +398,31 @@ def test_dictionary_encoded_and_view_text_columns_are_text(tmp_path):
             out = tmp_path / f"out-{name}{suffix}"
             segment(src, "--out", out, *STRATEGY_ARGS)
             assert texts_in(out) == [t.encode() for t in texts], (name, suffix)
+
+
+# ---------------------------------------------------------------- third pass, item 15: verify checks what the loader checks
+
+
+def test_verify_refuses_an_invalid_strategy_and_a_batch_plan_the_loader_refuses(tmp_path):
+    from aunet.data import ShardSource
+
+    out = tmp_path / "out"
+    segment(write_jsonl(tmp_path / "a.jsonl", sample_texts(40)), "--out", out, *STRATEGY_ARGS)
+    raw = json.loads((out / "manifest.json").read_text())
+    rows, text_bytes = raw["shards"][0]["batches"][0]
+    # The same totals, another cut into record batches: the loader maps batches by this plan.
+    raw["shards"][0]["batches"] = [[rows - 10, text_bytes - 100], [10, 100]]
+    (out / "manifest.json").write_text(json.dumps(raw))
+    proc = segment("verify", out, check=1)
+    assert "1 record batches, the manifest's plan lists 2" in proc.stdout
+    source = ShardSource(out)
+    try:
+        [source.document(u, 0) for u in range(source.units)]
+        raise AssertionError("the loader read a plan that verify refuses")
+    except ValueError as e:
+        assert "the manifest lists" in str(e)
+    raw["strategy"] = {"word1": "zz"}
+    (out / "manifest.json").write_text(json.dumps(raw))
+    bad = segment("verify", out, check=1)
+    assert bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+    assert f"{out / 'manifest.json'}: strategy" in bad.stderr and "is not valid" in bad.stderr

@@ -24,7 +24,11 @@ def verify(directory: str | Path, deep: bool = False) -> list[str]:
     directory = Path(directory)
     manifest = Manifest.load(directory)
     problems = []
-    segmenter = Segmenter(manifest.strategy)
+    try:
+        segmenter = Segmenter(manifest.strategy)
+    except (ValueError, TypeError) as e:
+        raise ManifestError(f"{directory / MANIFEST}: strategy {manifest.strategy!r} is not valid: {e}",
+                            file=str(directory / MANIFEST)) from e
     listed = {s.path for s in manifest.shards}
     for stray in sorted(directory.glob(SHARD_GLOB)):
         if stray.name not in listed:
@@ -40,11 +44,15 @@ def verify(directory: str | Path, deep: bool = False) -> list[str]:
         if not checksum_matches(path, shard.checksum):  # the algorithm the manifest names (old ones: SHA-256)
             problems.append(f"{path}: checksum mismatch (the file changed after it was written)")
             continue
-        problems += _verify_shard(path, shard.documents, shard.text_bytes, manifest.strategy, segmenter if deep else None)
+        problems += _verify_shard(path, shard.documents, shard.text_bytes, manifest.strategy, segmenter if deep else None,
+                                  shard.batches)
     return problems
 
 
-def _verify_shard(path: Path, documents: int, text_bytes: int, strategy, segmenter: Segmenter | None) -> list[str]:
+def _verify_shard(path: Path, documents: int, text_bytes: int, strategy, segmenter: Segmenter | None,
+                  plan: list[list[int]] | None = None) -> list[str]:
+    """`plan`: the manifest's [rows, text bytes] per record batch, which the training loader
+    checks batch by batch (older manifests have none)."""
     try:
         reader = open_shard(path)
     except (pa.ArrowInvalid, OSError) as e:
@@ -68,6 +76,9 @@ def _verify_shard(path: Path, documents: int, text_bytes: int, strategy, segment
         return problems
     depth = len(strategy)
     row, seen_bytes = 0, 0
+    if plan is not None and len(plan) != reader.num_record_batches:
+        problems.append(f"{path}: {reader.num_record_batches} record batches, the manifest's plan lists {len(plan)}")
+        plan = None
     for b in range(reader.num_record_batches):
         batch = reader.get_batch(b)
         text, mask = batch.column("text"), batch.column("level_mask")
@@ -87,6 +98,9 @@ def _verify_shard(path: Path, documents: int, text_bytes: int, strategy, segment
                 if expected[i].as_py() != mask[i].as_py():
                     problems.append(f"{path}: row {row + i}: mask differs from the strategy's")
                     break
+        if plan is not None and [batch.num_rows, int(lengths_t.sum())] != list(plan[b]):
+            problems.append(f"{path}: record batch {b}: {batch.num_rows} rows of {int(lengths_t.sum())} text bytes, "
+                            f"the manifest's plan lists {plan[b][0]} of {plan[b][1]}")
         row += batch.num_rows
         seen_bytes += int(lengths_t.sum())
     if row != documents or seen_bytes != text_bytes:
