@@ -142,3 +142,48 @@ def test_an_in_memory_filesystem_works_like_a_local_folder(tmp_path):
     assert sorted(t for t, _ in rows) == sorted(d.text.encode() for d in docs)
     src = ShardSource(local)
     assert src.manifest.extra_fields == ["id"]
+
+
+def test_kept_metadata_of_any_type_is_kept_or_rejected_naming_the_field(tmp_path):
+    """Bytes and sets in kept metadata (datatrove readers and user steps put them there)."""
+    from datatrove.data import Document
+
+    from aunet.segment.datatrove import AUNetSegment, AUNetShardWriter
+
+    metas = [{"src": b"web", "tags": {"b", "a"}}, {"src": b"\xff\xfe", "tags": set()},
+             {"src": "plain", "tags": frozenset({3, 1})}, {"src": None, "tags": {"when": b"today"}}]
+    docs = [Document(text=f"document number {i}", id=str(i), metadata=m) for i, m in enumerate(metas)]
+    out = tmp_path / "shards"
+    writer = AUNetShardWriter(str(out), keep_fields=["id", "src", "tags"])
+    list(writer.run(AUNetSegment(STRATEGY).run(iter(docs), 0, 1), 0, 1))
+    m = Manifest.load(out)
+    assert (m.documents_read, m.documents_written, m.documents_rejected) == (4, 3, 1)
+    import pyarrow as pa
+
+    table = pa.ipc.open_file(str(out / m.shards[0].path)).read_all()
+    assert table.column("id").to_pylist() == ["0", "2", "3"]
+    assert table.column("src").to_pylist() == ["web", "plain", None]
+    assert table.column("tags").to_pylist() == ['["a", "b"]', "[1, 3]", '{"when": "today"}']
+    (reject,) = [json.loads(line) for line in (out / "rejects" / "part-000000.jsonl").read_text().splitlines()]
+    assert reject["reason"].startswith("kept field 'src' is not valid UTF-8") and "id 1" in reject["file"]
+    assert verify(out) == []
+
+
+def test_a_run_whose_every_task_is_empty_succeeds_when_the_writer_knows_the_strategy(tmp_path):
+    from aunet.segment.datatrove import AUNetSegment, AUNetShardWriter
+
+    out = tmp_path / "shards"
+    for rank in range(2):
+        writer = AUNetShardWriter(str(out), keep_fields=["id"], strategy=STRATEGY)
+        assert list(writer.run(AUNetSegment(STRATEGY).run(iter([]), rank, 2), rank, 2)) == []
+    m = Manifest.load(out)
+    assert (m.documents_read, len(m.shards)) == (0, 0) and verify(out) == []
+    # Without it, the merge cannot know the list, and says so.
+    bare = tmp_path / "bare"
+    for rank in range(2):
+        writer = AUNetShardWriter(str(bare), keep_fields=["id"])
+        if rank == 0:
+            list(writer.run(iter([]), rank, 2))
+        else:
+            with pytest.raises(ManifestError, match="no rank wrote a document"):
+                list(writer.run(iter([]), rank, 2))

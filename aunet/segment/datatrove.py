@@ -118,13 +118,16 @@ class AUNetShardWriter(PipelineStep):
     `manifest.rank{r}-of{W}.json`; when every rank manifest is there, `manifest.json` is
     written (by whichever task finds them all; `aunet-segment merge DIR` does the same). The
     `row` column holds the document's index in the task's stream; `keep_fields` are carried as
-    string columns (`id` is the Document id, other names come from its metadata)."""
+    string columns (`id` is the Document id, other names come from its metadata). `strategy`
+    (optional, what `AUNetSegment` was given) names the strategy list for tasks that receive no
+    document: with it, a run whose every task is empty still writes a manifest (of no shards);
+    documents segmented with another list are refused."""
 
     name = "AU-Net shards"
     type = "💽 - WRITER"
 
     def __init__(self, output_folder, shard_size: str | int = "256MB", compression: str = "none",
-                 keep_fields: tuple[str, ...] | list[str] = ("id",)):
+                 keep_fields: tuple[str, ...] | list[str] = ("id",), strategy=None):
         super().__init__()
         if compression not in ("none", "zstd"):
             raise InvalidRequest(f"compression must be 'none' or 'zstd', got {compression!r}")
@@ -135,9 +138,16 @@ class AUNetShardWriter(PipelineStep):
         self.shard_bytes = parse_size(shard_size)
         self.compression = compression
         self.keep_fields = tuple(keep_fields)
+        if strategy is not None:
+            try:
+                Segmenter(strategy)
+            except (TypeError, ValueError) as e:
+                raise InvalidRequest(f"strategy: {e}") from None
+        self.strategy_json = json.dumps(strategy) if strategy is not None else None
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         task = TaskShards(self.output_folder, rank, world_size, self.shard_bytes, self.compression, self.keep_fields)
+        task.strategy_json = self.strategy_json
         for doc in data or ():
             with self.track_time():
                 task.add(doc)

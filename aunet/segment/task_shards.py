@@ -17,8 +17,10 @@ import pyarrow as pa
 from aunet.segment.datatrove_metadata import MASK_KEY, REJECT_KEY, STRATEGY_KEY, document_source
 from aunet.segment.errors import InvalidRequest, ManifestError
 from aunet.segment.layout import MANIFEST, input_glob, rank_manifest_name, rejects_name
+from aunet.segment.readers.batch import string_array
 from aunet.segment.shard_writer import FolderFiles, ShardWriter
 from aunet.segment.shards import Manifest, shard_schema
+from aunet.segment.strategy_order import same_strategy
 from aunet.segment.tools import combine
 
 #: A record batch is written once this many documents, or this many text bytes (or a shard's
@@ -63,7 +65,7 @@ class TaskShards:
         strategy = meta.pop(strategy_key)
         if self.strategy_json is None:
             self.strategy_json = strategy
-        elif strategy != self.strategy_json:
+        elif strategy != self.strategy_json and not same_strategy(json.loads(strategy), json.loads(self.strategy_json)):
             raise InvalidRequest(f"AUNetShardWriter: document {doc.id!r} was segmented with strategy {strategy}, "
                                  f"the documents before it with {self.strategy_json}: one writer, one strategy list")
         text = doc.text.encode("utf-8", "surrogatepass")
@@ -71,7 +73,14 @@ class TaskShards:
         if len(mask) != len(text):
             raise InvalidRequest(f"AUNetShardWriter: document {doc.id!r} has {len(text)} bytes but a mask of {len(mask)}: "
                                  "a step between AUNetSegment and the writer changed its text")
-        extra = [doc.id if f == "id" else meta.get(f) for f in self.keep_fields]
+        extra = []
+        for f in self.keep_fields:
+            value, problem = kept_text(doc.id if f == "id" else meta.get(f), f)
+            if problem:
+                self.rejects.append({"file": document_source(doc), "location": f"document {row} of task {self.rank}",
+                                     "reason": problem, "count": 1})
+                return
+            extra.append(value)
         self.pending.append((text, mask, row, extra))
         self.pending_bytes += len(text)
         if len(self.pending) == BATCH_DOCUMENTS or self.pending_bytes >= min(BATCH_BYTES, self.shard_bytes):
@@ -86,7 +95,7 @@ class TaskShards:
             self.writer = ShardWriter(FolderFiles(self.folder), self.rank, schema, self.shard_bytes, self.compression)
         texts, masks, rows, extras = zip(*self.pending)
         columns = [pa.array(texts, pa.large_binary()), pa.array(masks, pa.large_binary()), pa.array(rows, pa.int64())]
-        columns += [pa.array([_as_text(e[i]) for e in extras], pa.large_string()) for i in range(len(self.keep_fields))]
+        columns += [string_array([e[i] for e in extras]) for i in range(len(self.keep_fields))]
         lengths = np.fromiter((len(t) for t in texts), np.int64, len(texts))
         self.writer.write(pa.RecordBatch.from_arrays(columns, schema=self.writer.schema), lengths)
         self.written += len(self.pending)
@@ -116,8 +125,30 @@ class TaskShards:
         self.merged = merge_folder(self.folder, self.world_size, self.rank)
 
 
-def _as_text(value) -> str | None:
-    return value if value is None or isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+def kept_text(value, field: str) -> tuple[str | None, str | None]:
+    """A kept metadata value as the shard's string column holds it, or why it cannot be one:
+    strings as they are, bytes as UTF-8 text (bytes that are not UTF-8 reject the document,
+    naming the field, as from Parquet), anything else as JSON text (sets as sorted lists, other
+    objects JSON cannot write as their `str`), as from JSONL."""
+    if value is None or isinstance(value, str):
+        return value, None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        try:
+            return bytes(value).decode("utf-8"), None
+        except UnicodeDecodeError as e:
+            return None, f"kept field {field!r} is not valid UTF-8 ({e.reason} at byte {e.start})"
+    return json.dumps(value, ensure_ascii=False, default=_json_default), None
+
+
+def _json_default(value):
+    if isinstance(value, (set, frozenset)):
+        try:
+            return sorted(value)
+        except TypeError:  # mixed types: in the order the set gives
+            return list(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    return str(value)
 
 
 def _write(folder, name: str, data: bytes, rank: int) -> None:
