@@ -296,6 +296,11 @@ def test_bad_hf_directories_are_refused_with_the_file_named(dirs, tmp_path):
     cfg, _ = load_config(CONFIG)
     with pytest.raises(InitCheckpointError, match="aunet_strategy must be a list"):
         resolve(broken, cfg)
+    # A repeated key would load as fewer stages than the weights have (issue 29 item 6).
+    config["aunet_strategy"] = [["word", "1@1"], ["word", "2@1"]]
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=f"{broken / 'config.json'}: aunet_strategy repeats the key\\(s\\) 'word'"):
+        load_model(broken)
     proc = subprocess.run([venv_script("aunet"), "export", "--model", str(hf), "--out", str(tmp_path / "x"), "--format", "hf"],
                           capture_output=True, text=True)
     assert proc.returncode == 1 and "config.yaml" in proc.stderr  # --model takes an `aunet export` directory

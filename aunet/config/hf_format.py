@@ -38,6 +38,12 @@ def training_config(hf: Mapping[str, Any], where: str = HF_CONFIG) -> dict[str, 
     pairs = hf.get("aunet_strategy")
     if pairs is not None and (not isinstance(pairs, list) or any(not isinstance(p, list) or len(p) != 2 for p in pairs)):
         raise ValueError(f"{where}: aunet_strategy must be a list of [key, parameter] pairs, got {pairs!r}")
+    keys = [str(k) for k, _ in pairs or ()]
+    if len(set(keys)) != len(keys):
+        # A mapping keeps one value per key: a repeated key would load as fewer stages.
+        repeated = sorted({k for k in keys if keys.count(k) > 1})
+        raise ValueError(f"{where}: aunet_strategy repeats the key(s) {', '.join(map(repr, repeated))}: each stage "
+                         f"needs a key of its own (e.g. word1, word2), got {pairs!r}")
     config = dict(hf.get("aunet_training") or {})
     data = dict(config.get("data") or {})
     data["regex"] = None if pairs is None else {"strategy": {str(k): v for k, v in pairs}}
