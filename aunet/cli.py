@@ -15,6 +15,7 @@ Each command imports the library it calls inside its own function, for lazy load
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -48,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=sampling_setting("temperature", float), default=0.8, help="0 = greedy")
     g.add_argument("--top-k", type=sampling_setting("top_k", int), default=0, help="0 = no limit")
     g.add_argument("--top-p", type=sampling_setting("top_p", float), default=1.0, help="in (0, 1]; 1 = no limit")
-    g.add_argument("--stop", action="append", default=[], help="stop after this string (repeatable)")
+    g.add_argument("--stop", action="append", default=[], type=stop_bytes,
+                   help="stop after this string (repeatable; its bytes as the shell passes them)")
     g.add_argument("--seed", type=int, default=0)
     placement_options(g)
     v = sub.add_parser("eval", help="bits per byte on shard directories or raw text, as JSON")
@@ -157,7 +159,10 @@ def generate(args) -> int:
     from aunet.inference.generate import Generator, decode_utf8
     from aunet.inference.placement import pick_device, pick_dtype
 
-    prompts = [p.encode("utf-8", "surrogatepass") for p in args.prompt or []]
+    # Command-line text is the bytes the shell passed (Python decoded them with surrogateescape),
+    # so that --prompt gives the model what --prompt-file would; JSON strings are text, and a
+    # lone surrogate (only an escape gives one) keeps its surrogatepass bytes.
+    prompts = [os.fsencode(p) for p in args.prompt or []]
     if args.prompts_file is not None:
         prompts += [p.encode("utf-8", "surrogatepass") for p in read_prompts(args.prompts_file)]
     prompts += args.prompt_file
@@ -176,7 +181,7 @@ def generate(args) -> int:
     prompts = [keep_tail(p, limit - args.max_bytes) for p in prompts]
     gen = Generator(model, cfg.data.regex.strategy if cfg.data.regex is not None else None)
     sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                    stop=[s.encode() for s in args.stop], seed=args.seed)
+                    stop=args.stop, seed=args.seed)
     if len(prompts) == 1:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         sys.stdout.write(decoder.decode(prompts[0]))
@@ -189,9 +194,27 @@ def generate(args) -> int:
         chunk = prompts[start:start + args.batch_size]
         outs = gen.generate(chunk, args.max_bytes, **sampling)
         for prompt, out in zip(chunk, outs):
-            sys.stdout.write(json.dumps({"prompt": prompt_text(prompt), "generated": decode_utf8(out)}, ensure_ascii=False) + "\n")
+            sys.stdout.write(json_line({"prompt": prompt_text(prompt), "generated": decode_utf8(out)}))
         sys.stdout.flush()
     return 0
+
+
+def json_line(record: dict) -> str:
+    """One JSON line, readable text where it can be, and a lone surrogate written as its
+    escape (`\\ud800`): it has no UTF-8 form, and printing it raw would fail the whole output."""
+    import json
+    import re
+
+    line = json.dumps(record, ensure_ascii=False)
+    return re.sub("[\ud800-\udfff]", lambda m: f"\\u{ord(m.group()):04x}", line) + "\n"
+
+
+def stop_bytes(text: str) -> bytes:
+    """An argparse type: a stop string as the bytes the shell passed, checked at parse time."""
+    data = os.fsencode(text)
+    if not data:
+        raise argparse.ArgumentTypeError("a stop string needs at least one byte")
+    return data
 
 
 def prompt_text(prompt: bytes) -> str:

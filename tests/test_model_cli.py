@@ -149,3 +149,25 @@ def test_inference_commands_take_a_device_and_a_dtype(exported, tmp_path):
     assert pick_dtype(torch.device("cpu"), "bf16", "float16") == torch.float16
     with pytest.raises(ValueError, match="unknown dtype"):
         pick_dtype(torch.device("cpu"), "bf16", "int8")
+
+
+def test_prompts_are_the_bytes_given_and_lone_surrogates_do_not_lose_the_output(exported, tmp_path):
+    """Issue 29 items 5 and 8, and --stop checked at parse time."""
+    model_dir = str(exported / "export")
+    raw = b"caf\xe9 \xff the"  # not UTF-8, as a shell passes it
+    (tmp_path / "prompt.bin").write_bytes(raw)
+    common = [venv_script("aunet").encode(), b"generate", b"--model", model_dir.encode(), b"--max-bytes", b"12", b"--temperature", b"0"]
+    argv = subprocess.run([*common, b"--prompt", raw], capture_output=True)
+    from_file = subprocess.run([*common, b"--prompt-file", str(tmp_path / "prompt.bin").encode()], capture_output=True)
+    assert argv.returncode == 0 and from_file.returncode == 0, argv.stderr[-2000:]
+    assert argv.stdout == from_file.stdout  # the same prompt, so the same greedy bytes
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('"lone \\ud800 surrogate"\n"The cat"\n')
+    proc = subprocess.run([venv_script("aunet"), "generate", "--model", model_dir, "--prompts-file", str(prompts),
+                           "--max-bytes", "8", "--temperature", "0"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["prompt"] for r in rows] == ["lone \ud800 surrogate", "The cat"] and all(r["generated"] for r in rows)
+    empty_stop = subprocess.run([venv_script("aunet"), "generate", "--model", str(tmp_path / "nothing"), "--stop", ""],
+                                capture_output=True, text=True)
+    assert empty_stop.returncode == 2 and "--stop: a stop string needs at least one byte" in empty_stop.stderr
