@@ -80,10 +80,13 @@ def test_segment_timeout_must_be_positive():
 # ---------------------------------------------------------------- 2 ranks
 
 
-def launch(out: Path, *args: str) -> list[dict]:
+def launch(out: Path, *args: str, output: list[str] | None = None) -> list[dict]:
+    """Each rank's report of `trainer_report.py`; the launcher's output is appended to `output`."""
     out.mkdir(parents=True, exist_ok=True)
     proc = run_deepspeed(REPORT, "--out", str(out), "--config", str(TINY), *args, ranks=2, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    if output is not None:
+        output.append(proc.stdout + proc.stderr)
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 
@@ -178,3 +181,21 @@ def test_rank_0_decides_which_checkpoint_every_rank_resumes_from(zero2, tmp_path
     for r in reports:
         assert r["candidates"] == [2, 4]
         assert r["resumed_step"] == 4 and r["engine_global_steps"] == 4, r
+
+
+@pytest.mark.distributed
+def test_a_rank_that_cannot_see_rank_0s_choice_makes_every_rank_fall_back(zero2, tmp_path):
+    """Rank 1's view lacks step 4, which rank 0 lists: rank 1 reports its marker unreadable and
+    both ranks resume from step 2 together."""
+    root, straight, _ = zero2
+    run = tmp_path / "run"
+    shutil.copytree(straight, run, symlinks=True)
+    view = tmp_path / "rank1_view"
+    view.mkdir()
+    (view / "step_00000002").symlink_to(run / "checkpoints" / "step_00000002", target_is_directory=True)
+    output: list[str] = []
+    reports = launch(tmp_path / "out", "--rank1-checkpoints", str(view), "--no-train", *run_args(root, run, 8), output=output)
+    for r in reports:
+        assert r["candidates"] == [2, 4]
+        assert r["resumed_step"] == 2 and r["engine_global_steps"] == 2, r
+    assert "rank 1: checkpoint" in output[0] and "unreadable on this rank" in output[0]

@@ -71,7 +71,10 @@ class Trainer:
         if latest is not None:
             # Before writing config.yaml, segmenting or building anything: a run whose config changed
             # stops at once, on all ranks alike (`resume` checks each checkpoint it falls back to too).
-            check_same_run(self.ckpt_root / tag_for(latest), cfg, self.world)
+            try:
+                check_same_run(self.ckpt_root / tag_for(latest), cfg, self.world)
+            except (OSError, ValueError):
+                pass  # this rank cannot read rank 0's newest: `resume` reports it and every rank falls back
         self._write_config(unused)
         # Checked on every rank before segmenting or building anything, so that a source that
         # does not fit fails at once, on all ranks alike.
