@@ -14,7 +14,7 @@ import torch
 
 from aunet import segment_corpus
 from aunet.config import ConfigError, load_config
-from aunet.model.flops import block_params
+from aunet.model.flops import block_params, param_count
 from aunet.training.checkpoint import complete_steps
 from aunet.training.ds_config import MAX_BUCKET, MIN_BUCKET, deepspeed_config, largest_parameter, zero_config
 from helpers import REPO_ROOT, run_deepspeed
@@ -93,7 +93,8 @@ def launch(out: Path, *args: str, output: list[str] | None = None) -> list[dict]
 def run_args(root: Path, dump: Path, steps: int, source: str = "train") -> list[str]:
     return [f"data.root_dir={root}", f"data.sources={{{source}: 1.0}}", f"dump_dir={dump}", f"steps={steps}",
             "data.seq_len=128", "data.batch_size=2", "model.max_seqlens=[-1,64,48]", "logging.freq=1",
-            "checkpoint.dump.every=2", "optim.warmup=2", "distributed.fsdp_type=shard_grad_op"]
+            "checkpoint.dump.every=2", "optim.warmup=2", "distributed.fsdp_type=shard_grad_op",
+            "distributed.fp32_grad_reduce=true"]
 
 
 def losses(dump: Path) -> dict[int, float]:
@@ -115,7 +116,12 @@ def zero2(tmp_path_factory) -> tuple[Path, Path, list[dict]]:
 @pytest.mark.distributed
 def test_shard_grad_op_trains_at_zero_stage_2(zero2):
     _, dump, reports = zero2
+    cfg, _ = load_config(dump / "config.yaml")
     assert [r["zero_stage"] for r in reports] == [2, 2]
+    # Built without zero.Init: every rank holds the whole model, no parameter is partitioned.
+    assert [(r["partitioned_params"], r["local_elements"]) for r in reports] == [(0, param_count(cfg.model))] * 2
+    # DeepSpeed takes fp32 gradient reduction at stage 2 (on the CPU it trains in fp32 anyway).
+    assert [r["communication_data_type"] for r in reports] == ["torch.float32"] * 2
     assert [r["final_step"] for r in reports] == [4, 4]
     for step in (2, 4):
         assert json.loads((dump / "checkpoints" / f"step_{step:08d}" / "COMPLETE.json").read_text())["zero_stage"] == 2

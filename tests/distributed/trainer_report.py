@@ -35,7 +35,11 @@ def main() -> None:
     trainer = Trainer(cfg)
     report = {"rank": trainer.rank, "zero_stage": trainer.engine.zero_optimization_stage(),
               "candidates": trainer.candidates, "resumed_step": trainer.step,
-              "engine_global_steps": trainer.engine.global_steps, "segmentation": trainer.segmentation}
+              "engine_global_steps": trainer.engine.global_steps, "segmentation": trainer.segmentation,
+              # ZeRO-3 marks the parameters it partitions (ds_id); whole parameters hold every element here.
+              "partitioned_params": sum(hasattr(p, "ds_id") for p in trainer.engine.module.parameters()),
+              "local_elements": sum(p.numel() for p in trainer.engine.module.parameters()),
+              "communication_data_type": str(trainer.engine.communication_data_type)}
     if args.no_train:
         trainer.close()
     else:
