@@ -205,3 +205,16 @@ def test_a_rank_that_cannot_see_rank_0s_choice_makes_every_rank_fall_back(zero2,
         assert r["candidates"] == [2, 4]
         assert r["resumed_step"] == 2 and r["engine_global_steps"] == 2, r
     assert "rank 1: checkpoint" in output[0] and "unreadable on this rank" in output[0]
+
+
+def test_resuming_a_checkpoint_of_another_zero_stage_stops_naming_both(tmp_path):
+    from aunet.training.resume import ResumeError, check_same_run
+
+    step = tmp_path / "step_00000002"
+    step.mkdir()
+    (step / "COMPLETE.json").write_text(json.dumps({"step": 2, "files": {}, "world_size": 2, "zero_stage": 3}))
+    cfg, _ = load_config(TINY, ["distributed.fsdp_type=shard_grad_op"])
+    with pytest.raises(ResumeError, match="written at ZeRO stage 3, this run is at stage 2"):
+        check_same_run(step, cfg, 2)
+    full, _ = load_config(TINY)
+    check_same_run(step, full, 2)  # the same stage resumes
