@@ -12,6 +12,7 @@ import torch
 
 from aunet import segment_corpus
 from aunet.config import load_config
+from aunet.model.flops import block_params
 from aunet.training.metrics import DeviceMetrics
 from aunet.training.ds_config import MIN_BUCKET, deepspeed_config, zero_config
 from helpers import REPO_ROOT, run_deepspeed
@@ -36,7 +37,7 @@ def test_device_metrics_hand_the_collective_a_tensor_on_their_device():
     assert (m.micro_steps, m.tokens) == (3, 96)
 
 
-def test_zero_buckets_scale_with_the_widest_stage_and_keep_norms_whole():
+def test_zero_buckets_scale_with_the_widest_block_and_keep_norms_whole():
     wide = ["model.dimensions=[1024,4096]", "model.layers=[1,1]", "model.head_dims=[64,128]", "model.residuals=[true]",
             "model.sliding_windows=[128,128]", "model.max_seqlens=[-1,-1]", "data.regex.strategy={word1: 1@1}"]
     for dims, overrides in (([48, 64, 96], []), ([1024, 4096], wide)):
@@ -44,10 +45,10 @@ def test_zero_buckets_scale_with_the_widest_stage_and_keep_norms_whole():
         assert cfg.model.dimensions == dims
         hidden = max(dims)
         zero = zero_config(cfg)
-        # Buckets of one square weight, never so small that a small model splits its step into
-        # hundreds of collectives.
-        bucket = max(hidden**2, MIN_BUCKET)
-        assert zero["reduce_bucket_size"] == bucket and zero["stage3_prefetch_bucket_size"] == int(0.9 * bucket)
+        # Buckets of one block of the widest stage (tests/test_cluster_settings.py), never so
+        # small that a small model splits its step into hundreds of collectives.
+        bucket = max(block_params(cfg.model, len(dims) - 1), MIN_BUCKET)
+        assert zero["reduce_bucket_size"] == bucket and zero["stage3_prefetch_bucket_size"] == bucket
         # Norm weights (hidden elements) stay whole on every rank; square matrices are partitioned.
         assert hidden <= zero["stage3_param_persistence_threshold"] < hidden**2
     cfg, _ = load_config(CONFIG, ["distributed.zero_param_persistence_threshold=0", "distributed.zero_reduce_bucket_size=1000",

@@ -149,8 +149,11 @@ class OptimArgs:
 @dataclass
 class DistributedArgs:
     fsdp_type: str = "full_shard"
-    """Sharding, in the reference's FSDP words: ``full_shard`` = DeepSpeed ZeRO-3,
-    ``shard_grad_op`` = ZeRO-2, ``no_shard`` = plain data parallel (ZeRO-0)."""
+    """Sharding, in the reference's FSDP words: ``full_shard`` = DeepSpeed ZeRO-3 (the default:
+    parameters, gradients and optimizer state partitioned, the model built partitioned),
+    ``shard_grad_op`` = ZeRO-2 (every rank holds the whole model; gradients and optimizer state
+    partitioned: no parameter all-gathers in the forward and backward, which a model that fits
+    one GPU, e.g. on a single node, does not need), ``no_shard`` = plain data parallel (ZeRO-0)."""
     zero_stage: int | None = None
     """Explicit DeepSpeed ZeRO stage (0-3); overrides fsdp_type when set."""
     compile: bool = False
@@ -175,12 +178,26 @@ class DistributedArgs:
     twice `aunet.model.compile.compile_shapes` (every stage-length bucket, in training and in
     validation), so that no bucket runs uncompiled."""
     zero_reduce_bucket_size: int | None = None
-    """ZeRO gradient reduce-scatter bucket (elements). Default: hidden^2 (at least 2^22), with
-    hidden the widest stage (`model.dimensions`): buckets of about one square weight keep the
-    collectives large enough to use the interconnect and small enough to overlap with the
+    """ZeRO gradient reduce(-scatter) bucket (elements). Default: one transformer block of the
+    widest stage, or the largest parameter if larger, within [2^22, 5e8]
+    (`aunet.training.ds_config.default_bucket`, which gives the reasons): tens of millions of
+    elements from 1B parameters up (51M for AU-Net-2 "1B"), so that each collective is large
+    enough for inter-node links and one block's reduction still overlaps the next block's
     backward pass; the floor keeps small models from paying one collective per tiny bucket."""
     zero_prefetch_bucket_size: int | None = None
-    """ZeRO-3 parameters all-gathered ahead of use (elements). Default: 0.9 x the reduce bucket."""
+    """ZeRO-3 parameters all-gathered ahead of use (elements). Default: the same block-sized
+    bucket, so the next block's matrices (more than one trunk FFN matrix) are all in flight
+    while the current block computes."""
+    fp32_grad_reduce: bool = False
+    """Reduce gradients across ranks in fp32 (DeepSpeed's ``communication_data_type: fp32``), as
+    the reference does (FSDP's ``reduce_dtype=float32``). Off: they are reduced in the training
+    dtype (bf16 on GPUs), half the bytes on the interconnect, with bf16's 8-bit mantissa in the
+    sum; turn it on when many ranks' bf16 sums lose too much precision. No effect on CPUs,
+    which train in fp32."""
+    segment_timeout_minutes: float = 1440.0
+    """How long ranks wait for each other while raw-text sources are segmented at launch. They
+    wait on a gloo process group of their own with this timeout, not on the training group,
+    whose NCCL watchdog would end the run after its 30 minutes."""
     zero_param_persistence_threshold: int | None = None
     """ZeRO-3 keeps parameters with fewer elements than this whole on every rank instead of
     gathering them in each forward and backward (norm weights, small embeddings). Default:
@@ -202,6 +219,8 @@ class DistributedArgs:
         require(self.model_dtype in MODEL_DTYPES, "model_dtype",
                 f"{self.model_dtype!r} is not one of {', '.join(MODEL_DTYPES)}")
         require(self.tp_size == 1, "tp_size", f"tensor parallelism is not supported, got {self.tp_size}")
+        require(self.segment_timeout_minutes > 0, "segment_timeout_minutes",
+                f"must be > 0, got {self.segment_timeout_minutes}")
         require(self.compile_cache_size_limit >= 1, "compile_cache_size_limit",
                 f"must be >= 1, got {self.compile_cache_size_limit}")
         require(self.compile_backend in COMPILE_BACKENDS, "compile_backend",

@@ -1,7 +1,10 @@
 """Which checkpoint a rerun resumes from, decided the same way on every rank.
 
-Candidates are the complete checkpoints (`aunet.training.checkpoint.complete_steps`), newest
-first. For each one:
+Candidates are the complete checkpoints (`aunet.training.checkpoint.complete_steps`) as rank 0
+lists them, handed to every rank (`candidate_steps`): ranks on a network file system can list
+different files (NFS caches directory listings per client, so a rank may not see the newest
+step yet, or still see a pruned one), and ranks that resumed from different steps would pair
+up different collectives or, worse, train on mixed partitions. Newest first, for each one:
 
 1. Its stored config must be this run's in what the weights depend on (the comparison of
    `checkpoint.init_ckpt_path`, `init_weights.incompatibilities`), and its world size this
@@ -9,7 +12,8 @@ first. For each one:
    before DeepSpeed would fail on a tensor size. A different config is a mistake to fix, not
    damage, so there is no fallback past it.
 2. Every rank recomputes the CRC-32s of its 1/W share of the files (`checkpoint.verify`) and
-   reads its own loader state; a problem is printed by the rank that saw it, naming the file.
+   reads its own loader state; a problem is printed by the rank that saw it, naming the file
+   (a rank that cannot read the checkpoint's marker at all reports that).
 3. One all-reduce (MAX) tells every rank whether any rank saw a problem, so all ranks take the
    same decision: load this one, or warn and try the previous complete checkpoint.
 
@@ -23,7 +27,7 @@ import json
 from pathlib import Path
 
 from aunet.config import ConfigError
-from aunet.training.checkpoint import complete_steps, read_marker, tag_for, verify
+from aunet.training.checkpoint import MARKER, complete_steps, read_marker, tag_for, verify
 from aunet.training.init_weights import incompatibilities
 
 
@@ -31,16 +35,26 @@ class ResumeError(RuntimeError):
     """No checkpoint this run can resume from, though it has some."""
 
 
-def resume(engine, loader, root: Path, cfg, rank: int, world: int, any_rank) -> tuple[int | None, set[int]]:
-    """Load the newest usable checkpoint into `engine` and `loader`. Returns (its step, or None
-    when the run has no complete checkpoint; the steps found damaged). `any_rank(flags)` is the
-    collective: a list of bools in, for each the OR over every rank out."""
+def candidate_steps(root: Path, rank: int, from_rank0) -> list[int]:
+    """The complete checkpoints' steps, oldest first, as rank 0 lists them; `from_rank0(value)`
+    is the collective that returns rank 0's value on every rank."""
+    return from_rank0(complete_steps(root) if rank == 0 else None)
+
+
+def resume(engine, loader, root: Path, steps: list[int], cfg, rank: int, world: int, any_rank) -> tuple[int | None, set[int]]:
+    """Load the newest usable checkpoint of `steps` (`candidate_steps`, the same list on every
+    rank) into `engine` and `loader`. Returns (its step, or None when `steps` is empty; the
+    steps found damaged). `any_rank(flags)` is the collective: a list of bools in, for each the
+    OR over every rank out."""
     damaged: set[int] = set()
-    steps = complete_steps(root)
     for step in reversed(steps):
         directory = root / tag_for(step)
-        check_same_run(directory, cfg, world)
-        problems, other_data = verify(directory, rank, world), None
+        try:
+            check_same_run(directory, cfg, world)
+            problems = verify(directory, rank, world)
+        except (OSError, ValueError) as e:  # this rank does not see the marker rank 0 listed
+            problems = [f"{directory / MARKER}: unreadable on this rank ({e})"]
+        other_data = None
         if not problems:
             problems, other_data = load_loader_state(loader, directory, rank)
         for problem in problems:
@@ -73,6 +87,11 @@ def check_same_run(directory: Path, cfg, world: int) -> None:
             raise ResumeError(f"checkpoint {directory} was written with another config: {'; '.join(problems)}. Resume with "
                               "the config it was saved with (its COMPLETE.json holds it), or give this run its own dump_dir "
                               "or checkpoint.path")
+    saved_stage, stage = marker.get("zero_stage"), cfg.distributed.zero
+    if saved_stage is not None and saved_stage != stage:
+        raise ResumeError(f"checkpoint {directory} was written at ZeRO stage {saved_stage}, this run is at stage {stage} "
+                          "(distributed.fsdp_type / zero_stage): DeepSpeed partitions differ per stage; resume at stage "
+                          f"{saved_stage}, or `aunet export` it and start a new run from the export (checkpoint.init_ckpt_path)")
     saved_world = marker.get("world_size")
     if saved_world is not None and saved_world != world:
         raise ResumeError(f"checkpoint {directory} was written by {saved_world} ranks, this run has {world}: the ZeRO "

@@ -6,8 +6,10 @@ through the engine, step. Every `logging.freq` steps rank 0 logs loss, bpb, lr, 
 bytes/s and estimated MFU to the console and to `<dump_dir>/metrics.jsonl`. Every
 `checkpoint.dump.every` steps the DeepSpeed state and every rank's loader state go to
 `<checkpoint dir>/step_N/`, marked complete only once all ranks are done (`aunet.training.checkpoint`);
-a rerun of the same command resumes from the newest complete checkpoint that passes its checks
-(`aunet.training.resume`), batch for batch. A run whose loss or gradient norm stays non-finite
+a rerun of the same command resumes from the newest complete checkpoint (as rank 0 lists them)
+that passes its checks (`aunet.training.resume`), batch for batch. Raw-text sources are
+segmented first, the ranks waiting for each other on a gloo group of their own
+(`aunet.training.segment_barrier`). A run whose loss or gradient norm stays non-finite
 for `optim.max_bad_steps` steps stops at the next logging or checkpoint step, saving nothing.
 A run without a checkpoint of its own may start from other weights (`checkpoint.init_ckpt_path`,
 `aunet.training.init_weights`): the weights only, with a fresh optimizer, schedule and data.
@@ -32,7 +34,7 @@ import yaml
 from aunet.baselines.tokenized_source import source_opener
 from aunet.config import ModelArgs, TrainArgs, to_dict
 from aunet.data import PackedLoader
-from aunet.data.sources import VALIDATION, check_sources, source_paths
+from aunet.data.sources import TRAINING, VALIDATION, check_sources, resolve_sources, source_paths
 from aunet.model import HierarchicalTransformer
 from aunet.model.compile import compile_blocks, compile_shapes
 from aunet.model.flops import batch_flops, flops_per_byte
@@ -44,7 +46,8 @@ from aunet.training.init_weights import load_into
 from aunet.training.init_weights import resolve as resolve_init
 from aunet.training.lr_schedule import lr_factor
 from aunet.training.metrics import PEAK_FLOPS, DeviceMetrics, MetricsLog, log_record
-from aunet.training.resume import check_same_run, resume
+from aunet.training.resume import candidate_steps, check_same_run, resume
+from aunet.training.segment_barrier import SegmentBarrier
 from aunet.training.validate import heldout_bpb
 
 
@@ -61,18 +64,24 @@ class Trainer:
         self._start_distributed()
         self.dump = Path(cfg.dump_dir or f"runs/{cfg.name}")
         self.ckpt_root = Path(cfg.checkpoint.path) if cfg.checkpoint.path else self.dump / "checkpoints"
-        latest = latest_complete(self.ckpt_root)
+        # Rank 0 lists the checkpoints, every rank takes its list: ranks on a network file system
+        # can list different files (a directory cache that has not yet seen the newest step).
+        self.candidates = candidate_steps(self.ckpt_root, self.rank, self._from_rank0)
+        latest = self.candidates[-1] if self.candidates else None
         if latest is not None:
             # Before writing config.yaml, segmenting or building anything: a run whose config changed
             # stops at once, on all ranks alike (`resume` checks each checkpoint it falls back to too).
-            check_same_run(self.ckpt_root / tag_for(latest), cfg, self.world)
+            try:
+                check_same_run(self.ckpt_root / tag_for(latest), cfg, self.world)
+            except (OSError, ValueError):
+                pass  # this rank cannot read rank 0's newest: `resume` reports it and every rank falls back
         self._write_config(unused)
         # Checked on every rank before segmenting or building anything, so that a source that
         # does not fit fails at once, on all ranks alike.
         init_from = resolve_init(cfg.checkpoint.init_ckpt_path, cfg) if cfg.checkpoint.init_ckpt_path and latest is None else None
         self.loader, self.validation = self._build_data()
         self.engine, self.optimizer = self._build_engine(init_from)
-        self.step, self.damaged = self._resume(latest)
+        self.step, self.damaged = self._resume()
         self.peak_flops = PEAK_FLOPS["cuda" if self.on_gpu else "cpu"] * self.world
         self.flops_estimate = flops_per_byte(cfg.model, cfg.data.seq_len).total  # per input position: a byte, or a BPE token
         self.log = MetricsLog(self.dump / "metrics.jsonl", self.rank == 0)
@@ -104,8 +113,12 @@ class Trainer:
         """The training loader over this rank's share, and the validation shard directories
         (raw-text sources segmented first, by all ranks together)."""
         cfg, rank, world = self.cfg, self.rank, self.world
-        sources = source_paths(cfg, rank=rank, world_size=world, barrier=dist.barrier)
-        validation = source_paths(cfg, VALIDATION, rank=rank, world_size=world, barrier=dist.barrier)
+        raw = any(inputs is not None for key in (TRAINING, VALIDATION) for *_, inputs in resolve_sources(cfg, key))
+        barrier = SegmentBarrier(cfg.distributed.segment_timeout_minutes) if raw else None
+        sources = source_paths(cfg, rank=rank, world_size=world, barrier=barrier)
+        validation = source_paths(cfg, VALIDATION, rank=rank, world_size=world, barrier=barrier)
+        #: The segmentation barrier's group as torch saw it (None: no raw-text source).
+        self.segmentation = barrier.release() if barrier is not None else None
         check_sources(cfg, [*sources, *validation], rank)
         loader = PackedLoader(dataclasses.replace(cfg.data, root_dir=None, sources=sources), rank, world,
                               pin_memory=self.on_gpu, open_source=source_opener(cfg.data.tokenizer.bpe_file),
@@ -138,12 +151,20 @@ class Trainer:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return [bool(v) for v in t.tolist()]
 
-    def _resume(self, latest: int | None) -> tuple[int, set[int]]:
+    def _from_rank0(self, value):
+        """Rank 0's `value` on every rank (a pickled object; outside the training step, so the
+        host sync of its size is harmless). NCCL takes device tensors only, hence `device`."""
+        box = [value]
+        dist.broadcast_object_list(box, src=0, device=self.device)
+        return box[0]
+
+    def _resume(self) -> tuple[int, set[int]]:
         """(the step to continue after, the checkpoint steps found damaged)."""
-        if latest is None:
+        if not self.candidates:
             return 0, set()
         cfg = self.cfg
-        step, damaged = resume(self.engine, self.loader, self.ckpt_root, cfg, self.rank, self.world, self._any_rank)
+        step, damaged = resume(self.engine, self.loader, self.ckpt_root, self.candidates, cfg, self.rank, self.world,
+                               self._any_rank)
         if self.rank == 0:
             ignored = (f" (checkpoint.init_ckpt_path={cfg.checkpoint.init_ckpt_path} not used: a run resumes from its own checkpoint)"
                        if cfg.checkpoint.init_ckpt_path else "")
@@ -318,6 +339,7 @@ def save(engine, loader, root: Path, step: int, rank: int, cfg: TrainArgs, damag
     checksum_share(root / tag, rank, dist.get_world_size())
     dist.barrier()  # ... and every share is written before the marker says so
     if rank == 0:
-        mark_complete(root, step, {"name": cfg.name, "world_size": dist.get_world_size(), "config": to_dict(cfg)})
+        mark_complete(root, step, {"name": cfg.name, "world_size": dist.get_world_size(),
+                                   "zero_stage": engine.zero_optimization_stage(), "config": to_dict(cfg)})
         prune(root, cfg.checkpoint.dump.keep, damaged)
     dist.barrier()
