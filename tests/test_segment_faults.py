@@ -426,3 +426,22 @@ def test_verify_refuses_an_invalid_strategy_and_a_batch_plan_the_loader_refuses(
     bad = segment("verify", out, check=1)
     assert bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
     assert f"{out / 'manifest.json'}: strategy" in bad.stderr and "is not valid" in bad.stderr
+
+
+# ---------------------------------------------------------------- third pass, item 11: a bound per document
+
+
+def test_a_custom_regex_that_backtracks_at_every_position_is_bounded_per_document(tmp_path):
+    from aunet.segment import segment_corpus
+
+    # Every search backtracks through the ways of splitting a run of a's, then matches the
+    # `aax` after it: each search stays under the engine's limit, the document's total does not
+    # (minutes unbounded); the bound per document (10 s) rejects it instead.
+    strategy = [(r"((a|aa)+)\1x", None)]
+    pathological = ("a" * 28 + "yaax") * 600  # about 0.14 s a block here: 84 s unbounded
+    path = write_jsonl(tmp_path / "a.jsonl", ["aax is fine", pathological, "so is this aax"])
+    m = segment_corpus([path], tmp_path / "out", strategy, on_error="skip")
+    assert (m.documents_written, m.documents_rejected) == (2, 1)
+    (reject,) = [json.loads(line) for line in (tmp_path / "out" / "rejects" / "part-000000.jsonl").read_text().splitlines()]
+    # Under on_error="fail" this reject is a BadDocument, as every reject is (tested above).
+    assert reject["location"] == "line 2" and "took more than 10" in reject["reason"] and r"((a|aa)+)\\1x" in reject["reason"]

@@ -79,6 +79,22 @@ class AUNetSegment(PipelineStep):
         if batch:
             yield from self._segment(batch)
 
+    def _without_unmatchable(self, docs: list, texts: list[bytes]) -> tuple[list, list[bytes]]:
+        kept_docs, kept_texts = [], []
+        for doc, data in zip(docs, texts):
+            try:
+                self.segmenter.levels(data)
+            except RuntimeError as e:
+                reason = f"segmentation failed: {e}"
+                if self.on_error == "fail":
+                    raise BadDocument(document_source(doc), "document", reason) from None
+                doc.metadata[REJECT_KEY] = reason
+                self.stat_update("rejected")
+                continue
+            kept_docs.append(doc)
+            kept_texts.append(data)
+        return kept_docs, kept_texts
+
     def _segment(self, docs: list):
         texts, keep = [], []
         for doc in docs:
@@ -99,7 +115,13 @@ class AUNetSegment(PipelineStep):
             texts.append(data)
             keep.append(doc)
         with self.track_time(unit="batch"):
-            masks = self.segmenter.levels_batch(texts, threads=self.threads) if texts else []
+            try:
+                masks = self.segmenter.levels_batch(texts, threads=self.threads) if texts else []
+            except RuntimeError:
+                # A custom pattern failed on some document (its work bound): those documents
+                # are rejected one by one, the others segmented as usual.
+                keep, texts = self._without_unmatchable(keep, texts)
+                masks = self.segmenter.levels_batch(texts, threads=self.threads) if texts else []
         for doc, mask in zip(keep, masks):
             doc.metadata[MASK_KEY] = mask.tobytes()  # bytes, so that any later step can still serialise the metadata
             doc.metadata[STRATEGY_KEY] = self.strategy_json  # one shared string: the writer's schema

@@ -25,7 +25,8 @@ import pyarrow as pa
 
 from aunet.io import write_atomic
 from aunet.segment.errors import BadDocument
-from aunet.segment.readers import DEFAULT_MAX_DOCUMENT_BYTES, Reject, ahead, int64_array, read_batches
+from aunet.segment.readers import DEFAULT_MAX_DOCUMENT_BYTES, Reject, ahead, detect_format, int64_array, read_batches
+from aunet.segment.readers.batch import Batch
 from aunet.segment.segmenter import Segmenter
 from aunet.segment.layout import PROGRESS_DIR, REJECTS_DIR, input_glob, marker_name, rejects_name, shard_generation
 from aunet.segment.shard_writer import LocalFiles, ShardWriter
@@ -183,9 +184,21 @@ def process_file(
     rejects: list[Reject] = []
     reported = 0
 
+    unit = "line" if (detect_format(source) or "").startswith("jsonl") else "row"
+
     def segmented(batches):
         for batch in batches:
-            yield batch, (segmenter.levels_batch(batch.texts, threads=opts.threads) if batch.documents else None)
+            if not batch.documents:
+                yield batch, None
+                continue
+            try:
+                masks = segmenter.levels_batch(batch.texts, threads=opts.threads)
+            except RuntimeError:
+                # A custom pattern failed on some document (its work bound): those documents
+                # become rejects of their own, the others are segmented as usual.
+                batch = without_unmatchable(batch, segmenter, name, unit)
+                masks = segmenter.levels_batch(batch.texts, threads=opts.threads)
+            yield batch, masks
 
     # A pipeline of threads, each stage a few batches ahead of the next: decompressing and cutting
     # lines, parsing (or decoding Parquet), segmenting, and writing here. Every stage keeps the
@@ -234,6 +247,22 @@ def process_file(
     # else no marker: the documents are counted as rejected in this run's manifest, and the next
     # run reads the file again (an I/O error may be gone by then: permissions, a mount).
     return result
+
+
+def without_unmatchable(batch: Batch, segmenter: Segmenter, name: str, unit: str) -> Batch:
+    """`batch` less the documents whose segmentation fails (a custom regex past its bound),
+    each of them a reject naming its line or row and the pattern."""
+    keep = np.ones(batch.documents, dtype=bool)
+    rejects = list(batch.rejects)
+    for i, text in enumerate(batch.texts.to_pylist()):
+        try:
+            segmenter.levels(text)
+        except RuntimeError as e:
+            keep[i] = False
+            rejects.append(Reject(name, f"{unit} {int(batch.rows[i])}", f"segmentation failed: {e}"))
+    mask = pa.array(keep)
+    return Batch(batch.rows[keep], batch.texts.filter(mask), {f: c.filter(mask) for f, c in batch.extra.items()},
+                 rejects, batch.input_bytes)
 
 
 def _reason_key(r: Reject) -> str:

@@ -11,6 +11,10 @@ use std::fmt;
 use crate::error::{Result, SegmenterError};
 use crate::symbols::{decode_scalar, utf8_len, Symbols};
 
+/// The most time the backtracking engine may spend matching one document (see
+/// `CustomRegex::for_each_match_within`).
+pub const MAX_SECONDS_PER_DOCUMENT: f64 = 10.0;
+
 #[derive(Clone)]
 enum Engine {
     Linear(regex::Regex),
@@ -66,11 +70,34 @@ impl CustomRegex {
     }
 
     /// Calls `f(start, end)` (byte offsets into `text`) for every match, as Python's finditer.
-    pub fn for_each_match(&self, text: &str, mut f: impl FnMut(usize, usize)) -> Result<()> {
+    pub fn for_each_match(&self, text: &str, f: impl FnMut(usize, usize)) -> Result<()> {
+        self.for_each_match_within(text, MAX_SECONDS_PER_DOCUMENT, f)
+    }
+
+    /// `for_each_match` with its bound on one document's matching time: the backtracking
+    /// engine's `backtrack_limit` bounds one search, not the thousands a document needs, so a
+    /// pattern that backtracks heavily at every position could run for minutes on a few KB.
+    /// Past `seconds` the document fails with `MatchFailed`, naming the pattern. A wall-clock
+    /// bound, because fancy-regex does not report the work a search did; it is far above what
+    /// any pattern that is not pathological takes (microseconds to milliseconds per document).
+    pub fn for_each_match_within(&self, text: &str, seconds: f64, mut f: impl FnMut(usize, usize)) -> Result<()> {
+        let started = matches!(self.engine, Engine::Backtracking(_)).then(std::time::Instant::now);
         let mut pos = 0;
         let mut last_empty_at = None;
         while pos <= text.len() {
             let Some((s, e)) = self.find_at(text, pos)? else { break };
+            if let Some(t) = started {
+                if t.elapsed().as_secs_f64() > seconds {
+                    return Err(SegmenterError::MatchFailed {
+                        pattern: self.pattern.clone(),
+                        reason: format!(
+                            "matching one document of {} bytes took more than {seconds} s (catastrophic \
+                             backtracking: bound the pattern's nested repetitions)",
+                            text.len()
+                        ),
+                    });
+                }
+            }
             if s == e && last_empty_at == Some(s) {
                 match text[s..].chars().next() {
                     Some(c) => {
@@ -165,6 +192,18 @@ mod tests {
     fn lookaround_and_possessive_use_the_backtracking_engine() {
         assert_eq!(matches(r"\d(?=\d)", "1234"), vec![(0, 1), (1, 2), (2, 3)]);
         assert_eq!(matches(r"a{1,3}+b", "aaaab"), vec![(1, 5)]);
+    }
+
+    #[test]
+    fn a_pattern_that_backtracks_at_every_position_is_bounded_per_document() {
+        // Each search backtracks through 2^20-odd ways to split a run of a's, then matches the
+        // `aax` after it: under the per-search limit every time, unbounded in total.
+        let re = CustomRegex::new(r"((a|aa)+)\1x").unwrap();
+        let text = format!("{}yaax", "a".repeat(24)).repeat(200); // seconds unbounded
+        let err = re.for_each_match_within(&text, 0.05, |_, _| {}).unwrap_err();
+        assert!(err.to_string().contains("took more than 0.05 s"), "{err}");
+        // The same pattern on a plain document is not affected.
+        assert!(re.for_each_match_within("aax aax", 0.05, |_, _| {}).is_ok());
     }
 
     #[test]
