@@ -114,3 +114,22 @@ def test_importing_aunet_for_preprocessing_does_not_import_torch():
     assert proc.stdout.strip() == "False", proc.stderr
     assert aunet.HierarchicalTransformer.__name__ == "HierarchicalTransformer"  # the lazy names resolve
     assert {"Segmenter", "segment_corpus", "Manifest", "load_model", "Generator", "ModelArgs", "load_config"} <= set(aunet.__all__)
+
+
+def test_merge_removes_the_rank_manifests_of_a_run_on_another_number_of_ranks(tmp_path):
+    import os
+
+    for i in range(3):
+        write_jsonl(tmp_path / f"in{i}.jsonl", sample_texts(40, seed=i))
+    out = tmp_path / "out"
+    for r in range(3):
+        segment_corpus(tmp_path / "in*.jsonl", out, STRATEGY, rank=r, world_size=3)
+    old = out / "manifest.rank2-of3.json"
+    os.utime(old, ns=(1, 1))  # written long before the rerun below
+    for r in range(2):  # the same data on 2 ranks, later
+        segment_corpus(tmp_path / "in*.jsonl", out, STRATEGY, rank=r, world_size=2)
+    merged = merge(out)
+    assert merged.world_size == 2 and merged.documents_written == 120
+    assert sorted(p.name for p in out.glob("manifest.rank*")) == ["manifest.rank0-of2.json", "manifest.rank1-of2.json"]
+    # Told the world size, merge keeps those and removes the others.
+    assert merge(out, world_size=2) == merged

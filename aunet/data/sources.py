@@ -16,7 +16,7 @@ from pathlib import Path
 from aunet.config import TrainArgs
 from aunet.data.contract import check_shards
 from aunet.segment import InvalidRequest, expand_inputs, merge, segment_corpus
-from aunet.segment.layout import RANK_MANIFEST_GLOB, REJECTS_DIR, is_shard_dir
+from aunet.segment.layout import REJECTS_DIR, is_shard_dir
 
 TRAINING = "data.sources"
 VALIDATION = "eval.validation.sources"
@@ -75,10 +75,7 @@ def source_paths(cfg: TrainArgs, key: str = TRAINING, rank: int = 0, world_size:
             barrier()
         if rank == 0:
             if world_size > 1:
-                for stale in cache.glob(RANK_MANIFEST_GLOB):  # rank manifests of a run with another world size
-                    if not stale.name.endswith(f"-of{world_size}.json"):
-                        stale.unlink()
-                m = merge(cache)
+                m = merge(cache, world_size)  # rank manifests of a run with another world size go
             else:
                 m = part
             print(f"{key}.{name}: {m.documents_written:,} documents segmented into {cache} by {world_size} rank(s)"

@@ -166,9 +166,12 @@ def inspect_main(argv: list[str]) -> int:
 def merge_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="aunet-segment merge", description="Combine the rank manifests of a --world-size run into manifest.json.")
     p.add_argument("dir", type=Path)
+    p.add_argument("--world-size", type=int, default=None,
+                   help="the run's number of ranks (default: that of the newest rank manifest); "
+                        "rank manifests of another world size are removed")
     args = p.parse_args(argv)
     try:
-        merged = merge(args.dir)
+        merged = merge(args.dir, args.world_size)
     except ManifestError as e:
         print(f"aunet-segment merge: {e}", file=sys.stderr)
         return 1

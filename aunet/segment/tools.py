@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -152,16 +153,32 @@ def inspect(path: str | Path, limit: int = 3, max_bytes: int = 400) -> Iterator[
                 shown += 1
 
 
-def merge(directory: str | Path) -> Manifest:
+def merge(directory: str | Path, world_size: int | None = None) -> Manifest:
     """Combine the rank manifests (`manifest.rankR-ofW.json`) of a world_size > 1 run into
-    `manifest.json` and return it; `ManifestError` when a rank is missing or options differ."""
+    `manifest.json` and return it; `ManifestError` when a rank is missing or options differ.
+    Rank manifests of a run with another world size (a rerun on fewer or more ranks leaves the
+    old ones behind) are removed first: those of `world_size`, or else of the run that wrote
+    the newest rank manifest, are the current ones."""
     directory = Path(directory)
     parts = sorted(directory.glob(RANK_MANIFEST_GLOB))
     if not parts:
         raise ManifestError(f"{directory}: no rank manifests (manifest.rankR-ofW.json)", file=str(directory))
+    if world_size is None:
+        world_size = _world_size_of(max(parts, key=lambda p: p.stat().st_mtime_ns))
+    stale = [p for p in parts if _world_size_of(p) != world_size]
+    for p in stale:
+        p.unlink()
+    parts = [p for p in parts if p not in stale]
+    if not parts:
+        raise ManifestError(f"{directory}: no rank manifests of a {world_size}-rank run", file=str(directory))
     merged = combine(parts, [Manifest.load(directory, p.name) for p in parts], str(directory))
     merged.write(directory, MANIFEST)
     return merged
+
+
+def _world_size_of(path: Path) -> int | None:
+    m = re.fullmatch(r"manifest\.rank\d+-of(\d+)\.json", path.name)
+    return int(m.group(1)) if m else None
 
 
 def combine(parts: list, manifests: list[Manifest], where: str) -> Manifest:
