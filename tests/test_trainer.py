@@ -19,6 +19,7 @@ from aunet.training.checkpoint import latest_complete
 from helpers import REPO_ROOT, communicate_or_kill, cpu_dist_env, deepspeed_cmd, venv_script
 from segment_fixtures import STRATEGY_ARGS, sample_texts, write_jsonl
 from test_segment_cli import segment
+import wandb_records
 
 TRAIN = str(REPO_ROOT / "aunet" / "train.py")
 CONFIG = str(REPO_ROOT / "configs" / "tiny_aunet3.yaml")
@@ -83,8 +84,42 @@ def loader_states(dump: Path, step: int) -> list[dict]:
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory, data_root) -> Path:
     dump = tmp_path_factory.mktemp("straight")
-    run([*overrides(data_root, dump, 6), "eval.validation.sources.heldout=1.0", "eval.validation.max_steps=3", "checkpoint.eval.every=3"])
+    run([*overrides(data_root, dump, 6), "eval.validation.sources.heldout=1.0", "eval.validation.max_steps=3", "checkpoint.eval.every=3",
+         "logging.tensorboard=true", "logging.wandb.mode=offline", "logging.wandb.project=aunet-tests"])
     return dump
+
+
+def tensorboard_scalars(directory: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar series of the event files under `directory`, read with TensorBoard's reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(directory), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_every_logged_metric_goes_to_tensorboard_and_wandb(straight):
+    records = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    expected: dict[str, list[tuple[int, float]]] = {}
+    for r in records:
+        for k, v in r.items():
+            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                expected.setdefault(k, []).append((r["step"], float(v)))
+    assert {"loss", "bpb", "lr", "grad_norm", "bytes_per_s", "mfu", "val_bpb"} <= set(expected)
+    got = tensorboard_scalars(straight / "tensorboard")
+    assert set(got) == set(expected)
+    for key, series in expected.items():
+        # Event files hold float32: equal to the JSON values within float32 rounding.
+        assert [s for s, _ in got[key]] == [s for s, _ in series], key
+        assert [v for _, v in got[key]] == pytest.approx([v for _, v in series], rel=1e-6, abs=1e-30), key
+    (log,) = (straight / "wandb").glob("offline-run-*/run-*.wandb")
+    rows = wandb_records.history(log)  # W&B keeps one row per step: validation joins its step's
+    assert sorted(rows) == sorted({r["step"] for r in records})
+    for r in records:
+        for k, v in r.items():
+            if k != "step":
+                assert rows[r["step"]][k] == pytest.approx(v, rel=1e-12), (r["step"], k)
+    assert wandb_records.run_config(log)["model"]["dimensions"] == [48, 64, 96]  # the run's config is attached
 
 
 def test_validation_bpb_is_logged_at_eval_steps(straight):
@@ -111,10 +146,12 @@ def test_logged_flops_count_the_bucketed_stages_and_mfu_uses_the_useful_ones(str
 
 def test_exact_resume_equals_straight_run(tmp_path, data_root, straight):
     resumed = tmp_path / "resumed"
-    run(["--stop-at", "4", *overrides(data_root, resumed, 6)])
+    run(["--stop-at", "4", *overrides(data_root, resumed, 6), "logging.tensorboard=true"])
     assert max(metrics(resumed)) == 4
-    out = run(overrides(data_root, resumed, 6))
+    out = run([*overrides(data_root, resumed, 6), "logging.tensorboard=true"])
     assert "resumed from" in out
+    # The resumed run continues the TensorBoard curves: one point per step, the same as the file.
+    assert [s for s, _ in tensorboard_scalars(resumed / "tensorboard")["loss"]] == list(range(1, 7))
     a, b = metrics(straight), metrics(resumed)
     for step in range(1, 7):
         assert a[step]["loss"] == b[step]["loss"], (step, a[step], b[step])

@@ -273,10 +273,47 @@ class CheckpointArgs:
     checkpoints you trust."""
 
 
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+@dataclass
+class WandbArgs:
+    """Weights & Biases (the `track` extra). The keys are a subset of the reference's
+    `logging.wandb`; its others are reported as unused."""
+
+    project: str | None = None
+    """W&B project (None: W&B's default, or the WANDB_PROJECT variable)."""
+    entity: str | None = None
+    """W&B team or user (None: the logged-in user's default)."""
+    name: str | None = None
+    """The run's display name (None: the run's `name`)."""
+    group: str | None = None
+    """Runs grouped together in the W&B interface."""
+    tags: list[str] = field(default_factory=list)
+    """Tags of the run."""
+    notes: str | None = None
+    """A description of the run."""
+    mode: str | None = None
+    """`online`, `offline` (no network: files under dump_dir/wandb, `wandb sync` later) or
+    `disabled`; None: the WANDB_MODE variable, else online."""
+    id: str | None = None
+    """The W&B run id (None: one derived from dump_dir, so that a resumed run continues the
+    same run and curves)."""
+
+    def __post_init__(self) -> None:
+        require(self.mode is None or self.mode in WANDB_MODES, "mode", f"must be one of {', '.join(WANDB_MODES)}, got {self.mode!r}")
+
+
 @dataclass
 class LoggingArgs:
     freq: int = 10
     """Steps between metric logs (console and metrics.jsonl)."""
+    tensorboard: bool = False
+    """Also write every metrics.jsonl scalar as TensorBoard events under dump_dir/tensorboard/
+    (rank 0, at logging steps; the `track` extra)."""
+    wandb: WandbArgs | None = None
+    """Also log every metrics.jsonl scalar and the run's config to Weights & Biases (rank 0, at
+    logging steps; the `track` extra). None: off."""
 
     def __post_init__(self) -> None:
         require(self.freq >= 1, "freq", f"must be >= 1, got {self.freq}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from pathlib import Path
 
 import torch
@@ -114,11 +115,18 @@ def log_record(step: int, lr: float, totals: list[float], metrics: DeviceMetrics
     }
 
 
-class MetricsLog:
-    """Records to `<dump_dir>/metrics.jsonl` and the console, on rank 0 only (`enabled`)."""
+def scalars(record: dict) -> dict[str, float]:
+    """The numbers of a metrics record, less its step (booleans are not metrics)."""
+    return {k: float(v) for k, v in record.items()
+            if k != "step" and isinstance(v, numbers.Real) and not isinstance(v, bool)}
 
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = path, enabled
+
+class MetricsLog:
+    """Records to `<dump_dir>/metrics.jsonl`, the console and the experiment trackers
+    (`aunet.training.tracking`), on rank 0 only (`enabled`)."""
+
+    def __init__(self, path: Path, enabled: bool, trackers: list | None = None):
+        self.path, self.enabled, self.trackers = path, enabled, list(trackers or ())
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -127,3 +135,11 @@ class MetricsLog:
             f.write(json.dumps(record) + "\n")
         parts = [f"step {record['step']}"] + [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items() if k != "step"]
         print(" | ".join(parts), flush=True)
+        values = scalars(record)
+        for tracker in self.trackers:
+            tracker.log(record["step"], values)
+
+    def close(self) -> None:
+        for tracker in self.trackers:
+            tracker.close()
+        self.trackers = []

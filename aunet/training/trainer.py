@@ -48,6 +48,7 @@ from aunet.training.lr_schedule import lr_factor
 from aunet.training.metrics import PEAK_FLOPS, DeviceMetrics, MetricsLog, log_record
 from aunet.training.resume import candidate_steps, check_same_run, resume
 from aunet.training.segment_barrier import SegmentBarrier
+from aunet.training.tracking import open_trackers
 from aunet.training.validate import heldout_bpb
 
 
@@ -84,7 +85,9 @@ class Trainer:
         self.step, self.damaged = self._resume()
         self.peak_flops = PEAK_FLOPS["cuda" if self.on_gpu else "cpu"] * self.world
         self.flops_estimate = flops_per_byte(cfg.model, cfg.data.seq_len).total  # per input position: a byte, or a BPE token
-        self.log = MetricsLog(self.dump / "metrics.jsonl", self.rank == 0)
+        trackers = open_trackers(cfg, self.dump, self.step, to_dict(cfg), yaml.safe_dump(to_dict(cfg), sort_keys=False)) \
+            if self.rank == 0 else []
+        self.log = MetricsLog(self.dump / "metrics.jsonl", self.rank == 0, trackers)
         self.metrics = DeviceMetrics(self.device)
         self.last_record: dict = {}
 
@@ -230,6 +233,7 @@ class Trainer:
             return
         newest = latest_complete(self.ckpt_root)
         self.loader.close()  # its reader thread stopped before the process exits
+        self.log.close()
         raise NonFiniteTraining(
             f"step {step}: the loss or the gradient norm was not finite for {health[1]} consecutive steps "
             f"(optim.max_bad_steps = {self.cfg.optim.max_bad_steps}); stopped without saving or pruning a checkpoint; "
@@ -258,6 +262,7 @@ class Trainer:
 
     def close(self) -> None:
         self.loader.close()
+        self.log.close()
         gc.enable()
         dist.barrier()
         dist.destroy_process_group()
