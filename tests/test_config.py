@@ -87,7 +87,8 @@ def test_overrides_parse_yaml_values_and_reach_nested_keys(tmp_path):
         "distributed.compile=false",
         "data.regex.strategy.word2=2@1-3",
         "data.root_dir=/data/x=y",  # only the first '=' splits
-        "logging.wandb.project=foo",  # unknown: reported, not rejected
+        "logging.wandb.project=foo",
+        "logging.wandb.job_type=train",  # a reference key we do not act on: reported, not rejected
         "model.block.n_kv_heads=null",
     ])
     assert args.optim.lr == 1e-3
@@ -96,7 +97,8 @@ def test_overrides_parse_yaml_values_and_reach_nested_keys(tmp_path):
     assert args.distributed.compile is False
     assert args.data.regex.strategy == {"word1": "1@1", "word2": "2@1-3"}
     assert args.data.root_dir == "/data/x=y"
-    assert "logging.wandb" in unused
+    assert args.logging.wandb.project == "foo"
+    assert "logging.wandb.job_type" in unused
 
 
 def test_override_does_not_modify_the_input():
