@@ -82,11 +82,18 @@ class HierarchicalTransformer(nn.Module):
                 if module is not self and hasattr(module, "reset_parameters"):
                     module.reset_parameters()
 
-    def set_activation_checkpointing(self, enabled: bool) -> None:
-        """Recompute block activations in the backward pass (`distributed.selective_activation_checkpointing`)."""
+    def set_activation_checkpointing(self, mode: bool | str | None) -> None:
+        """Recompute block activations in the backward pass: True or ``"selective"`` keeps each
+        block's matmul and attention outputs and recomputes the elementwise work
+        (`distributed.selective_activation_checkpointing`); ``"full"`` recomputes whole blocks;
+        False/None keeps everything."""
+        if mode is True:
+            mode = "selective"
+        if mode not in (False, None, "selective", "full"):
+            raise ValueError(f"activation checkpointing: {mode!r} is not one of True, False, 'selective', 'full'")
         for module in self.modules():
             if hasattr(module, "checkpointing"):
-                module.checkpointing = enabled
+                module.checkpointing = mode or None
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
