@@ -142,11 +142,14 @@ def test_split_projections_of_our_old_files_are_fused_lazily_and_eagerly():
     assert fuse_split_projections(ours).keys() == ours.keys()  # already fused: unchanged
 
 
+STRATEGIES = {1: {"word1": "1@1"}, 2: {"word1": "1@1", "word2": "2@1"}}
+
+
 def write_old_export(directory, args, seed=0):
     """An `aunet export` as written before the fusion: the same config, split projections."""
     torch.manual_seed(seed)
     model = HierarchicalTransformer(args)
-    cfg, _ = config_from_dict({"model": to_dict(args)})
+    cfg, _ = config_from_dict({"model": to_dict(args), "data": {"regex": {"strategy": STRATEGIES[args.n_levels]}}})
     directory.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in to_lingua(model.state_dict(), args, buffers=False).items()},
               str(directory / "model.safetensors"), metadata={"step": "7", "format": "aunet"})
@@ -183,3 +186,35 @@ def test_resume_refuses_a_checkpoint_saved_with_split_projections(tmp_path):
     mark_complete(tmp_path, 5, {"world_size": 1, "config": to_dict(cfg)})
     with pytest.raises(ResumeError, match="before the Q/K/V and W1/W3 projections were fused.*init_ckpt_path"):
         check_same_run(tmp_path / tag_for(5), cfg, 1)
+
+
+def test_transformers_fuses_an_hf_directory_written_before_the_fusion(tmp_path):
+    """An HF directory as exported before: split tensors, and the code files of its time (here
+    today's, which import the same aunet); transformers' from_pretrained fuses them."""
+    pytest.importorskip("transformers")
+    import subprocess
+    import sys
+
+    from safetensors import safe_open
+
+    from aunet.hf.export import export_hf_from_export
+
+    args = tiny_args(2, block=BlockArgs(multiple_of=16, rope_theta=10000.0, n_kv_heads=1))
+    original, _ = write_old_export(tmp_path / "old", args)
+    hf = export_hf_from_export(tmp_path / "old", tmp_path / "hf")
+    with safe_open(str(hf / "model.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+    # Put the weights back in the old layout, as such a directory has them.
+    save_file({k: v.contiguous() for k, v in to_lingua(original.state_dict(), args, buffers=False).items()},
+              str(hf / "model.safetensors"), metadata=meta)
+    torch.save(original.state_dict(), tmp_path / "want.pt")
+    code = ("import torch\nfrom transformers import AutoModelForCausalLM\n"
+            f"m = AutoModelForCausalLM.from_pretrained({str(hf)!r}, trust_remote_code=True)\n"
+            f"want = torch.load({str(tmp_path / 'want.pt')!r}, weights_only=True)\n"
+            "got = m.state_dict()\n"
+            "assert got.keys() == want.keys(), sorted(got.keys() ^ want.keys())\n"
+            "bad = [k for k in want if not torch.equal(got[k], want[k])]\n"
+            "assert not bad, bad\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                          env={**__import__("os").environ, "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]

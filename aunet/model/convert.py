@@ -179,3 +179,18 @@ def from_lingua(state_dict: Mapping[str, torch.Tensor], args: ModelArgs) -> dict
     if missing:
         raise ConvertError(f"{missing[0]}: missing" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     return fuse_split_projections(clean)
+
+
+def register_transformers_conversion() -> None:
+    """Let transformers' `from_pretrained` read transformers directories written before the
+    fusion: registers, for `AUNetForCausalLM`, a concatenation of each split group into its fused
+    parameter (transformers 5's weight conversions). Directories with fused tensors do not match
+    its patterns and load as they are. transformers reverses registered conversions in
+    `save_pretrained` (its `save_original_format`), so a model saved from transformers has split
+    projections again, which every aunet loader fuses."""
+    from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+    from transformers.core_model_loading import Concatenate, WeightConverter
+
+    converters = [WeightConverter(source_patterns=[re.escape(p) for p in parts], target_patterns=re.escape(fused),
+                                  operations=[Concatenate(dim=0)]) for fused, parts in FUSED.items()]
+    register_checkpoint_conversion_mapping("AUNetForCausalLM", converters, overwrite=True)
