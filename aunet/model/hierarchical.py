@@ -2,7 +2,8 @@
 upsample back to bytes (SPEC section 4).
 
 Module and parameter names follow the reference (tok_embeddings, encoders, transitions, trunk,
-decoders, vocab_norm, vocab, level_mask_norm, level_mask) so that state dicts line up.
+decoders, vocab_norm, vocab, level_mask_norm, level_mask) so that state dicts line up, except the
+fused block projections (attention.wqkv, feed_forward.w13), which `aunet.model.convert` maps.
 
 Design: one walk. The U-Net is traversed in exactly one place, `_walk` (embed, then per level
 encode and pool down, the trunk, then per level upsample and decode). Training, the prefill
