@@ -155,10 +155,11 @@ class Block(nn.Module):
         return x + self.feed_forward(self.ffn_norm(x))
 
 
-#: What selective checkpointing keeps from a block's forward pass: the outputs of the products
-#: (projections, the multi-linear einsum) and of fused attention kernels, the costly part to
-#: recompute. Norms, RoPE, SiLU, the gating product and residual adds are recomputed: cheap in
-#: FLOPs, and together they hold most of a block's activation memory.
+#: What selective checkpointing keeps from a block's forward pass: the outputs of the matrix
+#: products (the projections) and of fused attention kernels, the costly part to recompute.
+#: Norms, RoPE, SiLU, the gating product and residual adds are recomputed: a few FLOPs per
+#: element, while their outputs (two normed inputs, rotated Q and K, SiLU and gated hidden
+#: vectors) are a large share of a block's activations.
 SAVED_OPS = frozenset(
     getattr(torch.ops.aten, name).default
     for name in ("mm", "addmm", "bmm", "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
