@@ -2,6 +2,7 @@
 the library.
 
     aunet export (--checkpoints DIR [--step N] | --model EXPORT_DIR) --out DIR [--format aunet|hf]
+    aunet import-lingua CHECKPOINT_DIR --out DIR
     aunet generate --model DIR [--prompt TEXT]... [--prompts-file FILE] [--prompt-file PATH]... [--batch-size B] [--max-bytes N]
                    [--temperature T] [--top-k K] [--top-p P] [--stop S] [--seed S]
     aunet eval --model DIR --data SHARD_DIR_OR_FILES... [--max-batches N] [--out FILE]
@@ -37,6 +38,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", type=Path, required=True)
     e.add_argument("--format", choices=("aunet", "hf"), default="aunet",
                    help="aunet: model.safetensors + config.yaml; hf: a HuggingFace transformers directory")
+    i = sub.add_parser("import-lingua", help="a lingua (apps/aunet) checkpoint -> model.safetensors + config.yaml, "
+                       "as `aunet export` writes them",
+                       description="Convert a checkpoint of the reference implementation (facebookresearch/lingua, "
+                                   "apps/aunet: a torch distributed checkpoint directory with its params.json) into an "
+                                   "`aunet export` directory: the model's weights, renamed and with Q/K/V and W1/W3 fused, "
+                                   "and a config built from the reference's model section. The checkpoint's .metadata "
+                                   "file is a pickle, which can run code stored in it: only import checkpoints you trust.")
+    i.add_argument("checkpoint", type=Path, metavar="CHECKPOINT_DIR",
+                   help="a lingua step directory (checkpoints/0000002000), or its checkpoints directory (newest step)")
+    i.add_argument("--out", type=Path, required=True)
     g = sub.add_parser("generate", help="generate text with the cached hierarchical generator (one prompt: "
                        "streamed; several: one batch, one JSON line per prompt)")
     g.add_argument("--model", type=Path, required=True, help="an `aunet export` directory")
@@ -123,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     from aunet.segment import SegmentError
 
     try:
-        return {"export": export, "generate": generate, "eval": evaluate}[args.command](args)
+        return {"export": export, "import-lingua": import_lingua, "generate": generate, "eval": evaluate}[args.command](args)
     except (FileNotFoundError, ValueError, SegmentError) as err:
         print(f"aunet {args.command}: error: {err}", file=sys.stderr)
         return 1
@@ -143,6 +154,14 @@ def export(args) -> int:
     from aunet.inference.export import export_checkpoint
 
     path = export_checkpoint(args.checkpoints, args.out, args.step)
+    print(f"wrote {path} and {path.parent / 'config.yaml'}")
+    return 0
+
+
+def import_lingua(args) -> int:
+    from aunet.inference.import_lingua import import_lingua as run
+
+    path = run(args.checkpoint, args.out)
     print(f"wrote {path} and {path.parent / 'config.yaml'}")
     return 0
 

@@ -13,6 +13,9 @@ multi-linear upsampling against the reference's per-offset loop.
 3. The upsampling of one transition, forward + backward: our batched multi-linear map against
    the reference's loop over the 16 offsets (torch.where, one host sync each), at the tiny
    size and at the paper's AU-Net-2 size (512 <-> 2048, 2048 bytes).
+4. Fused projections (one Q/K/V matmul, one W1/W3 matmul per block) against the same weights
+   run as the reference's separate projections: ATen ops and matmuls per forward pass (what a
+   GPU launches as kernels, eagerly), and CPU forward + backward time, as ratios.
 
 Timings use one thread by default: on a shared 2-core machine, OpenMP threads that wait on each
 other turn any other load into 10-50x stalls, while one thread degrades gracefully.
@@ -23,6 +26,7 @@ other turn any other load into 10-50x stalls, while one thread degrades graceful
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import platform
@@ -32,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -44,6 +50,7 @@ from aunet import Segmenter  # noqa: E402
 from aunet.config import ModelArgs, load_config  # noqa: E402
 from aunet.model.flops import batch_flops, flops_per_byte, param_count  # noqa: E402
 from aunet.model import HierarchicalTransformer, stage_lengths  # noqa: E402
+from aunet.model.layers import Attention, FeedForward, apply_rope, causal_attention  # noqa: E402
 from aunet.model.lengths import stage_counts  # noqa: E402
 from aunet.model.pooling import build_transition, gather_rows, pool_index  # noqa: E402
 from model_helpers import indexed_up_loop  # noqa: E402
@@ -210,6 +217,75 @@ def prose_batch(strategy: dict[str, str], batch: int, seq_len: int) -> tuple[np.
     return toks[:n].reshape(batch, seq_len).astype(np.int64), levs[:n].reshape(batch, seq_len)
 
 
+class OpCounter(TorchDispatchMode):
+    """ATen ops run while active (each one kernel launch, eagerly, on a GPU)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = self.matmuls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        self.matmuls += func.overloadpacket.__name__ in ("mm", "addmm", "bmm")
+        return func(*args, **(kwargs or {}))
+
+
+def _split_attention(self, x, rope, window, cache=None, step=None):
+    """The training path of `Attention.forward` with one matmul per reference projection."""
+    B, T, _ = x.shape
+    wq, wk, wv = self.wqkv.weight.split(self.split)
+    q = apply_rope(F.linear(x, wq).view(B, T, self.n_heads, self.head_dim), *rope).transpose(1, 2)
+    k = apply_rope(F.linear(x, wk).view(B, T, self.n_kv_heads, self.head_dim), *rope).transpose(1, 2)
+    v = F.linear(x, wv).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+    return self.wo(causal_attention(q, k, v, window).transpose(1, 2).reshape(B, T, -1))
+
+
+def _split_feed_forward(self, x):
+    w1, w3 = self.w13.weight.chunk(2)
+    return self.w2(F.silu(F.linear(x, w1)) * F.linear(x, w3))
+
+
+@contextlib.contextmanager
+def split_projections():
+    """Blocks run as before the fusion: the same weights, five input projections per block."""
+    saved = Attention.forward, FeedForward.forward
+    Attention.forward, FeedForward.forward = _split_attention, _split_feed_forward
+    try:
+        yield
+    finally:
+        Attention.forward, FeedForward.forward = saved
+
+
+def fused_rows(repeats: int) -> list[dict]:
+    rows = []
+    for name in ("tiny_aunet2", "tiny_aunet3"):
+        cfg, _ = load_config(CONFIGS / f"{name}.yaml")
+        m, T, B = cfg.model, cfg.data.seq_len, cfg.data.batch_size
+        tokens, levels = text_batch(cfg.data.regex.strategy, B, T + 1)
+        torch.manual_seed(0)
+        model = HierarchicalTransformer(m)
+        counts = {}
+        for kind, ctx in (("fused", contextlib.nullcontext), ("split", split_projections)):
+            with ctx(), torch.no_grad(), OpCounter() as c:
+                logits = model(tokens[:, :-1], levels[:, :-1])[0]
+            counts[kind] = (c.ops, c.matmuls, logits)
+        assert torch.allclose(counts["fused"][2], counts["split"][2], atol=1e-5)  # the same function
+        step = train_step(m, tokens, levels)
+
+        def split_step():
+            with split_projections():
+                step()
+
+        t_fused, t_split = best_times([step, split_step], repeats)
+        rows.append({"model": name, "batch": B, "seq_len": T,
+                     "ops_fused": counts["fused"][0], "ops_split": counts["split"][0],
+                     "matmuls_fused": counts["fused"][1], "matmuls_split": counts["split"][1],
+                     "split_over_fused_ops": counts["split"][0] / counts["fused"][0],
+                     "split_over_fused_matmuls": counts["split"][1] / counts["fused"][1],
+                     "fused_s": t_fused, "split_s": t_split, "split_over_fused_time": t_split / t_fused})
+    return rows
+
+
 def print_tables(result: dict) -> None:
     head = f"{'model':<13}{'params':>9}{'flops/B exec':>14}{'flops/B useful':>16}{'ms/step':>9}{'KB/s':>8}"
     head += f"{'flat (exec) LxD':>17}{'x flat':>8}{'flat (useful) LxD':>19}{'x flat':>8}"
@@ -241,6 +317,15 @@ def print_tables(result: dict) -> None:
         print(f"{r['model']:<11}{caps:>13}{got:>13}{r['useful_flops_per_byte'] / 1e9:>13.2f}{r['executed_flops_per_byte'] / 1e9:>11.2f}"
               f"{r['padded_flops_per_byte'] / 1e9:>13.2f}{r['padded_over_bucketed_flops']:>12.2f}x{r['executed_over_useful']:>12.2f}x"
               f"{r['padded_over_bucketed_time']:>20.2f}x")
+    print()
+    head = (f"{'projections':<13}{'ops/fwd fused':>15}{'split':>8}{'split/fused':>13}{'matmuls fused':>15}{'split':>8}"
+            f"{'split/fused':>13}{'CPU split/fused':>17}")
+    print(head)
+    print("-" * len(head))
+    for r in result.get("fused", []):
+        print(f"{r['model']:<13}{r['ops_fused']:>15}{r['ops_split']:>8}{r['split_over_fused_ops']:>12.2f}x"
+              f"{r['matmuls_fused']:>15}{r['matmuls_split']:>8}{r['split_over_fused_matmuls']:>12.2f}x"
+              f"{r['split_over_fused_time']:>16.2f}x")
 
 
 def main() -> None:
@@ -255,7 +340,7 @@ def main() -> None:
     result = {
         "threads": torch.get_num_threads(), "machine": platform.machine(), "python": platform.python_version(),
         "torch": torch.__version__, "models": model_rows(repeats), "upsampling": upsample_rows(repeats),
-        "buckets": bucket_rows(repeats),
+        "buckets": bucket_rows(repeats), "fused": fused_rows(repeats),
         "command": " ".join(["benches/bench_model.py", *sys.argv[1:]]),
     }
     print_tables(result)

@@ -72,9 +72,15 @@ def test_initialisation_follows_the_reference():
     assert std(model.vocab.weight) == pytest.approx(256**-0.5, rel=0.05)
     assert model.tok_embeddings.weight.abs().max() <= 3 * 256**-0.5
     block = model.trunk.layers[3]
-    assert std(block.attention.wq.weight) == pytest.approx(512**-0.5, rel=0.05)
+    # The fused projections: each part (the reference's wq, wk, wv; w1, w3) has its own std.
+    for part in block.attention.wqkv.weight.split(block.attention.split):
+        assert std(part) == pytest.approx(512**-0.5, rel=0.05)
     assert std(block.attention.wo.weight) == pytest.approx(512**-0.5, rel=0.05)  # init_std_factor disabled
     hidden = args.block.ffn_hidden(512)
+    assert block.feed_forward.w13.weight.shape == (2 * hidden, 512)
+    for part in block.feed_forward.w13.weight.chunk(2):
+        assert std(part) == pytest.approx(512**-0.5, rel=0.05)
+        assert part.abs().max() <= 3 * 512**-0.5
     assert std(block.feed_forward.w2.weight) == pytest.approx(hidden**-0.5, rel=0.05)
     tr = model.transitions[0]
     assert std(tr.trans_down.weight) == pytest.approx(256**-0.5, rel=0.05)
@@ -91,7 +97,9 @@ def test_current_depth_factor_shrinks_output_projections_per_layer():
     for depth, block in enumerate(model.trunk.layers):
         factor = (2 * (depth + 1)) ** 0.5
         assert block.attention.wo.weight.std().item() == pytest.approx(512**-0.5 / factor, rel=0.05)
-        assert block.attention.wq.weight.std().item() == pytest.approx(512**-0.5, rel=0.05)
+        for part in block.attention.wqkv.weight.split(block.attention.split):
+            assert part.std().item() == pytest.approx(512**-0.5, rel=0.05)
+        assert block.feed_forward.w13.weight.std().item() == pytest.approx(512**-0.5, rel=0.05)
 
 
 def test_init_weights_resets_every_parameter():

@@ -169,7 +169,11 @@ class DistributedArgs:
     `torch.backends.cuda.matmul.allow_tf32` and cuDNN's in the trainer); no effect on CPUs or in
     bf16 training, whose products are bf16 already."""
     selective_activation_checkpointing: bool = False
-    """Recompute activations in the backward pass (less memory, more compute)."""
+    """Selective activation checkpointing of every block: the backward pass recomputes the
+    elementwise work (norms, RoPE, SiLU, gating, residual adds) and reuses the saved outputs of
+    the matrix products and attention kernels (less memory, little extra compute). The library
+    also offers full recomputation of whole blocks (`set_activation_checkpointing("full")`); the
+    config has only this switch, as the reference's."""
     tp_size: int = 1
     """Tensor parallelism is not supported: must be 1."""
     compile_cache_size_limit: int = 8

@@ -30,6 +30,7 @@ from safetensors.torch import save_file
 from aunet.config import config_from_dict
 from aunet.config.hf_format import MODEL_TYPE, sections
 from aunet.inference.export import CONFIG, WEIGHTS, export_checkpoint
+from aunet.model.convert import fuse_split_projections
 from aunet.segment.strategy_order import describe_strategy
 
 HERE = Path(__file__).resolve().parent
@@ -58,7 +59,8 @@ def export_hf_from_export(export_dir: Path, out: Path, run_dir: Path | None = No
                          f"{cfg.data.tokenizer.name} tokens (data.tokenizer.name)")
     with safe_open(str(export_dir / WEIGHTS), framework="pt") as f:
         meta = dict(f.metadata() or {})
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        # An export from before the fused projections: the directory gets today's layout.
+        tensors = fuse_split_projections({k: f.get_tensor(k) for k in f.keys()})
     step = int(meta["step"]) if meta.get("step", "").isdigit() else None
     out.mkdir(parents=True, exist_ok=True)
     # transformers reads only safetensors files that say they hold PyTorch tensors.

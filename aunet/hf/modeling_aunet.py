@@ -39,12 +39,17 @@ try:
     from aunet.config.hf_format import training_config
     from aunet.inference.generate import DEFAULT_ROOM, Generator
     from aunet.model import HierarchicalTransformer
+    from aunet.model.convert import register_transformers_conversion
     from aunet.segment.segmenter import Segmenter
 except ImportError as err:  # the file is loaded by transformers from the model directory
     raise ImportError("this AU-Net model's code runs aunet's own model and Rust segmenter: install aunet "
                       f"(`pip install aunet`, or `pip install -e .` in its repository) ({err})") from err
 
 BOS_ID, EOS_ID = 256, 257
+
+# Directories written before Q/K/V and W1/W3 were fused hold split projections: fused on load
+# (explicitly here, in case aunet.model was imported before transformers).
+register_transformers_conversion()
 
 
 class AUNetCache:

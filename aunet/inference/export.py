@@ -5,6 +5,9 @@ safetensors and the training config with `yaml.safe_load` (no pickle). The expor
 `load_model` also reads a transformers directory written by `aunet export --format hf`
 (`aunet.hf`): the same `model.safetensors` tensors, with the training config in `config.json`
 (read as plain JSON: transformers is not needed to load it here).
+
+Files from before the fused projections (separate `wq`/`wk`/`wv` and `w1`/`w3` tensors) load
+too: `aunet.model.convert.fuse_split_projections` stacks them on the way in.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from safetensors.torch import load_file
 from aunet.config import config_from_dict
 from aunet.config.hf_format import HF_CONFIG, is_hf_dir, read_training_config
 from aunet.model import HierarchicalTransformer
+from aunet.model.convert import fuse_split_projections
 from aunet.training.consolidate import CONFIG, WEIGHTS, export_checkpoint
 
 __all__ = ["CONFIG", "WEIGHTS", "export_checkpoint", "load_model"]
@@ -35,7 +39,9 @@ def load_model(path: str | Path, device: str = "cpu"):
     else:
         cfg, _ = config_from_dict(yaml.safe_load((directory / CONFIG).read_text()), source=str(directory / CONFIG))
     model = HierarchicalTransformer(cfg.model)
-    missing, unexpected = model.load_state_dict(load_file(str(directory / WEIGHTS), device=device), strict=False)
+    # Files written before Q/K/V and W1/W3 were fused hold them split: fused here, on load.
+    state = fuse_split_projections(load_file(str(directory / WEIGHTS), device=device))
+    missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"{directory / WEIGHTS}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
     return model.to(device).eval(), cfg

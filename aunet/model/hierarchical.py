@@ -2,7 +2,8 @@
 upsample back to bytes (SPEC section 4).
 
 Module and parameter names follow the reference (tok_embeddings, encoders, transitions, trunk,
-decoders, vocab_norm, vocab, level_mask_norm, level_mask) so that state dicts line up.
+decoders, vocab_norm, vocab, level_mask_norm, level_mask) so that state dicts line up, except the
+fused block projections (attention.wqkv, feed_forward.w13), which `aunet.model.convert` maps.
 
 Design: one walk. The U-Net is traversed in exactly one place, `_walk` (embed, then per level
 encode and pool down, the trunk, then per level upsample and decode). Training, the prefill
@@ -82,11 +83,18 @@ class HierarchicalTransformer(nn.Module):
                 if module is not self and hasattr(module, "reset_parameters"):
                     module.reset_parameters()
 
-    def set_activation_checkpointing(self, enabled: bool) -> None:
-        """Recompute block activations in the backward pass (`distributed.selective_activation_checkpointing`)."""
+    def set_activation_checkpointing(self, mode: bool | str | None) -> None:
+        """Recompute block activations in the backward pass: True or ``"selective"`` keeps each
+        block's matmul and attention outputs and recomputes the elementwise work
+        (`distributed.selective_activation_checkpointing`); ``"full"`` recomputes whole blocks;
+        False/None keeps everything."""
+        if mode is True:
+            mode = "selective"
+        if mode not in (False, None, "selective", "full"):
+            raise ValueError(f"activation checkpointing: {mode!r} is not one of True, False, 'selective', 'full'")
         for module in self.modules():
             if hasattr(module, "checkpointing"):
-                module.checkpointing = enabled
+                module.checkpointing = mode or None
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

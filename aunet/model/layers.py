@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.utils.checkpoint
 import torch.nn.functional as F
+from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts, noop_context_fn
 from torch import nn
 
 from aunet.config.model import BlockArgs
@@ -92,9 +93,11 @@ class Attention(nn.Module):
         self.head_dim = head_dim
         self.n_heads = dim // head_dim
         self.n_kv_heads = n_kv_heads
-        self.wq = Linear(dim, self.n_heads * head_dim, std)
-        self.wk = Linear(dim, n_kv_heads * head_dim, std)
-        self.wv = Linear(dim, n_kv_heads * head_dim, std)
+        # Q, K and V come from one matmul (one kernel, one weight read); rows are the reference's
+        # wq, wk, wv stacked in that order. Every row has the same init (std, or fan_in**-0.5 =
+        # dim**-0.5 for all three), so the fused init is the separate ones' distribution.
+        self.split = (self.n_heads * head_dim, n_kv_heads * head_dim, n_kv_heads * head_dim)
+        self.wqkv = Linear(dim, sum(self.split), std)
         self.wo = Linear(self.n_heads * head_dim, dim, out_std)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], window: int,
@@ -103,9 +106,10 @@ class Attention(nn.Module):
         causal attention, then each row's keys and values are cached; with a `CacheStep` (one
         new position per row), attention over the row's cached keys."""
         B, T, _ = x.shape
-        q = apply_rope(self.wq(x).view(B, T, self.n_heads, self.head_dim), *rope).transpose(1, 2)
-        k = apply_rope(self.wk(x).view(B, T, self.n_kv_heads, self.head_dim), *rope).transpose(1, 2)
-        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = self.wqkv(x).split(self.split, dim=-1)
+        q = apply_rope(q.view(B, T, self.n_heads, self.head_dim), *rope).transpose(1, 2)
+        k = apply_rope(k.view(B, T, self.n_kv_heads, self.head_dim), *rope).transpose(1, 2)
+        v = v.reshape(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if isinstance(step, CacheStep):
             assert cache is not None and step.mask is not None
             keys, values = cache.append(k, v, step)
@@ -122,12 +126,14 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, dim: int, hidden: int, out_std: float, std: float | None):
         super().__init__()
-        self.w1 = Linear(dim, hidden, std)
-        self.w3 = Linear(dim, hidden, std)
+        # The gate (the reference's w1) and the up projection (w3) as one matmul: rows w1 then w3,
+        # both initialised with the same std, as when they were two.
+        self.w13 = Linear(dim, 2 * hidden, std)
         self.w2 = Linear(hidden, dim, out_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        gate, up = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
 
 
 class Block(nn.Module):
@@ -149,6 +155,29 @@ class Block(nn.Module):
         return x + self.feed_forward(self.ffn_norm(x))
 
 
+#: What selective checkpointing keeps from a block's forward pass: the outputs of the matrix
+#: products (the projections) and of fused attention kernels, the costly part to recompute.
+#: Norms, RoPE, SiLU, the gating product and residual adds are recomputed: a few FLOPs per
+#: element, while their outputs (two normed inputs, rotated Q and K, SiLU and gated hidden
+#: vectors) are a large share of a block's activations.
+SAVED_OPS = frozenset(
+    getattr(torch.ops.aten, name).default
+    for name in ("mm", "addmm", "bmm", "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+                 "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu",
+                 "_flash_attention_forward", "_efficient_attention_forward")
+    if hasattr(torch.ops.aten, name)
+)
+
+
+def _save_products(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    return CheckpointPolicy.MUST_SAVE if op in SAVED_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def selective_contexts():
+    """`torch.utils.checkpoint`'s context_fn for selective checkpointing (`SAVED_OPS`)."""
+    return create_selective_checkpoint_contexts(_save_products)
+
+
 class Stack(nn.Module):
     """`n_layers` blocks of one stage (an encoder, a decoder or the trunk)."""
 
@@ -156,8 +185,11 @@ class Stack(nn.Module):
         super().__init__()
         self.dim, self.head_dim, self.window, self.rope_theta = dim, head_dim, window, args.rope_theta
         self.layers = nn.ModuleList(Block(dim, head_dim, n_kv_heads, args, i, n_layers) for i in range(n_layers))
-        self.checkpointing = False
-        """Recompute each block's activations in the backward pass (less memory, more compute)."""
+        self.checkpointing: str | None = None
+        """Activation checkpointing of each block in training: None (keep every activation),
+        ``"selective"`` (keep the matmul and attention outputs, recompute the elementwise work
+        between them in the backward pass) or ``"full"`` (keep only the block's input, recompute
+        all of it)."""
 
     def forward(self, x: torch.Tensor, cache: StackCache | None = None,
                 step: CacheStep | CachePrefill | None = None) -> torch.Tensor:
@@ -173,7 +205,8 @@ class Stack(nn.Module):
             if cache is not None:
                 x = layer(x, rope, self.window, cache.layers[n], step)
             elif self.checkpointing and self.training and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(layer, x, rope, self.window, use_reentrant=False)
+                context = selective_contexts if self.checkpointing == "selective" else noop_context_fn
+                x = torch.utils.checkpoint.checkpoint(layer, x, rope, self.window, use_reentrant=False, context_fn=context)
             else:
                 x = layer(x, rope, self.window)
         return x

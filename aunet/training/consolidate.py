@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 from safetensors.torch import save_file
 
+from aunet.model.convert import fuse_split_projections
 from aunet.training.accelerator import ensure_ds_accelerator
 from aunet.training.checkpoint import MARKER, latest_complete, tag_for
 
@@ -41,7 +42,8 @@ def export_checkpoint(checkpoints: Path, out: Path, step: int | None = None) -> 
     if not (directory / MARKER).exists():
         raise FileNotFoundError(f"{directory}: not a complete checkpoint")
     info = json.loads((directory / MARKER).read_text())
-    state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoints), tag=tag_for(step))
+    # A checkpoint saved before Q/K/V and W1/W3 were fused holds them split: exports are always fused.
+    state = fuse_split_projections(get_fp32_state_dict_from_zero_checkpoint(str(checkpoints), tag=tag_for(step)))
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(out / WEIGHTS), metadata={"step": str(step), "format": "aunet"})
     (out / CONFIG).write_text(yaml.safe_dump(info["config"], sort_keys=False))

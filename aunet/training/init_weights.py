@@ -18,7 +18,9 @@ Refused, with an `InitCheckpointError` that names the path: a path that does not
 neither kind; an incomplete step directory; a source whose `model` section differs from this
 run's (the differing keys are listed; only the initialisation settings in `INIT_ONLY` may
 differ); another segmentation strategy list (compared in order, `same_strategy`) or tokenizer;
-tensors whose names or shapes are not the model's parameters.
+tensors whose names or shapes are not the model's parameters. Sources written before the Q/K/V
+and W1/W3 projections were fused (separate `wq`, `wk`, `wv`, `w1`, `w3` tensors) are read
+through `aunet.model.convert.fused_view`, which concatenates each group when it is read.
 
 Memory (`load_into`): under ZeRO-3 no rank holds the whole model at any time. The model is
 loaded before `deepspeed.initialize`, parameter by parameter: each one is gathered
@@ -49,6 +51,7 @@ from safetensors import safe_open
 
 from aunet.config import ConfigError, config_from_dict, to_dict
 from aunet.config.hf_format import is_hf_dir, read_training_config
+from aunet.model.convert import ConvertError, fused_view
 from aunet.segment.strategy_order import describe_strategy, same_strategy
 from aunet.training.checkpoint import MARKER, is_complete, latest_complete, step_of, tag_for
 from aunet.training.consolidate import CONFIG as EXPORT_CONFIG
@@ -202,7 +205,12 @@ def load_into(model, source: InitSource, rank: int) -> int:
     import deepspeed  # after ensure_ds_accelerator (DeepSpeed fixes its accelerator on import)
 
     params = dict(model.named_parameters())
-    with open_tensors(source) as (shapes, read):
+    with open_tensors(source) as (split_shapes, split_read):
+        # A source saved before Q/K/V and W1/W3 were fused: fused here, one parameter at a time.
+        try:
+            shapes, read = fused_view(split_shapes, split_read)
+        except ConvertError as err:
+            raise InitCheckpointError(source.path, str(err)) from None
         ours = {name: tuple(getattr(p, "ds_shape", p.shape)) for name, p in params.items()}
         missing = sorted(ours.keys() - shapes.keys())
         unexpected = sorted(shapes.keys() - ours.keys())

@@ -27,6 +27,7 @@ import json
 from pathlib import Path
 
 from aunet.config import ConfigError
+from aunet.model.convert import PARAM_LAYOUT
 from aunet.training.checkpoint import MARKER, complete_steps, read_marker, tag_for, verify
 from aunet.training.init_weights import incompatibilities
 
@@ -87,6 +88,11 @@ def check_same_run(directory: Path, cfg, world: int) -> None:
             raise ResumeError(f"checkpoint {directory} was written with another config: {'; '.join(problems)}. Resume with "
                               "the config it was saved with (its COMPLETE.json holds it), or give this run its own dump_dir "
                               "or checkpoint.path")
+        if marker.get("param_layout") != PARAM_LAYOUT:
+            raise ResumeError(f"checkpoint {directory} was saved before the Q/K/V and W1/W3 projections were fused "
+                              "(its optimizer state is per split parameter, and cannot be resumed into today's model). "
+                              f"Start a new run from its weights: checkpoint.init_ckpt_path={directory} (converted on "
+                              "load), with its own dump_dir or checkpoint.path")
     saved_stage, stage = marker.get("zero_stage"), cfg.distributed.zero
     if saved_stage is not None and saved_stage != stage:
         raise ResumeError(f"checkpoint {directory} was written at ZeRO stage {saved_stage}, this run is at stage {stage} "

@@ -37,6 +37,7 @@ from aunet.data import PackedLoader
 from aunet.data.sources import TRAINING, VALIDATION, check_sources, resolve_sources, source_paths
 from aunet.model import HierarchicalTransformer
 from aunet.model.compile import compile_blocks, compile_shapes
+from aunet.model.convert import PARAM_LAYOUT
 from aunet.model.flops import batch_flops, flops_per_byte
 from aunet.model.layers import Block
 from aunet.training.accelerator import ensure_ds_accelerator, init_distributed
@@ -345,6 +346,7 @@ def save(engine, loader, root: Path, step: int, rank: int, cfg: TrainArgs, damag
     dist.barrier()  # ... and every share is written before the marker says so
     if rank == 0:
         mark_complete(root, step, {"name": cfg.name, "world_size": dist.get_world_size(),
-                                   "zero_stage": engine.zero_optimization_stage(), "config": to_dict(cfg)})
+                                   "zero_stage": engine.zero_optimization_stage(), "config": to_dict(cfg),
+                                   "param_layout": PARAM_LAYOUT})
         prune(root, cfg.checkpoint.dump.keep, damaged)
     dist.barrier()
