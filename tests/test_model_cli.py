@@ -171,3 +171,54 @@ def test_prompts_are_the_bytes_given_and_lone_surrogates_do_not_lose_the_output(
     empty_stop = subprocess.run([venv_script("aunet"), "generate", "--model", str(tmp_path / "nothing"), "--stop", ""],
                                 capture_output=True, text=True)
     assert empty_stop.returncode == 2 and "--stop: a stop string needs at least one byte" in empty_stop.stderr
+
+
+def test_damaged_model_directories_fail_in_one_line_naming_the_file(exported, tmp_path):
+    """Issue 29 item 16: a weight of another shape, a truncated safetensors file, a config that
+    is not JSON, not UTF-8 or not YAML."""
+    import re
+    import shutil
+
+    import safetensors.torch
+
+    src = exported / "export"
+
+    def variant(name: str) -> Path:
+        d = tmp_path / name
+        shutil.copytree(src, d)
+        return d
+
+    def fails(directory: Path, text: str) -> None:
+        with pytest.raises(ValueError, match=re.escape(text)):
+            load_model(directory)
+
+    shape = variant("shape")
+    tensors = safetensors.torch.load_file(str(shape / "model.safetensors"))
+    key = next(k for k in tensors if k.endswith("wqkv.weight"))
+    tensors[key] = tensors[key][:-4].contiguous()
+    safetensors.torch.save_file(tensors, str(shape / "model.safetensors"))
+    fails(shape, f"{shape / 'model.safetensors'}: 1 weights have another shape than the config's model: {key}")
+
+    truncated = variant("truncated")
+    data = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])
+    fails(truncated, f"{truncated / 'model.safetensors'}: not a readable safetensors file")
+    # The command says it in one line, without a traceback.
+    proc = subprocess.run([venv_script("aunet"), "generate", "--model", str(truncated), "--prompt", "x", "--max-bytes", "2"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-2000:]
+    assert "not a readable safetensors file" in proc.stderr
+
+    bad_yaml = variant("yaml")
+    (bad_yaml / "config.yaml").write_text("model: [unclosed\n")
+    fails(bad_yaml, f"{bad_yaml / 'config.yaml'}: not valid YAML")
+    latin = variant("latin1")
+    (latin / "config.yaml").write_bytes(b"name: caf\xe9\n")
+    fails(latin, f"{latin / 'config.yaml'}: not UTF-8 text")
+
+    hf = variant("hf")
+    (hf / "config.yaml").unlink()
+    (hf / "config.json").write_text("{not json")
+    fails(hf, f"{hf / 'config.json'}: cannot read")
+    (hf / "config.json").write_bytes(b'{"model_type": "aunet", "x": "\xff"}')
+    fails(hf, f"{hf / 'config.json'}: not UTF-8 text")

@@ -55,7 +55,9 @@ def training_config(hf: Mapping[str, Any], where: str = HF_CONFIG) -> dict[str, 
 def read_training_config(directory: Path) -> dict[str, Any]:
     path = Path(directory) / HF_CONFIG
     try:
-        hf = json.loads(path.read_text())
+        hf = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}): not a config.json") from None
     except (OSError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: cannot read ({err})") from None
     if not isinstance(hf, dict):
@@ -70,5 +72,5 @@ def is_hf_dir(directory: Path) -> bool:
         return False
     try:
         return json.loads(path.read_text()).get("model_type") == MODEL_TYPE
-    except (OSError, json.JSONDecodeError, AttributeError):
+    except (OSError, ValueError, AttributeError):  # ValueError: not JSON, or not UTF-8
         return False
