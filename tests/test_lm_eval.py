@@ -221,3 +221,23 @@ def test_long_prompts_keep_their_end_and_a_large_max_gen_toks_cannot_empty_them(
     kept = context.encode()[-128:]
     expected = decode_utf8(Generator(model, cfg.data.regex.strategy).generate([kept], 256, stop=[b"\n\n"])[0])
     assert got == expected.split("\n\n")[0]
+
+
+def test_the_harness_own_hf_model_runs_on_our_export_and_its_loglikelihood_equals_ours(setup, tmp_path):
+    """`lm_eval --model hf` on `aunet export --format hf` (the `eval` extra brings accelerate,
+    which it needs). Its forward pass segments the whole input as one document, which is
+    `aunet lm-eval`'s `levels=full`. Contexts here do not end in white space: the harness moves
+    such white space into the continuation, which changes what is scored."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    root, _, _ = setup
+    hf_dir = tmp_path / "hf"
+    proc = subprocess.run([venv_script("aunet"), "export", "--model", str(root / "export"), "--out", str(hf_dir), "--format", "hf"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    harness = HFLM(pretrained=str(hf_dir), trust_remote_code=True, batch_size=1, device="cpu")
+    ours = AUNetLM(path=str(root / "export"), levels="full")
+    requests = [Instance("loglikelihood", {}, (q["question"], c), 0) for q in QUESTIONS for c in q["choices"]]
+    for (a, greedy_a), (b, greedy_b) in zip(harness.loglikelihood(requests), ours.loglikelihood(requests)):
+        assert a == pytest.approx(b, abs=1e-4) and greedy_a == greedy_b  # 1e-4: fp32 sums in other orders
