@@ -178,6 +178,12 @@ class AUNetForCausalLM(PreTrainedModel, GenerationMixin):
         invisible), with the logits put back at their positions."""
         B, T = input_ids.shape
         device = input_ids.device
+        # A row that opens with two BOS ids is read as opened by one: the first predicts the
+        # second with certainty. lm-eval's rolling windows put a BOS before a text that the
+        # tokenizer has already opened with BOS; read this way, the harness's sum is the text's
+        # log-likelihood after one BOS, as every other path here computes it.
+        drop = [int(levels is None and len(seq) >= 2 and seq[0] == BOS_ID and seq[1] == BOS_ID) for seq in real]
+        real = [seq[d:] for seq, d in zip(real, drop)]
         n = max(map(len, real))
         tok = torch.full((B, n), EOS_ID, dtype=torch.long)
         lev = torch.zeros(B, n, dtype=torch.long)
@@ -191,11 +197,15 @@ class AUNetForCausalLM(PreTrainedModel, GenerationMixin):
             else:
                 raise ValueError(f"levels must have the shape of input_ids {tuple(input_ids.shape)}, without padding")
         compact, _ = self.core(tok.to(self.device), lev.to(self.device))
+        # Index 0: the certain prediction of a doubled BOS's second BOS (log-probability 0).
+        certain = torch.full((compact.shape[-1],), -1e4, dtype=compact.dtype, device=compact.device)
+        certain[BOS_ID] = 0.0
+        compact = torch.cat([certain.expand(B, 1, -1), compact], 1)
         # Position j of row b reads the row's last real position at or before j.
         src = torch.full((B, T), -1, dtype=torch.long)
         for b, r in enumerate(rows):
             mark = torch.full((T,), -1, dtype=torch.long)
-            mark[torch.from_numpy(r)] = torch.arange(len(r))
+            mark[torch.from_numpy(r)] = torch.arange(len(r)) + 1 - drop[b]
             src[b] = torch.cummax(mark, 0).values
         src = src.to(compact.device)
         out = compact.gather(1, src.clamp(min=0)[..., None].expand(B, T, compact.shape[-1]))
