@@ -55,7 +55,10 @@ class IndexedLinear(nn.Module):
         # unbind, not w[s]: the backward of 16 selects would write 16 zeroed copies of the
         # whole weight; unbind's stacks the 16 gradients once.
         y = torch.cat([rows[:cap] @ ws.T for ws, cap in zip(w.unbind(0), caps)])
-        base = torch.tensor([0, *caps[:-1]], device=x.device).cumsum(0)
+        # Where each map's rows start, computed on the device: a tensor made from a host list
+        # would be a blocking host-to-device copy in every step.
+        cap = (B * T // torch.arange(1, n + 1, device=x.device)).clamp_(max=B * K)
+        base = cap.cumsum(0) - cap
         where = base[slot] + rank.view(B, K).gather(1, up_k)
         return y[where]
 
