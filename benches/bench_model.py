@@ -10,9 +10,11 @@ multi-linear upsampling against the reference's per-offset loop.
 2. Per-batch stage lengths against padding every stage to max_seqlens (the reference), for
    the "1B" AU-Net-2 and AU-Net-3 at seq_len 8192 on real English prose: FLOPs per byte at
    the real widths, and CPU time of the same proportions scaled down, as ratios.
-3. The upsampling of one transition, forward + backward: our batched multi-linear map against
-   the reference's loop over the 16 offsets (torch.where, one host sync each), at the tiny
-   size and at the paper's AU-Net-2 size (512 <-> 2048, 2048 bytes).
+3. The upsampling of one transition, forward + backward: our batched multi-linear map (each
+   offset map on the prefix of coarse vectors that can use it) against the reference's loop
+   over the 16 offsets (torch.where, one host sync each) and against our previous version (all
+   16 maps on every coarse vector), at the tiny size and at the paper's AU-Net-2 size
+   (512 <-> 2048, 2048 bytes).
 4. Fused projections (one Q/K/V matmul, one W1/W3 matmul per block) against the same weights
    run as the reference's separate projections: ATen ops and matmuls per forward pass (what a
    GPU launches as kernels, eagerly), and CPU forward + backward time, as ratios.
@@ -53,7 +55,7 @@ from aunet.model import HierarchicalTransformer, stage_lengths  # noqa: E402
 from aunet.model.layers import Attention, FeedForward, apply_rope, causal_attention  # noqa: E402
 from aunet.model.lengths import stage_counts  # noqa: E402
 from aunet.model.pooling import build_transition, gather_rows, pool_index  # noqa: E402
-from model_helpers import indexed_up_loop  # noqa: E402
+from model_helpers import indexed_up_all_maps, indexed_up_loop  # noqa: E402
 
 CONFIGS = HERE.parent / "configs"
 
@@ -161,9 +163,16 @@ def upsample_rows(repeats: int) -> list[dict]:
             n = gather_rows(tr.up_norm(z), index.up_k)
             (tr.trans_up(n) + indexed_up_loop(n, tr.indexed_linear.weight, index.offset)).sum().backward()
 
-        t_batched, t_loop = best_times([batched, loop], repeats)
+        def all_maps():  # the previous batched version: all 16 maps on every coarse vector
+            tr.zero_grad(set_to_none=True)
+            n = tr.up_norm(z)
+            (gather_rows(tr.trans_up(n), index.up_k)
+             + indexed_up_all_maps(n, tr.indexed_linear.weight, index.up_k, index.offset)).sum().backward()
+
+        t_batched, t_loop, t_all = best_times([batched, loop, all_maps], repeats)
         rows.append({"size": label, "batch": B, "seq_len": T, "pooled": K, "batched_s": t_batched,
-                     "loop_s": t_loop, "loop_over_batched": t_loop / t_batched})
+                     "loop_s": t_loop, "loop_over_batched": t_loop / t_batched,
+                     "all_maps_s": t_all, "all_maps_over_batched": t_all / t_batched})
     return rows
 
 
@@ -299,13 +308,14 @@ def print_tables(result: dict) -> None:
               f"{r['flops_per_byte_useful'] / 1e6:>15.2f}M{r['seconds'] * 1e3:>9.1f}{r['bytes_per_s'] / 1e3:>8.1f}"
               f"{shape_e:>17}{fe['aunet_time_ratio']:>7.2f}x{shape_u:>19}{fu['aunet_time_ratio']:>7.2f}x")
     print()
-    head = f"{'upsampling':<22}{'B x T -> K':>16}{'batched ms':>12}{'loop ms':>10}{'loop/batched':>14}"
+    head = (f"{'upsampling':<22}{'B x T -> K':>16}{'batched ms':>12}{'loop ms':>10}{'loop/batched':>14}"
+            f"{'all 16 maps ms':>16}{'all/batched':>13}")
     print(head)
     print("-" * len(head))
     for r in result["upsampling"]:
         shape = f"{r['batch']}x{r['seq_len']}->{r['pooled']}"
         print(f"{r['size']:<22}{shape:>16}{r['batched_s'] * 1e3:>12.1f}{r['loop_s'] * 1e3:>10.1f}"
-              f"{r['loop_over_batched']:>13.2f}x")
+              f"{r['loop_over_batched']:>13.2f}x{r['all_maps_s'] * 1e3:>16.1f}{r['all_maps_over_batched']:>12.2f}x")
     print()
     head = (f"{'stage lengths':<11}{'caps':>13}{'bucketed':>13}{'GF/B useful':>13}{'GF/B exec':>11}{'GF/B padded':>13}"
             f"{'padded/exec':>13}{'exec/useful':>13}{'CPU padded/bucketed':>21}")

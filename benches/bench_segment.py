@@ -2,7 +2,9 @@
 
 Prints a table and writes JSON. For each corpus and strategy set: MB/s of the oracle, of ours
 on 1 thread and on every available thread (on the same documents), the ratios, and the share
-of bytes whose causal (streaming) level differs from the full-document level.
+of bytes whose causal (streaming) level differs from the full-document level. Second table:
+`levels_batch(threads=1)` against one `levels` call per document, on 1-10 KB and on 50-600 byte
+documents (the same text re-cut), timed in interleaved rounds.
 
     .venv/bin/python benches/bench_segment.py [--mb 40] [--oracle-mb 2] [--out FILE] [--quick]
 """
@@ -23,7 +25,9 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from report import save  # noqa: E402
-from corpora import multilingual_docs, stdlib_docs  # noqa: E402
+import random  # noqa: E402
+
+from corpora import cut, multilingual_docs, stdlib_docs  # noqa: E402
 from oracle import OracleSegmenter  # noqa: E402
 
 from aunet import Segmenter  # noqa: E402
@@ -77,6 +81,24 @@ def causal_gap(seg: Segmenter, docs: list[bytes]) -> tuple[float, float]:
     return differ / max(total, 1), differ_final / max(total_final, 1)
 
 
+def batch_vs_single(docs: list[bytes], repeats: int) -> list[dict]:
+    """One `levels_batch(threads=1)` call against one `levels` call per document."""
+    seg = Segmenter(SETS["word1+word2"])
+    rows = []
+    for name, corpus in (("1-10 KB documents", docs), ("50-600 B documents", cut(b"".join(docs), random.Random(0), 50, 600))):
+        fns = [lambda: [seg.levels(d) for d in corpus], lambda: seg.levels_batch(corpus, threads=1)]
+        best = [float("inf")] * 2
+        for _ in range(max(repeats, 3)):
+            for i, fn in enumerate(fns):
+                t = time.perf_counter()
+                fn()
+                best[i] = min(best[i], time.perf_counter() - t)
+        size = sum(map(len, corpus))
+        rows.append({"corpus": name, "docs": len(corpus), "levels_per_doc_mb_s": size / best[0] / 1e6,
+                     "levels_batch_1t_mb_s": size / best[1] / 1e6, "batch_time_over_per_doc": best[1] / best[0]})
+    return rows
+
+
 def run(mb: float, oracle_mb: float, repeats: int) -> dict:
     threads = len(os.sched_getaffinity(0))
     corpora = {
@@ -109,7 +131,8 @@ def run(mb: float, oracle_mb: float, repeats: int) -> dict:
                 "thread_scaling": t_one / t_all,
                 **dict(zip(("causal_gap", "causal_gap_char_final"), causal_gap(seg, small))),
             })
-    return {"threads": threads, "machine": platform.machine(), "python": platform.python_version(), "rows": rows}
+    return {"threads": threads, "machine": platform.machine(), "python": platform.python_version(), "rows": rows,
+            "batch_vs_levels": batch_vs_single(corpora["stdlib"], repeats)}
 
 
 def print_table(result: dict) -> None:
@@ -122,6 +145,13 @@ def print_table(result: dict) -> None:
             f"{r['corpus']:<13}{r['strategy']:<19}{r['oracle_mb_s']:>12.2f}{r['ours_1t_mb_s']:>9.0f}"
             f"{r['speedup_vs_oracle_1t']:>9.0f}x{r[f'ours_{th}t_mb_s']:>9.0f}{r['thread_scaling']:>7.2f}x{r['causal_gap']:>11.2%}{r['causal_gap_char_final']:>12.2%}"
         )
+    print()
+    head = f"{'stdlib, word1+word2':<22}{'docs':>8}{'levels each MB/s':>18}{'levels_batch 1t MB/s':>22}{'time batch/each':>17}"
+    print(head)
+    print("-" * len(head))
+    for r in result["batch_vs_levels"]:
+        print(f"{r['corpus']:<22}{r['docs']:>8}{r['levels_per_doc_mb_s']:>18.0f}{r['levels_batch_1t_mb_s']:>22.0f}"
+              f"{r['batch_time_over_per_doc']:>16.2f}x")
 
 
 def main() -> None:

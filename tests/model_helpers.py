@@ -78,6 +78,15 @@ def indexed_up_loop(x: torch.Tensor, weight: torch.Tensor, offset: torch.Tensor)
     return out
 
 
+def indexed_up_all_maps(x: torch.Tensor, weight: torch.Tensor, up_k: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """The previous batched multi-linear map: all 16 maps applied to every coarse vector x
+    [B, K, d_in] in one matmul, then each position gathers its (k, o mod 16) row. 16 K rows of
+    work where T are needed; the yardstick of the prefix-bounded version."""
+    y = torch.einsum("...d,oed->...oe", x, weight.to(x.dtype))
+    slot = up_k * weight.shape[0] + offset % weight.shape[0]
+    return y.flatten(1, 2).gather(1, slot[..., None].expand(-1, -1, y.shape[-1]))
+
+
 def sample_byte(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, rng: torch.Generator) -> int:
     """One byte from logits [vocab] (only ids < 256 are candidates); `sample_bytes` for one row."""
     return sample_bytes(logits[None], temperature, top_k, top_p, [rng])[0]

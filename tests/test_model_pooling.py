@@ -8,7 +8,7 @@ import torch
 from aunet.config import MAX_OFFSET, Pooling
 from aunet.model import HierarchicalTransformer
 from aunet.model.pooling import Transition, build_transition, gather_rows, pool_index
-from model_helpers import POOLING_COMBOS, POOLING_TYPES, indexed_up_loop, tiny_args
+from model_helpers import POOLING_COMBOS, POOLING_TYPES, indexed_up_all_maps, indexed_up_loop, tiny_args
 
 
 def naive_pool(levels: list[int], stage: int, out_len: int):
@@ -93,6 +93,63 @@ def test_multilinear_upsampling_values_and_gradients_match_the_offset_loop():
     torch.testing.assert_close(fast, slow, atol=1e-12, rtol=1e-10)
     for a, b in zip(grads_fast, grads_slow):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+
+
+def segment_levels(kind: str, B: int, T: int) -> torch.Tensor:
+    """Level masks whose segment lengths stress the prefix bound of each offset map."""
+    gen = torch.Generator().manual_seed(len(kind))
+    levels = torch.zeros(B, T, dtype=torch.long)
+    if kind == "random":
+        levels = (torch.rand(B, T, generator=gen) < 0.3).long()
+    elif kind == "singletons":  # every position pooled: K = T, map 0 only
+        levels[:] = 1
+    elif kind == "one long and many short":  # one segment wraps past 16 several times
+        levels[:, 60:] = 1
+        levels[1, 60:] = (torch.rand(T - 60, generator=gen) < 0.5).long()
+    elif kind == "exactly 16":  # every map used by every vector
+        levels[:, ::16] = 1
+    levels[:, 0] = 1
+    return levels
+
+
+@pytest.mark.parametrize("kind,K", [("random", 40), ("random", 8), ("singletons", 100), ("one long and many short", 30),
+                                    ("one long and many short", 200), ("exactly 16", 7), ("none pooled", 5)])
+def test_used_maps_only_equal_all_maps(kind, K):
+    """The upsampling computes each offset map only on the sorted prefix of coarse vectors that
+    use it; it must equal applying all 16 maps to every vector (the previous code), values and
+    gradients, including truncation (K below the pooled count: the tail's segment runs to the
+    end) and wrap-around. float64: the two compute the same products with different matmul
+    shapes, so they agree to rounding (1e-12)."""
+    torch.manual_seed(0)
+    tr = build_transition("simple_indexed_matmul", 12, 20, eps=1e-5).double()
+    B, T = 3, 200
+    index = pool_index(segment_levels(kind, B, T), 0, K)
+    z = torch.randn(B, K, 20, dtype=torch.float64, requires_grad=True)
+    wrt = [z, tr.up_norm.weight, tr.trans_up.weight, tr.indexed_linear.weight]
+    probe = torch.randn(B, T, 12, dtype=torch.float64)
+    fast = tr.up(z, index)
+    grads_fast = torch.autograd.grad((fast * probe).sum(), wrt)
+    n = tr.up_norm(z)
+    slow = gather_rows(tr.trans_up(n), index.up_k) + indexed_up_all_maps(n, tr.indexed_linear.weight, index.up_k, index.offset)
+    grads_slow = torch.autograd.grad((slow * probe).sum(), wrt)
+    torch.testing.assert_close(fast, slow, atol=1e-12, rtol=1e-10)
+    for a, b in zip(grads_fast, grads_slow):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+
+
+def test_decoding_step_takes_any_offset():
+    """`up_step` (one position per row, offsets up to any value) gathers each row's map: equal
+    to the all-maps computation, in float32 within 1e-5 (different reduction order)."""
+    torch.manual_seed(0)
+    for pooling_type in ("simple_indexed_matmul", "simple_non_param_indexed_matmul"):
+        tr = build_transition(pooling_type, 8, 16, eps=1e-5)
+        z = torch.randn(4, 1, 16)
+        offset = torch.tensor([[0], [5], [17], [40]])
+        got = tr.up_step(z, offset)
+        zero = torch.zeros(4, 1, dtype=torch.long)
+        n = tr.indexed_input(z, tr.norm_up(z))
+        want = tr.project_up(tr.norm_up(z)) + indexed_up_all_maps(n, tr.indexed_linear.weight, zero, offset)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_non_parametric_down_is_the_reference_interpolation():

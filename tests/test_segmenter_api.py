@@ -46,6 +46,23 @@ def test_batch_equals_single_documents():
     assert seg.levels_batch([]) == []
 
 
+def test_batch_of_a_list_gives_one_array_per_document_of_any_kind():
+    """Documents of every accepted kind (str, bytes, bytearray, memoryview, empty ones, from a
+    generator), each mask a uint8 array of its own length that stays valid (and writable) after
+    the others are dropped: the arrays are views made in Rust into one buffer they keep alive."""
+    seg = Segmenter(W12)
+    docs = ["hi there", b"", b"x, y", bytearray(b"two words"), memoryview(b"a b c"), "\u00e9t\u00e9 ici", ""]
+    for threads in (1, 3):
+        out = seg.levels_batch((d for d in docs), threads=threads)
+        assert [len(m) for m in out] == [len(d.encode() if isinstance(d, str) else bytes(d)) for d in docs]
+        keep = out[2]
+        del out
+        want = seg.levels(b"x, y")
+        assert keep.dtype == np.uint8 and keep.flags.writeable and np.array_equal(keep, want)
+    with pytest.raises(TypeError, match="document 1"):
+        seg.levels_batch([b"ok", 3.5])
+
+
 @pytest.mark.parametrize("arrow_type", [pa.string(), pa.large_string(), pa.binary(), pa.large_binary()])
 def test_batch_on_arrow_arrays_keeps_rows_and_nulls(arrow_type):
     seg = Segmenter(W12)

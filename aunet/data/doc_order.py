@@ -79,29 +79,51 @@ class SequentialOrder:
         return next(self._refs)
 
 
+#: Shuffle-buffer draws taken from the generator at once. A bulk draw of integers(n) equals n
+#: single draws, generator state included (PCG64 keeps its spare 32-bit half in its state), so
+#: the order is that of one draw per document; a snapshot replays the draws used so far.
+DRAWS_AT_ONCE = 256
+
+
 class DocOrder:
+    """A rank's documents, endlessly: units in a seeded order per epoch, rows through a seeded
+    shuffle buffer. Per document this is a few list operations (no numpy scalar, no generator
+    call): what a corpus of short documents spends its time on."""
+
     def __init__(self, source: ShardSource, rank: int, world_size: int, seed: int, shuffle_buffer: int):
         self.source, self.rank, self.world, self.seed = source, rank, world_size, seed
         self.buffer_size = max(1, shuffle_buffer)
         self.epoch = 0
         self.unit_cursor = 0  # position in this epoch's unit order
         self.row_cursor = 0  # index into the current unit's owned rows
-        # Shuffle buffer of (unit, row) rows; numpy so that snapshotting it per batch is a memcpy.
-        self.buffer = np.empty((self.buffer_size, 2), dtype=np.int64)
-        self.filled = 0
+        # Shuffle buffer of (unit, row), as two lists (made arrays only for a snapshot).
+        self._units: list[int] = []
+        self._rows: list[int] = []
         self.rng = np.random.default_rng([seed, rank, 1])
+        self._draws: list[int] = []  # drawn ahead; the next one is _draws[_used]
+        self._used = 0
+        self._rng_before = self.rng.bit_generator.state  # the state before _draws
         self.share = RankShare(source, rank, world_size)
         if self.share.end == self.share.start:
             raise ValueError(f"data source {source.directory}: no documents for rank {rank} of {world_size}")
-        self._order = self._unit_order(0)
-        self._owned: dict[int, np.ndarray] = {}
+        self._order = self._unit_order(0).tolist()
+        self._owned: dict[int, list[int]] = {}
+
+    @property
+    def filled(self) -> int:
+        return len(self._units)
+
+    @property
+    def buffer(self) -> np.ndarray:
+        """The documents in the shuffle buffer, [filled, 2] (unit, row)."""
+        return np.array([self._units, self._rows], dtype=np.int64).T.reshape(-1, 2)
 
     def _unit_order(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch, 2]).permutation(self.share.units)
 
-    def _rows_of_unit(self, unit: int) -> np.ndarray:
+    def _rows_of_unit(self, unit: int) -> list[int]:
         if unit not in self._owned:
-            self._owned[unit] = self.share.rows(unit)
+            self._owned[unit] = self.share.rows(unit).tolist()
         return self._owned[unit]
 
     def _next_owned(self) -> tuple[int, int]:
@@ -110,28 +132,46 @@ class DocOrder:
             if self.unit_cursor == len(self._order):
                 self.epoch += 1
                 self.unit_cursor, self.row_cursor = 0, 0
-                self._order = self._unit_order(self.epoch)
-            unit = int(self._order[self.unit_cursor])
+                self._order = self._unit_order(self.epoch).tolist()
+            unit = self._order[self.unit_cursor]
             rows = self._rows_of_unit(unit)
-            if self.row_cursor < rows.size:
+            if self.row_cursor < len(rows):
                 self.row_cursor += 1
-                return unit, int(rows[self.row_cursor - 1])
+                return unit, rows[self.row_cursor - 1]
             self.unit_cursor += 1
             self.row_cursor = 0
 
     def next(self) -> tuple[int, int]:
-        while self.filled < self.buffer_size:
-            self.buffer[self.filled] = self._next_owned()
-            self.filled += 1
-        i = int(self.rng.integers(self.filled))
-        unit, row = int(self.buffer[i, 0]), int(self.buffer[i, 1])
-        self.filled -= 1
-        self.buffer[i] = self.buffer[self.filled]
-        return unit, row
+        units, rows = self._units, self._rows
+        while len(units) < self.buffer_size:
+            unit, row = self._next_owned()
+            units.append(unit)
+            rows.append(row)
+        # Every draw is integers(buffer_size): the buffer is full when one is made.
+        if self._used == len(self._draws):
+            self._rng_before = self.rng.bit_generator.state
+            self._draws = self.rng.integers(self.buffer_size, size=DRAWS_AT_ONCE).tolist()
+            self._used = 0
+        i = self._draws[self._used]
+        self._used += 1
+        ref = units[i], rows[i]
+        units[i], rows[i] = units[-1], rows[-1]
+        units.pop()
+        rows.pop()
+        return ref
+
+    def _rng_state(self) -> dict:
+        """The generator's state after the draws used so far (as if drawn one at a time)."""
+        if self._used == len(self._draws):
+            return self.rng.bit_generator.state
+        replay = np.random.Generator(type(self.rng.bit_generator)())
+        replay.bit_generator.state = self._rng_before
+        replay.integers(self.buffer_size, size=self._used)
+        return replay.bit_generator.state
 
     def snapshot(self) -> tuple:
         """A cheap copy of the state (taken after every batch); `as_state` makes it JSON."""
-        return (self.epoch, self.unit_cursor, self.row_cursor, self.buffer[: self.filled].copy(), self.rng.bit_generator.state)
+        return (self.epoch, self.unit_cursor, self.row_cursor, self.buffer, self._rng_state())
 
     @staticmethod
     def as_state(snap: tuple) -> dict:
@@ -144,7 +184,7 @@ class DocOrder:
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.unit_cursor, self.row_cursor = state["epoch"], state["unit_cursor"], state["row_cursor"]
         refs = np.array(state["buffer"], dtype=np.int64).reshape(-1, 2)
-        self.filled = len(refs)
-        self.buffer[: self.filled] = refs
+        self._units, self._rows = refs[:, 0].tolist(), refs[:, 1].tolist()
         self.rng.bit_generator.state = state["rng"]
-        self._order = self._unit_order(self.epoch)
+        self._draws, self._used = [], 0
+        self._order = self._unit_order(self.epoch).tolist()

@@ -54,6 +54,7 @@ class PackedLoader:
         self.prefetch = data.prefetch_size if data.load_async else 0
         self.sources = [open_source(p, data.verify_shards) for p in self.paths]
         self.token_bytes = torch.from_numpy(self.sources[0].token_bytes)
+        self._token_bytes = np.ascontiguousarray(self.sources[0].token_bytes)
         depths = {s.depth for s in self.sources}
         if len(depths) != 1:
             raise ValueError(f"data.sources: the shard directories were segmented with different strategy depths {sorted(depths)}")
@@ -89,7 +90,8 @@ class PackedLoader:
             "targets": torch.from_numpy(tokens[:, 1:]),
             "levels": torch.from_numpy(levels[:, :-1]),
             "target_levels": torch.from_numpy(levels[:, 1:]),
-            "target_bytes": self.token_bytes[torch.from_numpy(tokens[:, 1:])],
+            # numpy's take: torch's indexing of a [B, S] int64 index costs ~7 ms a batch on the CPU.
+            "target_bytes": torch.from_numpy(np.take(self._token_bytes, tokens[:, 1:])),
         }
         if self.pin_memory:
             batch = {k: v.pin_memory() for k, v in batch.items()}

@@ -18,71 +18,90 @@ from aunet.data.doc_order import DocOrder, SequentialOrder
 
 
 class Packer:
+    """Assembles each window from slices of the documents it spans with one concatenation:
+    per document only a length look-up and two slices happen in Python."""
+
     def __init__(self, order: DocOrder | SequentialOrder, seq_len: int, add_bos: bool, add_eos: bool):
         self.order, self.seq_len, self.add_bos, self.add_eos = order, seq_len, add_bos, add_eos
         self.depth = order.source.depth
         self.bos, self.eos = order.source.bos_id, order.source.eos_id
         self.pending: list[tuple[int, int]] = []  # documents drawn and not yet fully emitted
         self.offset = 0  # tokens of pending[0] already behind the next window's start
+        self._lengths: list[int] = []  # framed length of each pending document
+        self._bos = (np.array([self.bos], dtype=np.int64), np.array([self.depth], dtype=np.uint8))
+        self._eos = (np.array([self.eos], dtype=np.int64), np.array([0], dtype=np.uint8))
 
     def _doc_len(self, ref: tuple[int, int]) -> int:
         return self.order.source.length(*ref) + int(self.add_bos) + int(self.add_eos)
-
-    def _copy(self, ref: tuple[int, int], start: int, take: int, tokens: np.ndarray, levels: np.ndarray, at: int) -> None:
-        """Tokens start..start+take of the document's [BOS] + bytes + [EOS] into tokens[at:]."""
-        text, mask = self.order.source.document(*ref)
-        head = int(self.add_bos)
-        end = start + take
-        if head and start == 0:
-            tokens[at], levels[at] = self.bos, self.depth
-            at, start = at + 1, 1
-        lo, hi = start - head, min(end - head, len(text))
-        if hi > lo:
-            tokens[at : at + hi - lo] = text[lo:hi]
-            levels[at : at + hi - lo] = mask[lo:hi]
-            at += hi - lo
-        if self.add_eos and end == len(text) + head + 1:
-            tokens[at], levels[at] = self.eos, 0
 
     def next_window(self) -> tuple[np.ndarray, np.ndarray, int]:
         """Tokens and levels of the next window (seq_len + 1 each), and how many of its targets
         are real: seq_len, fewer only in the padded last window of a finite order. Raises
         StopIteration once a finite order has no target left."""
         need = self.seq_len + 1
-        tokens = np.empty(need, dtype=np.int64)
-        levels = np.empty(need, dtype=np.uint8)
+        head, source = int(self.add_bos), self.order.source
+        pending, lengths = self.pending, self._lengths
+        toks: list[np.ndarray] = []
+        levs: list[np.ndarray] = []
         have, i = 0, 0
         while have < need:
-            if i == len(self.pending):
+            if i == len(pending):
                 try:
-                    self.pending.append(self.order.next())
+                    ref = self.order.next()
                 except StopIteration:
-                    return self._last_window(tokens, levels, have)
+                    return self._last_window(toks, levs, have)
+                pending.append(ref)
+                lengths.append(self._doc_len(ref))
             start = self.offset if i == 0 else 0
-            take = min(self._doc_len(self.pending[i]) - start, need - have)
+            take = min(lengths[i] - start, need - have)
             if take > 0:
-                self._copy(self.pending[i], start, take, tokens, levels, have)
+                # Tokens start..end of the document's [BOS] + bytes + [EOS].
+                end = start + take
+                if head and start == 0:
+                    toks.append(self._bos[0])
+                    levs.append(self._bos[1])
+                text, mask = source.document(*pending[i])
+                lo, hi = max(start - head, 0), min(end - head, len(text))
+                if hi > lo:
+                    toks.append(text[lo:hi])
+                    levs.append(mask[lo:hi])
+                if self.add_eos and end == lengths[i]:
+                    toks.append(self._eos[0])
+                    levs.append(self._eos[1])
             have += take
             i += 1
+        tokens, levels = self._join(toks, levs, need)
         # Advance by seq_len: the window's last token opens the next one.
-        advance = self.seq_len
+        advance, offset, done = self.seq_len, self.offset, 0
         while True:
-            length = self._doc_len(self.pending[0]) - self.offset
+            length = lengths[done] - offset
             if advance < length:
-                self.offset += advance
+                offset += advance
                 break
             advance -= length
-            self.pending.pop(0)
-            self.offset = 0
+            done += 1
+            offset = 0
+        del pending[:done], lengths[:done]
+        self.offset = offset
         return tokens, levels, self.seq_len
 
-    def _last_window(self, tokens: np.ndarray, levels: np.ndarray, have: int) -> tuple[np.ndarray, np.ndarray, int]:
+    @staticmethod
+    def _join(toks: list[np.ndarray], levs: list[np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray]:
+        tokens = np.zeros(size, dtype=np.int64)
+        levels = np.zeros(size, dtype=np.uint8)
+        if toks:
+            n = sum(len(t) for t in toks)
+            np.concatenate(toks, out=tokens[:n], casting="unsafe")
+            np.concatenate(levs, out=levels[:n], casting="unsafe")
+        return tokens, levels
+
+    def _last_window(self, toks: list[np.ndarray], levs: list[np.ndarray], have: int) -> tuple[np.ndarray, np.ndarray, int]:
         """The order ran out after `have` tokens: pad them into a last window, or stop when
         one token (already the previous window's last target) or none is left."""
-        self.pending, self.offset = [], 0
+        self.pending, self._lengths, self.offset = [], [], 0
         if have <= 1:
             raise StopIteration
-        tokens[have:], levels[have:] = 0, 0
+        tokens, levels = self._join(toks, levs, self.seq_len + 1)
         return tokens, levels, have - 1
 
     def snapshot(self) -> tuple:
@@ -98,5 +117,6 @@ class Packer:
 
     def load_state_dict(self, state: dict) -> None:
         self.pending = [tuple(r) for r in state["pending"]]
+        self._lengths = [self._doc_len(r) for r in self.pending]
         self.offset = state["offset"]
         self.order.load_state_dict(state["order"])

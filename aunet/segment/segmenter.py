@@ -120,10 +120,12 @@ class Segmenter:
             return self._levels_arrow(docs, threads)
         if isinstance(docs, (str, bytes)) or not isinstance(docs, Iterable):
             raise TypeError(f"levels_batch: expected a list of documents or a pyarrow array, got {type(docs).__name__}")
-        blobs = [_as_bytes(d, f"levels_batch document {i}") for i, d in enumerate(docs)]
-        flat = self._core.levels_many(blobs, threads)
-        bounds = np.cumsum([len(b) for b in blobs])[:-1]
-        return np.split(flat, bounds) if blobs else []
+        docs = docs if isinstance(docs, list) else list(docs)
+        try:  # bytes (and bytearray) go to Rust as they are, without a Python pass over them
+            return self._core.levels_list(docs, threads)
+        except TypeError:
+            blobs = [_as_bytes(d, f"levels_batch document {i}") for i, d in enumerate(docs)]
+            return self._core.levels_list(blobs, threads)
 
     def _levels_arrow(self, arr: "pa.Array", threads: int | None) -> "pa.Array":
         import pyarrow as pa

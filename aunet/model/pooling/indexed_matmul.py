@@ -2,12 +2,15 @@
 segment receives up(z) plus its own linear map of the coarse vector, one map per offset
 o(j) mod 16.
 
-All 16 maps are applied to every coarse vector in one matmul, then each position gathers its
-row (k, o mod 16): no per-offset loop, no host sync, one static graph. (The reference loops
-over the 16 offsets with `torch.where`, one host sync each, and keeps that function out of
-torch.compile.) It costs 16 * K / T times the minimal FLOPs of this layer (6x for AU-Net-2:
-~1% of the model) and saves only the normed z for backward; grouping rows by offset into
-padded blocks does fewer FLOPs but saves ~4x more activations.
+Only the maps that are used are computed, with static shapes and no host sync. Coarse vector k
+needs map s for s < L_k (its segment length; offsets past 15 wrap onto maps already computed).
+Sorted by L_k, longest first, the vectors that need map s are a prefix of n_s rows, and since
+the segments cover the B*T positions, n_s * (s + 1) <= B*T: map s runs on the first
+min(B*K, B*T / (s + 1)) sorted rows, a bound known from the shapes alone. That is
+sum_s min(K, T / (s + 1)) rows per batch row instead of 16 K (2.3x fewer FLOPs for AU-Net-2's
+first transition); each position then gathers its row. (The reference loops over the 16
+offsets with `torch.where`, one host sync each, and keeps that function out of torch.compile;
+the previous version here applied all 16 maps to every coarse vector.)
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from torch import nn
 
 from aunet.config.model import MAX_OFFSET
 from aunet.model.layers import RMSNorm, trunc_normal_
-from aunet.model.pooling.base import PoolIndex, gather_rows, register
+from aunet.model.pooling.base import PoolIndex, gather_rows, one_position, register
 from aunet.model.pooling.projection import NonParametric, Parametric, Projection
 
 
@@ -32,9 +35,32 @@ class IndexedLinear(nn.Module):
     def reset_parameters(self) -> None:
         trunc_normal_(self.weight, self.weight.shape[-1] ** -0.5)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Every map applied to every row: [..., d_in] -> [..., n, d_out], as one matmul."""
-        return torch.einsum("...d,oed->...oe", x, self.weight.to(x.dtype))
+    def forward(self, x: torch.Tensor, up_k: torch.Tensor, offset: torch.Tensor, segments: bool = True) -> torch.Tensor:
+        """y[b, j] = weight[offset[b, j] mod n] x[b, up_k[b, j]] for coarse rows x [B, K, d_in]:
+        [B, T, d_out]. With `segments` (a `pool_index`: each coarse row's positions are
+        contiguous with offsets 0, 1, ...), only the maps in use are computed; otherwise
+        (decoding: one position per row at any offset) each position gathers its map."""
+        w = self.weight.to(x.dtype)
+        n = w.shape[0]
+        slot = offset % n
+        if not segments:
+            return torch.einsum("btd,bted->bte", gather_rows(x, up_k), w[slot])
+        B, K, _ = x.shape
+        T = up_k.shape[1]
+        lengths = torch.zeros(B, K, dtype=up_k.dtype, device=up_k.device).scatter_add_(1, up_k, torch.ones_like(up_k))
+        order = torch.argsort(lengths.flatten(), descending=True, stable=True)
+        rank = torch.empty_like(order).scatter_(0, order, torch.arange(B * K, device=order.device))
+        rows = x.flatten(0, 1)[order]
+        caps = [min(B * K, B * T // (s + 1)) for s in range(n)]
+        # unbind, not w[s]: the backward of 16 selects would write 16 zeroed copies of the
+        # whole weight; unbind's stacks the 16 gradients once.
+        y = torch.cat([rows[:cap] @ ws.T for ws, cap in zip(w.unbind(0), caps)])
+        # Where each map's rows start, computed on the device: a tensor made from a host list
+        # would be a blocking host-to-device copy in every step.
+        cap = (B * T // torch.arange(1, n + 1, device=x.device)).clamp_(max=B * K)
+        base = cap.cumsum(0) - cap
+        where = base[slot] + rank.view(B, K).gather(1, up_k)
+        return y[where]
 
 
 class IndexedMatmulUp(Projection):
@@ -49,12 +75,18 @@ class IndexedMatmulUp(Projection):
         return n
 
     def up(self, z: torch.Tensor, index: PoolIndex) -> torch.Tensor:
+        return self.up_from(z, index, segments=True)
+
+    def up_step(self, z: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+        # One position per row at any offset: not the segments `pool_index` makes.
+        return self.up_from(z, one_position(len(z), z.device, offset), segments=False)
+
+    def up_from(self, z: torch.Tensor, index: PoolIndex, segments: bool) -> torch.Tensor:
         # Parameters are only reached through submodule calls: DeepSpeed ZeRO-3 gathers a
         # module's partitioned weights when that module is called, not when they are read.
         n = self.norm_up(z)
-        y = self.indexed_linear(self.indexed_input(z, n))
-        slot = index.up_k * MAX_OFFSET + index.offset % MAX_OFFSET
-        return gather_rows(y.flatten(1, 2), slot) + gather_rows(self.project_up(n), index.up_k)
+        y = self.indexed_linear(self.indexed_input(z, n), index.up_k, index.offset, segments=segments)
+        return y + gather_rows(self.project_up(n), index.up_k)
 
     @classmethod
     def params(cls, d_in: int, d_out: int) -> int:
@@ -62,8 +94,8 @@ class IndexedMatmulUp(Projection):
 
     @classmethod
     def flops(cls, d_in: int, d_out: int, fine: float, coarse: float) -> float:
-        # One (offset-specific) map per stage-i position; the 16 maps computed per coarse
-        # vector and the shared up are not counted.
+        # One (offset-specific) map per stage-i position; the rows computed beyond that (the
+        # static bound of each map's prefix) and the shared up are not counted.
         return cls.down_flops(d_in, d_out, coarse) + 6 * d_out * d_in * fine
 
 
