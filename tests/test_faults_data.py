@@ -118,3 +118,31 @@ def test_a_byte_flipped_in_place_is_caught_by_verify_shards(shards, tmp_path):
 def test_verify_shards_is_a_typed_config_key():
     cfg, unused = load_config(REPO_ROOT / "configs" / "tiny_aunet3.yaml", ["data.verify_shards=true"])
     assert cfg.data.verify_shards is True and "data.verify_shards" not in unused
+
+
+def test_a_rank_whose_share_is_only_empty_documents_fails_instead_of_spinning(tmp_path):
+    """Issue 29 item 7: with BOS and EOS off, empty documents give no token; a rank whose whole
+    share is empty (while the directory as a whole is not) used to loop for ever."""
+    import threading
+
+    path = write_jsonl(tmp_path / "a.jsonl", [""] * 300 + ["x" * 40] * 3)
+    out = tmp_path / "shards"
+    segment_corpus([path], out, STRATEGY)
+    errors = {}
+
+    def first_batch(rank: int) -> None:
+        data = DataArgs(sources={str(out): 1.0}, seq_len=16, batch_size=1, load_async=False, add_bos=False, add_eos=False)
+        try:
+            next(PackedLoader(data, rank, 2))
+            errors[rank] = None
+        except ValueError as e:
+            errors[rank] = str(e)
+
+    threads = [threading.Thread(target=first_batch, args=(r,), daemon=True) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "a loader is still looking for a token"
+    assert errors[1] is None  # the rank with text trains
+    assert f"data source {out}: every document of rank 0's share" in errors[0] and "BOS/EOS are off" in errors[0]

@@ -30,6 +30,8 @@ class Packer:
         self._lengths: list[int] = []  # framed length of each pending document
         self._bos = (np.array([self.bos], dtype=np.int64), np.array([self.depth], dtype=np.uint8))
         self._eos = (np.array([self.eos], dtype=np.int64), np.array([0], dtype=np.uint8))
+        share = getattr(order, "share", None)  # an endless order: its rank's documents per epoch
+        self._share_documents = share.end - share.start if share is not None else float("inf")
 
     def _doc_len(self, ref: tuple[int, int]) -> int:
         return self.order.source.length(*ref) + int(self.add_bos) + int(self.add_eos)
@@ -43,7 +45,7 @@ class Packer:
         pending, lengths = self.pending, self._lengths
         toks: list[np.ndarray] = []
         levs: list[np.ndarray] = []
-        have, i = 0, 0
+        have, i, empty = 0, 0, 0
         while have < need:
             if i == len(pending):
                 try:
@@ -52,6 +54,12 @@ class Packer:
                     return self._last_window(toks, levs, have)
                 pending.append(ref)
                 lengths.append(self._doc_len(ref))
+                empty = empty + 1 if lengths[-1] == 0 else 0
+                if empty > self._share_documents:
+                    # A whole epoch of this rank's documents gave no token (empty documents,
+                    # BOS and EOS off): no window can ever fill.
+                    raise ValueError(f"data source {source.directory}: every document of rank {self.order.rank}'s share "
+                                     f"({self._share_documents} documents) is empty and BOS/EOS are off: no tokens to train on")
             start = self.offset if i == 0 else 0
             take = min(lengths[i] - start, need - have)
             if take > 0:
