@@ -146,3 +146,22 @@ def test_a_rank_whose_share_is_only_empty_documents_fails_instead_of_spinning(tm
     assert not any(t.is_alive() for t in threads), "a loader is still looking for a token"
     assert errors[1] is None  # the rank with text trains
     assert f"data source {out}: every document of rank 0's share" in errors[0] and "BOS/EOS are off" in errors[0]
+
+
+def test_a_loader_state_is_refused_on_other_shards_naming_the_source(tmp_path):
+    """Issue 29 item 4: the same documents segmented again with another shard size are other
+    (record batch, row) numbers; a state saved on the first must not 'resume' on the second."""
+    path = write_jsonl(tmp_path / "a.jsonl", sample_texts(400))
+    out = tmp_path / "shards"
+    segment_corpus([path], out, STRATEGY, shard_size="4KB")
+    data = DataArgs(sources={str(out): 1.0}, seq_len=64, batch_size=2, load_async=False)
+    loader = PackedLoader(data)
+    for _ in range(3):
+        next(loader)
+    state = json.loads(json.dumps(loader.state_dict()))  # as a checkpoint stores it
+    again = PackedLoader(data)
+    again.load_state_dict(state)  # the same shards: accepted
+    shutil.rmtree(out)
+    segment_corpus([path], out, STRATEGY, shard_size="16KB")
+    with pytest.raises(ValueError, match=rf"^loader state is for other shards in {out}: the manifest's shard list"):
+        PackedLoader(data).load_state_dict(state)

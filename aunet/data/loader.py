@@ -12,6 +12,8 @@ that are on the host anyway.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import queue
 import threading
 
@@ -24,6 +26,13 @@ from aunet.data.packing import Packer
 from aunet.data.shard_source import ShardSource, SourceOpener
 from aunet.data.sources import source_path
 from aunet.model.lengths import lengths_from_counts, stage_counts
+
+
+def source_fingerprint(source) -> str:
+    """What a loader state's (record batch, row) numbers refer to: the manifest's shards, each
+    with its checksum and record-batch plan."""
+    shards = [[s.path, s.checksum, s.documents, s.text_bytes, s.batches] for s in source.manifest.shards]
+    return hashlib.sha256(json.dumps(shards).encode()).hexdigest()[:32]
 
 
 class PackedLoader:
@@ -68,6 +77,7 @@ class PackedLoader:
             Packer(DocOrder(src, rank, world_size, data.seed + 1000 * i, data.shuffle_buffer), data.seq_len, data.add_bos, data.add_eos)
             for i, src in enumerate(self.sources)
         ]
+        self.fingerprints = [source_fingerprint(src) for src in self.sources]
         self.mix = np.random.default_rng([data.seed, rank, 3])
         self.batches = 0
         self._state = self._snapshot()
@@ -109,6 +119,7 @@ class PackedLoader:
             "rank": self.rank,
             "world_size": self.world_size,
             "source_paths": list(self.paths),
+            "source_fingerprints": self.fingerprints,
         }
 
     def _run(self) -> None:
@@ -160,6 +171,15 @@ class PackedLoader:
         theirs = (state["rank"], state["world_size"], state["source_paths"])
         if mine != theirs:
             raise ValueError(f"loader state is for rank/world/sources {theirs}, this loader is {mine}")
+        # A state indexes documents by (record batch, row): on other shards the same numbers
+        # name other documents. States saved before fingerprints existed have none to compare.
+        saved = state.get("source_fingerprints")
+        if saved is not None:
+            changed = [path for path, a, b in zip(self.paths, saved, self.fingerprints) if a != b]
+            if changed:
+                raise ValueError(f"loader state is for other shards in {', '.join(changed)}: the manifest's shard list "
+                                 "(paths, checksums, record batches) differs from the one the state was saved on (the data "
+                                 "was re-segmented or changed); resume on that data, or start a new run")
         self.batches = state["batches"]
         self.mix.bit_generator.state = state["mix"]
         for packer, s in zip(self.packers, state["sources"]):
