@@ -33,7 +33,18 @@ $(VENV)/.ext-stamp: $(VENV)/.deps-stamp pyproject.toml $(RUST_SOURCES) $(EXT_MIS
 	$(PIP) install --no-deps --no-build-isolation -e .
 	touch $@
 
-install: $(VENV)/.ext-stamp
+# An overlay environment with the oldest supported transformers (requirements-oldest-transformers.txt):
+# everything else comes from .venv, so it costs one small download.
+OLDEST := $(VENV)/oldest-transformers
+$(OLDEST)/.stamp: requirements-oldest-transformers.txt | $(PY)
+	rm -rf $(OLDEST)
+	$(PYTHON) -m venv $(OLDEST)
+	echo "import site; site.addsitedir('$(abspath $(VENV))/lib/python$$($(PY) -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')/site-packages')" \
+		> $$(ls -d $(OLDEST)/lib/python3*/site-packages)/aunet_main_env.pth
+	$(OLDEST)/bin/python -m pip --disable-pip-version-check install --quiet --no-deps -r requirements-oldest-transformers.txt
+	touch $@
+
+install: $(VENV)/.ext-stamp $(OLDEST)/.stamp
 
 test-rust:
 	cargo test --workspace --quiet

@@ -6,6 +6,7 @@ the byte tokenizer never fails to decode; and the directory goes back into aunet
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -356,3 +357,24 @@ def test_hf_directory_continues_training_and_exports_from_checkpoints(tmp_path, 
     levels = torch.from_numpy(Segmenter(after_cfg.data.regex.strategy).levels(b"def pool(levels):", bos=True).astype(np.int64))[None]
     with torch.no_grad():
         assert (model(**enc).logits - after(enc["input_ids"], levels)[0]).abs().max().item() <= 1e-5
+
+
+def test_the_exported_code_runs_on_the_oldest_supported_transformers(dirs):
+    """The GPU machine has transformers 5.17, older than the pin: `make install` builds an
+    overlay environment with it (requirements-oldest-transformers.txt), and the same export
+    gives the same greedy bytes and logits there."""
+    oldest = REPO_ROOT / ".venv" / "oldest-transformers" / "bin" / "python"
+    assert oldest.exists(), "run `make install`: it builds .venv/oldest-transformers"
+    script = str(REPO_ROOT / "tests" / "scripts" / "hf_generate_check.py")
+    _, hf = dirs[2]
+    results = []
+    for python in (sys.executable, str(oldest)):
+        # One thread in both: the same sums in the same order, so greedy bytes compare exactly.
+        proc = subprocess.run([python, script, str(hf)], capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    pinned, old = results
+    assert old["version"] == "5.17.0" and pinned["version"] != old["version"]
+    assert old["greedy"] == pinned["greedy"]  # the same code on the same bytes, one process each
+    assert torch.allclose(torch.tensor(old["logits"]), torch.tensor(pinned["logits"]), atol=1e-5)

@@ -47,6 +47,11 @@ except ImportError as err:  # the file is loaded by transformers from the model 
 
 BOS_ID, EOS_ID = 256, 257
 
+# transformers names the cache that forward passes on `cache` from 5.24 and `past_key_values`
+# before; generation hands it back under the name the output class uses, so this code uses
+# whichever the installed version has (tested on 5.17 and the pinned version).
+CACHE_KWARG = "cache" if "cache" in getattr(CausalLMOutputWithPast, "__dataclass_fields__", {}) else "past_key_values"
+
 # Directories written before Q/K/V and W1/W3 were fused hold split projections: fused on load
 # (explicitly here, in case aunet.model was imported before transformers).
 register_transformers_conversion()
@@ -129,6 +134,8 @@ class AUNetForCausalLM(PreTrainedModel, GenerationMixin):
         ``return_dict=False`` gives the tuple (loss if any, logits, cache)."""
         if inputs_embeds is not None:
             raise ValueError("AU-Net reads bytes: pass input_ids, not inputs_embeds")
+        if cache is None:
+            cache = kwargs.pop("past_key_values", None)  # transformers before 5.24
         if input_ids is None or input_ids.dim() != 2:
             raise ValueError("input_ids must be a [batch, time] tensor of byte ids")
         if cache is not None and cache.generator.state is not None:
@@ -156,7 +163,7 @@ class AUNetForCausalLM(PreTrainedModel, GenerationMixin):
         if labels is not None:
             shifted = labels[:, 1:].to(logits.device)
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), shifted.flatten(), ignore_index=-100)
-        out = CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache)
+        out = CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_KWARG: cache})
         return out.to_tuple() if return_dict is False else out
 
     def _real_positions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[np.ndarray]:
@@ -232,6 +239,10 @@ class AUNetForCausalLM(PreTrainedModel, GenerationMixin):
 
     def prepare_inputs_for_generation(self, input_ids, next_sequence_length=None, cache=None, attention_mask=None,
                                       inputs_embeds=None, is_first_iteration=False, **kwargs):
+        if cache is None:
+            cache = kwargs.pop("past_key_values", None)  # transformers before 5.24
+        if not isinstance(cache, AUNetCache):
+            cache = None  # an empty cache object transformers made for a model it thought standard
         started = cache is not None and cache.generator.state is not None
         inputs = {"input_ids": input_ids[:, -1:] if started else input_ids,
                   "attention_mask": None if started else attention_mask, "cache": cache}
