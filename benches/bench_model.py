@@ -118,12 +118,18 @@ def train_step(args: ModelArgs, tokens: torch.Tensor, levels: torch.Tensor):
     return step
 
 
-def model_rows(repeats: int) -> list[dict]:
-    rows = []
+def tiny_batches():
+    """(config name, model args, seq_len, batch size, tokens, levels) of each tiny config."""
     for name in ("tiny_aunet2", "tiny_aunet3"):
         cfg, _ = load_config(CONFIGS / f"{name}.yaml")
-        m, T, B = cfg.model, cfg.data.seq_len, cfg.data.batch_size
+        T, B = cfg.data.seq_len, cfg.data.batch_size
         tokens, levels = text_batch(cfg.data.regex.strategy, B, T + 1)
+        yield name, cfg.model, T, B, tokens, levels
+
+
+def model_rows(repeats: int) -> list[dict]:
+    rows = []
+    for name, m, T, B, tokens, levels in tiny_batches():
         fractions = stage_fractions(levels, m.n_levels)
         targets = {"executed": flops_per_byte(m, T, padded=True).total,
                    "useful": flops_per_byte(m, T, fractions=fractions).total}
@@ -267,10 +273,7 @@ def split_projections():
 
 def fused_rows(repeats: int) -> list[dict]:
     rows = []
-    for name in ("tiny_aunet2", "tiny_aunet3"):
-        cfg, _ = load_config(CONFIGS / f"{name}.yaml")
-        m, T, B = cfg.model, cfg.data.seq_len, cfg.data.batch_size
-        tokens, levels = text_batch(cfg.data.regex.strategy, B, T + 1)
+    for name, m, T, B, tokens, levels in tiny_batches():
         torch.manual_seed(0)
         model = HierarchicalTransformer(m)
         counts = {}
@@ -295,11 +298,15 @@ def fused_rows(repeats: int) -> list[dict]:
     return rows
 
 
+def print_header(head: str) -> None:
+    print(head)
+    print("-" * len(head))
+
+
 def print_tables(result: dict) -> None:
     head = f"{'model':<13}{'params':>9}{'flops/B exec':>14}{'flops/B useful':>16}{'ms/step':>9}{'KB/s':>8}"
     head += f"{'flat (exec) LxD':>17}{'x flat':>8}{'flat (useful) LxD':>19}{'x flat':>8}"
-    print(head)
-    print("-" * len(head))
+    print_header(head)
     for r in result["models"]:
         fe, fu = r["flat_executed"], r["flat_useful"]
         shape_e = f"{fe['layers'][0]}x{fe['dimensions'][0]}"
@@ -310,8 +317,7 @@ def print_tables(result: dict) -> None:
     print()
     head = (f"{'upsampling':<22}{'B x T -> K':>16}{'batched ms':>12}{'loop ms':>10}{'loop/batched':>14}"
             f"{'all 16 maps ms':>16}{'all/batched':>13}")
-    print(head)
-    print("-" * len(head))
+    print_header(head)
     for r in result["upsampling"]:
         shape = f"{r['batch']}x{r['seq_len']}->{r['pooled']}"
         print(f"{r['size']:<22}{shape:>16}{r['batched_s'] * 1e3:>12.1f}{r['loop_s'] * 1e3:>10.1f}"
@@ -319,8 +325,7 @@ def print_tables(result: dict) -> None:
     print()
     head = (f"{'stage lengths':<11}{'caps':>13}{'bucketed':>13}{'GF/B useful':>13}{'GF/B exec':>11}{'GF/B padded':>13}"
             f"{'padded/exec':>13}{'exec/useful':>13}{'CPU padded/bucketed':>21}")
-    print(head)
-    print("-" * len(head))
+    print_header(head)
     for r in result["buckets"]:
         caps = "/".join(map(str, r["stage_caps"][1:]))
         got = "/".join(map(str, r["stage_lengths"][1:]))
@@ -330,8 +335,7 @@ def print_tables(result: dict) -> None:
     print()
     head = (f"{'projections':<13}{'ops/fwd fused':>15}{'split':>8}{'split/fused':>13}{'matmuls fused':>15}{'split':>8}"
             f"{'split/fused':>13}{'CPU split/fused':>17}")
-    print(head)
-    print("-" * len(head))
+    print_header(head)
     for r in result.get("fused", []):
         print(f"{r['model']:<13}{r['ops_fused']:>15}{r['ops_split']:>8}{r['split_over_fused_ops']:>12.2f}x"
               f"{r['matmuls_fused']:>15}{r['matmuls_split']:>8}{r['split_over_fused_matmuls']:>12.2f}x"
