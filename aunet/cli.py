@@ -7,6 +7,7 @@ the library.
                    [--temperature T] [--top-k K] [--top-p P] [--stop S] [--seed S]
     aunet eval --model DIR --data SHARD_DIR_OR_FILES... [--max-batches N] [--out FILE]
     aunet lm-eval ARGS...   lm-evaluation-harness's own command line, with `--model aunet`
+    aunet serve HF_DIR ARGS...   `transformers serve` (OpenAI-compatible HTTP) on an HF export
 
 Each command imports the library it calls inside its own function, for lazy loading only:
 `aunet --help` and argument errors answer without loading torch, and the optional extras
@@ -76,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     placement_options(v)
     sub.add_parser("lm-eval", help="run EleutherAI's lm-evaluation-harness with the model name 'aunet' registered",
                    add_help=False)
+    sub.add_parser("serve", help="serve an `aunet export --format hf` directory with transformers' OpenAI-compatible "
+                                 "server (`transformers serve`'s options follow the directory)", add_help=False)
     return p
 
 
@@ -130,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
         from aunet.inference.lm_eval_adapter import main as lm_eval_main
 
         return lm_eval_main(argv[1:])
+    if argv[:1] == ["serve"]:
+        # Every further argument is `transformers serve`'s (its own parser and help).
+        from aunet.hf.serve import serve
+
+        return serve(argv[1:])
     args = build_parser().parse_args(argv)
     from aunet.segment import SegmentError
 

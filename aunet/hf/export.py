@@ -77,11 +77,20 @@ def export_hf_from_export(export_dir: Path, out: Path, run_dir: Path | None = No
         "auto_map": {"AutoTokenizer": ["tokenization_aunet.AUNetTokenizer", None]},
         "bos_token": "<|bos|>", "eos_token": "<|eos|>", "pad_token": "<|eos|>",
         "add_bos_token": True, "add_eos_token": False, "split_special_tokens": True, "padding_side": "left",
+        "chat_template": CHAT_TEMPLATE,
         "model_max_length": cfg.model.max_seqlens[0] if cfg.model.max_seqlens[0] != -1 else cfg.eval.generator.max_tokens})
     _write_json(out / "special_tokens_map.json", {"bos_token": "<|bos|>", "eos_token": "<|eos|>", "pad_token": "<|eos|>"})
     bpb = held_out_bpb(run_dir, step) if run_dir is not None else None
     (out / "README.md").write_text(model_card(raw, cfg, step, n_params, bpb))
     return out
+
+
+# A byte-level chat format: each message as "<role>: text" on its own lines, and the assistant's
+# turn opened when a reply is asked for. No special tokens: the model sees these bytes as text
+# (BOS comes from the tokenizer), so any byte model can be served for chat; a model fine-tuned
+# on another format replaces it in tokenizer_config.json.
+CHAT_TEMPLATE = ("{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n\n{% endfor %}"
+                 "{% if add_generation_prompt %}assistant:{% endif %}")
 
 
 def hf_config(raw: dict[str, Any], step: int | None) -> dict[str, Any]:

@@ -222,6 +222,9 @@ class AUNetForCausalLM(PreTrainedModel, GenerationMixin):
         """Fill the generator's caches with the rows' real ids; the logits [B, vocab] that
         predict each row's next byte. (Generator.prefill takes texts; a row here may hold
         special ids anywhere, hence `prefill_ids`.)"""
+        # Every training document opens with BOS: a prompt tokenized without special tokens (a
+        # server's chat template, add_special_tokens=False) gets it here, as aunet generate's do.
+        real = [seq if seq[:1] == [BOS_ID] else [BOS_ID, *seq] for seq in real]
         streams = []
         for seq in real:
             # The stream continues the prompt's last document (the bytes after its last special id).

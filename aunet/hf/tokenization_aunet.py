@@ -23,6 +23,19 @@ BOS_TEXT = "<|bos|>"
 EOS_TEXT = "<|eos|>"
 
 
+def _byte_alphabet() -> dict[int, str]:
+    """GPT-2's byte-level alphabet: a printable character for every byte (what the Rust
+    ByteLevel decoder maps back to bytes)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), ord("\xff") + 1)]
+    chars = {b: chr(b) for b in printable}
+    extra = 256
+    for b in range(256):
+        if b not in chars:
+            chars[b] = chr(extra)
+            extra += 1
+    return chars
+
+
 class AUNetTokenizer(PreTrainedTokenizer):
     model_input_names = ["input_ids", "attention_mask"]
 
@@ -36,6 +49,22 @@ class AUNetTokenizer(PreTrainedTokenizer):
     @property
     def vocab_size(self) -> int:
         return 258
+
+    @property
+    def _tokenizer(self):
+        """The same ids as a Rust `tokenizers.Tokenizer` (bytes in GPT-2's byte-level alphabet,
+        no merges, BOS and EOS special), for code that decodes through one: `transformers
+        serve` streams with its `DecodeStream`. Encoding and decoding here stay this class's."""
+        if getattr(self, "_rust", None) is None:
+            from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+            alphabet = _byte_alphabet()
+            rust = Tokenizer(models.BPE(vocab={alphabet[b]: b for b in range(256)}, merges=[]))
+            rust.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+            rust.decoder = decoders.ByteLevel()
+            rust.add_special_tokens([AddedToken(BOS_TEXT, special=True), AddedToken(EOS_TEXT, special=True)])
+            self._rust = rust
+        return self._rust
 
     def get_vocab(self) -> dict[str, int]:
         vocab = {chr(i): i for i in range(256)}
