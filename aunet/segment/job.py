@@ -223,6 +223,12 @@ def process_file(
                 result.text_bytes += text_bytes
                 progress(batch.documents, text_bytes, batch.input_bytes)
             reported += batch.input_bytes
+    except BaseException as e:
+        if cancel is not None and not isinstance(e, Exception):
+            # An interrupt: the other workers stop at their next batch from now, not once this
+            # file's pipeline has shut down (long enough, under load, for another file to end).
+            cancel.set()
+        raise
     finally:
         stream.close()  # stops the threads (the segmenting one reads `batches`) before the file closes
         batches.close()
