@@ -12,7 +12,7 @@ import torch
 from aunet.data.doc_order import RankShare
 from aunet.data.shard_source import ShardSource
 from aunet.data.loader import PackedLoader
-from aunet.model.lengths import lengths_from_counts, stage_counts
+from aunet.model.lengths import batch_stage_fields
 
 
 class ReferenceDocOrder:
@@ -203,7 +203,5 @@ class ReferenceLoader(PackedLoader):
             "target_bytes": self.token_bytes[torch.from_numpy(tokens[:, 1:])],
         }
         if self.model is not None:
-            counts = stage_counts(levels[:, :-1], self.model)
-            batch["stage_counts"] = counts
-            batch["stage_lengths"] = lengths_from_counts(counts, self.model, S)
+            batch.update(batch_stage_fields(levels[:, :-1], self.model))
         return batch, self._snapshot()

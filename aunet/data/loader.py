@@ -25,7 +25,7 @@ from aunet.data.doc_order import DocOrder
 from aunet.data.packing import Packer
 from aunet.data.shard_source import ShardSource, SourceOpener
 from aunet.data.sources import source_path
-from aunet.model.lengths import lengths_from_counts, stage_counts
+from aunet.model.lengths import batch_stage_fields
 
 
 def source_fingerprint(source) -> str:
@@ -40,8 +40,8 @@ class PackedLoader:
     `target_levels` (uint8 [B, S]) and `target_bytes` (int32 [B, S]: bytes of text each target
     stands for; 0 for BOS/EOS); with a `model`, also `stage_lengths` (a list of ints: what
     `HierarchicalTransformer.forward` runs each stage on) and `stage_counts` (numpy int64
-    [B, L + 1]: every row's real positions per stage, for counting useful FLOPs). Only the
-    tensors go to the device. `state_dict()` describes the position after the last
+    [B, L + 1]: every row's real positions per stage) and `flops` ((useful, executed) training
+    FLOPs of the batch). Only the tensors go to the device. `state_dict()` describes the position after the last
     batch handed out (not the last one prefetched), so a restored loader continues with
     exactly the next batch."""
 
@@ -106,9 +106,7 @@ class PackedLoader:
         if self.pin_memory:
             batch = {k: v.pin_memory() for k, v in batch.items()}
         if self.model is not None:
-            counts = stage_counts(levels[:, :-1], self.model)
-            batch["stage_counts"] = counts
-            batch["stage_lengths"] = lengths_from_counts(counts, self.model, S)
+            batch.update(batch_stage_fields(levels[:, :-1], self.model))
         return batch, self._snapshot()
 
     def _snapshot(self) -> dict:

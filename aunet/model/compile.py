@@ -20,6 +20,7 @@ from torch import nn
 from aunet.config.model import ModelArgs
 from aunet.config.train import COMPILE_BACKENDS
 from aunet.model.layers import Block
+from aunet.model.lengths import round_up
 
 
 def compile_blocks(model: nn.Module, backend: str = "inductor") -> int:
@@ -39,4 +40,4 @@ def compile_shapes(args: ModelArgs, seq_len: int) -> int:
     caps = args.stage_lengths(seq_len)
     if args.stage_bucket == 0:
         return len(set(caps))
-    return 1 + sum(-(-cap // args.stage_bucket) for cap in caps[1:])
+    return 1 + sum(round_up(cap, args.stage_bucket) // args.stage_bucket for cap in caps[1:])

@@ -18,6 +18,12 @@ import numpy as np
 import torch
 
 from aunet.config.model import ModelArgs
+from aunet.model.flops import batch_flops
+
+
+def round_up(n: int, bucket: int) -> int:
+    """`n` rounded up to a multiple of `bucket` (> 0)."""
+    return -(-n // bucket) * bucket
 
 
 def _host_levels(levels) -> np.ndarray:
@@ -67,7 +73,7 @@ def lengths_from_counts(counts: np.ndarray, args: ModelArgs, seq_len: int, bucke
     lengths = [seq_len]
     for i in range(1, len(caps)):
         need = int(counts[:, i].max()) if len(counts) else 1
-        lengths.append(max(1, min(-(-need // bucket) * bucket, caps[i])))
+        lengths.append(max(1, min(round_up(need, bucket), caps[i])))
     return lengths
 
 
@@ -108,5 +114,15 @@ def bucketed_length(n: int, args: ModelArgs, bucket: int | None = None) -> int:
     if bucket <= 0 or n <= 0:
         return n
     limit = args.max_seqlens[0]
-    padded = -(-n // bucket) * bucket
+    padded = round_up(n, bucket)
     return max(n, padded if limit == -1 else min(padded, limit))
+
+
+def batch_stage_fields(levels: np.ndarray, args: ModelArgs) -> dict:
+    """What a batch carries about its stages, for inputs with `levels` [B, T] on the host:
+    `stage_counts` (each row's real positions per stage), `stage_lengths` (what the model runs,
+    bucketed) and `flops` ((useful, executed) training FLOPs, `aunet.model.flops.batch_flops`).
+    The loader computes them on its prefetch thread, so the training step only adds two floats."""
+    counts = stage_counts(levels, args)
+    lengths = lengths_from_counts(counts, args, levels.shape[1])
+    return {"stage_counts": counts, "stage_lengths": lengths, "flops": batch_flops(args, counts, lengths)}

@@ -90,16 +90,13 @@ class DeviceMetrics:
 
 
 def log_record(step: int, lr: float, totals: list[float], metrics: DeviceMetrics, elapsed: float, grad_norm,
-               world: int, peak_flops: float, estimate: float) -> dict:
+               world: int, peak_flops: float) -> dict:
     """One metrics.jsonl record from the summed (all-reduced) totals of `DeviceMetrics`.
     `peak_flops`: the peak FLOP/s of all ranks together. MFU is on useful FLOPs (the batches'
     real positions); `executed_flops_per_byte` and `mfu_executed` count what the model ran,
-    padding included. A loader that did not count FLOPs (no model given) falls back on
-    `estimate`, the model's FLOPs per input position at the expected stage shares."""
+    padding included; both are counted by the loader, batch by batch."""
     sums = dict(zip((*FIELDS, *WORK), totals))
     tokens = metrics.tokens * world
-    if not sums["executed_flops"]:
-        sums["useful_flops"] = sums["executed_flops"] = estimate * tokens
     return {
         "step": step,
         "loss": sums["loss"] / (metrics.micro_steps * world),

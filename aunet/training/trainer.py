@@ -32,13 +32,12 @@ import torch.distributed as dist
 import yaml
 
 from aunet.baselines.tokenized_source import source_opener
-from aunet.config import ModelArgs, TrainArgs, to_dict
+from aunet.config import TrainArgs, to_dict
 from aunet.data import PackedLoader
 from aunet.data.sources import TRAINING, VALIDATION, check_sources, resolve_sources, source_paths
 from aunet.model import HierarchicalTransformer
 from aunet.model.compile import compile_blocks, compile_shapes
 from aunet.model.convert import PARAM_LAYOUT
-from aunet.model.flops import batch_flops, flops_per_byte
 from aunet.model.layers import Block
 from aunet.training.accelerator import ensure_ds_accelerator, init_distributed
 from aunet.training.checkpoint import checksum_share, latest_complete, mark_complete, prune, tag_for
@@ -85,8 +84,8 @@ class Trainer:
         self.engine, self.optimizer = self._build_engine(init_from)
         self.step, self.damaged = self._resume()
         self.peak_flops = PEAK_FLOPS["cuda" if self.on_gpu else "cpu"] * self.world
-        self.flops_estimate = flops_per_byte(cfg.model, cfg.data.seq_len).total  # per input position: a byte, or a BPE token
-        trackers = open_trackers(cfg, self.dump, self.step, to_dict(cfg), yaml.safe_dump(to_dict(cfg), sort_keys=False)) \
+        config = to_dict(cfg)
+        trackers = open_trackers(cfg, self.dump, self.step, config, yaml.safe_dump(config, sort_keys=False)) \
             if self.rank == 0 else []
         self.log = MetricsLog(self.dump / "metrics.jsonl", self.rank == 0, trackers)
         self.metrics = DeviceMetrics(self.device)
@@ -202,7 +201,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         for _ in range(cfg.grad_acc_steps):
-            micro_step(self.engine, next(self.loader), self.device, self.metrics, cfg.model)
+            micro_step(self.engine, next(self.loader), self.device, self.metrics)
         self.metrics.end_step(self.engine.get_global_grad_norm())
         if step % cfg.gc_collect_freq == 0:
             gc.collect()
@@ -223,8 +222,7 @@ class Trainer:
             return
         totals = self.metrics.reduced(dist.all_reduce).tolist()
         self.last_record = log_record(step, lr, totals, self.metrics, time.perf_counter() - self.tic,
-                                      self.engine.get_global_grad_norm(), self.world, self.peak_flops,
-                                      self.flops_estimate)
+                                      self.engine.get_global_grad_norm(), self.world, self.peak_flops)
         self.log.write(self.last_record)
         self.metrics.reset()
         self.tic = time.perf_counter()
@@ -318,14 +316,14 @@ def compile_for_training(model, zero_stage: int, backend: str) -> None:
     compile_blocks(model, backend)
 
 
-def micro_step(engine, batch: dict, device, metrics: DeviceMetrics, model: ModelArgs | None = None) -> None:
+def micro_step(engine, batch: dict, device, metrics: DeviceMetrics) -> None:
     """Forward, backward and (at the accumulation boundary) the optimizer step of one
     micro-batch. Nothing here reads a tensor on the host: the copies are asynchronous (the
     loader pins its batches on GPUs), the metrics stay on the device, and the stage lengths
-    and FLOPs come from the loader as host numbers (given `model`, the FLOPs are counted)."""
+    and FLOPs come from the loader as host numbers."""
     lengths = batch.get("stage_lengths")
-    if model is not None and lengths is not None:
-        metrics.add_work(*batch_flops(model, batch["stage_counts"], lengths))
+    if "flops" in batch:
+        metrics.add_work(*batch["flops"])
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
     _, loss, (nats, scored) = engine(batch["tokens"], batch["levels"], batch["targets"], batch["target_levels"],
                                      batch["target_bytes"], stage_lengths=lengths)

@@ -90,11 +90,9 @@ def trainer_batch(windows, levels, args=None) -> dict:
     batch = {"tokens": windows[:, :-1], "targets": windows[:, 1:], "levels": levels[:, :-1], "target_levels": levels[:, 1:],
              "target_bytes": torch.ones_like(windows[:, 1:], dtype=torch.int32)}
     if args is not None and args.n_levels:
-        from aunet.model.lengths import lengths_from_counts, stage_counts
+        from aunet.model.lengths import batch_stage_fields
 
-        counts = stage_counts(batch["levels"].numpy(), args)
-        batch["stage_counts"] = counts
-        batch["stage_lengths"] = lengths_from_counts(counts, args, batch["tokens"].shape[1])
+        batch.update(batch_stage_fields(batch["levels"].numpy(), args))
     return batch
 
 
@@ -207,13 +205,13 @@ def batch_flops_per_byte(bench: Bench, B: int) -> tuple[float, float]:
     """(useful, executed) FLOPs per byte of the timed batch, as the trainer counts them: useful
     on each row's real positions, executed on the loader's bucketed stage lengths (a flat model
     runs every position, so both are the same)."""
-    from aunet.model.flops import batch_flops, flops_per_byte
+    from aunet.model.flops import flops_per_byte
 
     batch = bench.batch(B)
-    if "stage_lengths" not in batch:
+    if "flops" not in batch:
         flat = flops_per_byte(bench.args, bench.seq_len, padded=True).total / bench.bytes_per_position
         return flat, flat
-    useful, executed = batch_flops(bench.args, batch["stage_counts"], batch["stage_lengths"])
+    useful, executed = batch["flops"]
     scale = B * bench.seq_len * bench.bytes_per_position
     return useful / scale, executed / scale
 
