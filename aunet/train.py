@@ -17,7 +17,7 @@ if __name__ == "__main__" and sys.path and os.path.abspath(sys.path[0]) == os.pa
     sys.path.pop(0)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0],
         epilog="A rerun of the same command resumes from the run's newest complete checkpoint; a run without one may start "
@@ -29,7 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # set by the DeepSpeed launcher
     parser.add_argument("--stop-at", type=int, metavar="STEP", help="checkpoint and stop after this step (the schedule still runs to `steps`): for time-limited jobs")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     # Imported once the arguments parse, so that --help and usage errors answer without loading torch.
     from aunet.config import ConfigError, load_config

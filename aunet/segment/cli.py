@@ -127,11 +127,15 @@ def print_summary(m: Manifest, out: Path) -> None:
     print(f"manifest: {out / manifest_name(m.ranks[0], m.world_size)}")
 
 
-def verify_main(argv: list[str]) -> int:
+def verify_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aunet-segment verify", description="Check a shard directory against its manifest.")
     p.add_argument("dir", type=Path)
     p.add_argument("--deep", action="store_true", help="also recompute every mask with the manifest's strategy")
-    args = p.parse_args(argv)
+    return p
+
+
+def verify_main(argv: list[str]) -> int:
+    args = verify_parser().parse_args(argv)
     try:
         problems = verify(args.dir, args.deep)
     except ManifestError as e:
@@ -148,12 +152,16 @@ def verify_main(argv: list[str]) -> int:
     return 0
 
 
-def inspect_main(argv: list[str]) -> int:
+def inspect_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aunet-segment inspect", description="Print documents with their segment boundaries per stage.")
     p.add_argument("path", type=Path, help="a shard directory or one .arrow shard")
     p.add_argument("--limit", type=int, default=3, help="documents to print (default 3)")
     p.add_argument("--max-bytes", type=int, default=400, help="bytes of each document to print (default 400)")
-    args = p.parse_args(argv)
+    return p
+
+
+def inspect_main(argv: list[str]) -> int:
+    args = inspect_parser().parse_args(argv)
     try:
         for line in inspect(args.path, args.limit, args.max_bytes):
             print(line)
@@ -163,13 +171,17 @@ def inspect_main(argv: list[str]) -> int:
     return 0
 
 
-def merge_main(argv: list[str]) -> int:
+def merge_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aunet-segment merge", description="Combine the rank manifests of a --world-size run into manifest.json.")
     p.add_argument("dir", type=Path)
     p.add_argument("--world-size", type=int, default=None,
                    help="the run's number of ranks (default: that of the newest rank manifest); "
                         "rank manifests of another world size are removed")
-    args = p.parse_args(argv)
+    return p
+
+
+def merge_main(argv: list[str]) -> int:
+    args = merge_parser().parse_args(argv)
     try:
         merged = merge(args.dir, args.world_size)
     except ManifestError as e:
@@ -180,6 +192,8 @@ def merge_main(argv: list[str]) -> int:
 
 
 COMMANDS = {"verify": verify_main, "inspect": inspect_main, "merge": merge_main}
+#: The sub-commands' parsers, by name (tools/gen_docs.py documents them from these).
+SUBCOMMAND_PARSERS = {"verify": verify_parser, "inspect": inspect_parser, "merge": merge_parser}
 
 
 def main(argv: list[str] | None = None) -> int:
