@@ -65,7 +65,8 @@ class Pooling:
 
 @dataclass
 class BlockArgs:
-    """Settings shared by every transformer block of every stage (the reference's `model.block`)."""
+    """Settings shared by every transformer block of every stage (the reference's `model.block`);
+    the init settings are those of the weight initialisation."""
 
     rope_theta: float = 500000.0
     """RoPE base frequency (the published AU-Net configs use 500000; lingua's default is 10000)."""
@@ -120,7 +121,8 @@ class ModelArgs:
     L = len(dimensions) - 1 pooling transitions (L = 0 is a flat byte-level transformer)."""
 
     dimensions: list[int] = field(default_factory=lambda: [512, 2048])
-    """Width of each stage, byte level first."""
+    """Width of each stage, byte level first (SPEC section 4; the per-stage lists below have one
+    entry per stage, and the FLOP estimate reads them all)."""
     layers: list[int] = field(default_factory=lambda: [3, 25])
     """layers[i] is the depth of encoder i and of decoder i (i < L); layers[L] the trunk depth."""
     head_dims: list[int] = field(default_factory=lambda: [64, 128])
@@ -147,7 +149,8 @@ class ModelArgs:
     norm_eps: float = 1e-5
     """Epsilon of the final RMSNorm and of the level head's norm."""
     seed: int = 42
-    """Seed for the weight initialisation (applied by the trainer around model construction)."""
+    """Seed for the weight initialisation (applied by the trainer around model construction), so
+    the initial weights are the same for any number of ranks."""
     stage_bucket: int = 128
     """Each batch runs every stage below the byte level on as many positions as its rows need:
     the largest pooled count, rounded up to a multiple of this (so that the set of shapes, and of

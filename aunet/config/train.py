@@ -23,11 +23,13 @@ DEFAULT_STRATEGY = {"word1": "1@1"}
 
 @dataclass
 class TokenizerArgs:
+    """What ids the model reads; used by the loader, validation and `aunet eval`."""
+
     name: str = "bytes"
     """``bytes``: AU-Net reads bytes (ids 0-255, BOS 256, EOS 257). ``bpe``: a byte-level BPE
     file made by `aunet.baselines.bpe.train_bpe` (the BPE baseline of benches/compare.py; flat models only)."""
     path: str | None = None
-    """Tokenizer file, for ``bpe``."""
+    """Tokenizer file, for ``bpe`` (the BPE baseline's tokenizer file)."""
 
     @property
     def bpe_file(self) -> str | None:
@@ -41,9 +43,13 @@ class TokenizerArgs:
 
 @dataclass
 class RegexArgs:
+    """How bytes are grouped into the deeper stages' positions."""
+
     strategy: dict[str, str | None] = field(default_factory=lambda: dict(DEFAULT_STRATEGY))
     """Segmentation strategies, one per pooling level, in order: key = kind prefix
-    (``word``, ``pretok``, ``punct``), value = its parameter (SPEC section 2)."""
+    (``word``, ``pretok``, ``punct``), value = its parameter (SPEC section 2). Read by the
+    trainer's segmentation of raw-text sources, the check of shards against the model, `aunet
+    eval` on raw text, generation (prompt levels and the causal stream) and `aunet lm-eval`."""
 
     def __post_init__(self) -> None:
         require(len(self.strategy) >= 1, "strategy", "needs at least one strategy")
@@ -55,14 +61,22 @@ class RegexArgs:
 
 @dataclass
 class DataArgs:
+    """The training data loader (`aunet.data`) and the document framing shared by validation and
+    `aunet eval`."""
+
     root_dir: str | None = None
-    """Directory holding one sub-directory of shards per source."""
+    """Directory holding one sub-directory per source: `sources` and `eval.validation.sources`
+    are under it."""
     sources: dict[str, float] = field(default_factory=dict)
-    """Source sub-directory -> sampling weight."""
+    """Source sub-directory -> sampling weight (mixed per packed window). A source is an
+    `aunet-segment` shard directory, or raw-text files (JSONL, .gz, .zst, Parquet, Arrow, or a
+    folder of them) that the trainer segments at start-up into <dump_dir>/segmented/."""
     batch_size: int = 2
-    """Sequences per rank and micro-step."""
+    """Sequences per rank and micro-step (also DeepSpeed's micro-batch size and validation's
+    batch)."""
     seq_len: int = 2048
-    """Bytes per sequence (windows of seq_len + 1 are packed: inputs and shifted targets)."""
+    """Bytes per sequence (windows of seq_len + 1 are packed: inputs and shifted targets). Read
+    by the loader, validation and the FLOP estimate; `aunet lm-eval`'s default `max_length`."""
     n_views: int = 2
     """Shifted views per window: 2 = inputs and next-byte targets, the only value AU-Net trains
     with (the reference's published configs all say 2; more views would add multi-byte-ahead
@@ -70,11 +84,11 @@ class DataArgs:
     seed: int = 42
     """Seed of the shuffle buffer and of source sampling."""
     add_bos: bool = True
-    """Prefix every document with BOS (256)."""
+    """Prefix every document with BOS (256), in training, validation and `aunet eval`."""
     add_eos: bool = True
-    """Append EOS (257) to every document."""
+    """Append EOS (257) to every document, in training, validation and `aunet eval`."""
     load_async: bool = True
-    """Prepare batches in a background worker."""
+    """Prepare batches on a background thread."""
     prefetch_size: int = 64
     """Batches the background worker (`load_async`) prepares ahead of the training loop. Not
     the shuffle buffer: that is `shuffle_buffer`."""
@@ -82,6 +96,7 @@ class DataArgs:
     """Documents held in each source's shuffle buffer (seeded; 1 = documents in shard order
     within each rank's share)."""
     tokenizer: TokenizerArgs = field(default_factory=TokenizerArgs)
+    """The tokenizer: bytes for AU-Net, BPE for the BPE baseline."""
     regex: RegexArgs | None = field(default_factory=RegexArgs)
     """Segmentation strategies that produce the level masks; null for a flat model (L = 0)."""
     allow_shard_mismatch: bool = False
@@ -89,9 +104,10 @@ class DataArgs:
     `regex.strategy` and the model's pooling levels. Off: such a run stops with an error naming
     both; on: it goes on and reports each difference."""
     verify_shards: bool = False
-    """Check each shard's SHA-256 against its manifest when the loader first opens it (every
-    shard a rank reads, once per run: 1.4 GB/s per core from the page cache, about 0.7 s per
-    GB, plus the disk read). Off, opening a shard still checks its size, and mapping a record
+    """Check each shard's checksum (XXH3-128; SHA-256 in directories written before it) against
+    its manifest when the loader or validation first opens it (every shard a rank reads, once
+    per run: XXH3-128 reads about 9 GB/s per core from the page cache, about 0.1 s per GB per
+    rank, plus the disk read). Off, opening a shard still checks its size, and mapping a record
     batch checks its rows, text/mask lengths and level range (cheap)."""
 
     @property
@@ -112,16 +128,24 @@ class DataArgs:
 
 @dataclass
 class OptimArgs:
+    """The optimizer: DeepSpeed running torch's AdamW, and the learning-rate schedule
+    (`aunet/training/lr_schedule.py`)."""
+
     lr: float = 3e-4
     """Peak learning rate."""
     weight_decay: float = 0.1
+    """AdamW's decoupled weight decay."""
     epsilon: float = 1e-8
+    """AdamW's epsilon (added to the denominator)."""
     beta1: float = 0.9
+    """AdamW's first-moment decay."""
     beta2: float = 0.95
+    """AdamW's second-moment decay."""
     clip: float = 1.0
-    """Gradient clipping by global norm; 0 disables it."""
+    """Gradient clipping by global norm (DeepSpeed's); 0 disables it."""
     scheduler: str = "cosine"
-    """Learning-rate schedule after warmup: ``cosine`` (to lr * lr_min_ratio), ``linear`` or ``constant``."""
+    """Learning-rate schedule after warmup: ``cosine`` (to lr * lr_min_ratio at `steps`),
+    ``linear`` (likewise) or ``constant``."""
     warmup: int = 2000
     """Linear warmup steps."""
     lr_min_ratio: float = 0.1
@@ -148,6 +172,8 @@ class OptimArgs:
 
 @dataclass
 class DistributedArgs:
+    """How the trainer spreads the model over ranks (DeepSpeed's ZeRO config) and compiles it."""
+
     fsdp_type: str = "full_shard"
     """Sharding, in the reference's FSDP words: ``full_shard`` = DeepSpeed ZeRO-3 (the default:
     parameters, gradients and optimizer state partitioned, the model built partitioned),
@@ -163,7 +189,8 @@ class DistributedArgs:
     """The torch.compile backend: ``inductor`` (fused kernels), or ``aot_eager`` / ``eager`` to
     tell a compiler problem from a model problem."""
     model_dtype: str = "bf16"
-    """Training precision on GPUs (``bf16``, ``fp16``, ``fp32``); CPUs always train in fp32."""
+    """Training precision on GPUs (``bf16``, ``fp16``, ``fp32``: DeepSpeed's bf16 / fp16
+    sections); CPUs always train in fp32."""
     matmul_allow_tf32: bool = False
     """Let fp32 matrix products on NVIDIA GPUs use TF32 tensor cores (sets
     `torch.backends.cuda.matmul.allow_tf32` and cuDNN's in the trainer); no effect on CPUs or in
@@ -201,7 +228,7 @@ class DistributedArgs:
     segment_timeout_minutes: float = 1440.0
     """How long ranks wait for each other while raw-text sources are segmented at launch. They
     wait on a gloo process group of their own with this timeout, not on the training group,
-    whose NCCL watchdog would end the run after its 30 minutes."""
+    whose NCCL watchdog would end the run after its 30 minutes (default: 24 hours)."""
     zero_param_persistence_threshold: int | None = None
     """ZeRO-3 keeps parameters with fewer elements than this whole on every rank instead of
     gathering them in each forward and backward (norm weights, small embeddings). Default:
@@ -238,10 +265,13 @@ class DistributedArgs:
 
 @dataclass
 class SaveEvery:
+    """Cadence and pruning of training checkpoints."""
+
     every: int = 1000
     """Steps between saves."""
     keep: int = 0
-    """Saves kept; 0 keeps all."""
+    """Saves kept; 0 keeps all. Only checkpoints that passed their check count, so pruning never
+    goes below the newest good one."""
 
     def __post_init__(self) -> None:
         require(self.every >= 1, "every", f"must be >= 1, got {self.every}")
@@ -250,6 +280,8 @@ class SaveEvery:
 
 @dataclass
 class EvalEvery:
+    """Cadence of validation (held-out bpb, `eval.validation`)."""
+
     every: int = 1000
     """Steps between validations."""
 
@@ -259,6 +291,8 @@ class EvalEvery:
 
 @dataclass
 class CheckpointArgs:
+    """Where checkpoints go, how often, and what a new run starts from."""
+
     dump: SaveEvery = field(default_factory=SaveEvery)
     """Training checkpoints (model, optimizer, data-loader states)."""
     eval: EvalEvery = field(default_factory=EvalEvery)
@@ -266,7 +300,8 @@ class CheckpointArgs:
     dumps to keep) has no counterpart here, since validation writes only metrics.jsonl lines:
     it is reported as unused."""
     path: str | None = None
-    """Checkpoint directory; None means <dump_dir>/checkpoints."""
+    """Checkpoint directory (the trainer saves and resumes there; `aunet export --checkpoints`
+    reads it); None means <dump_dir>/checkpoints."""
     init_ckpt_path: str | None = None
     """Weights to start a new run from: an `aunet export` directory (or its model.safetensors),
     a checkpoint directory (its newest complete step_N/) or one step_N/ directory. Weights only:
@@ -301,8 +336,8 @@ class WandbArgs:
     """`online`, `offline` (no network: files under dump_dir/wandb, `wandb sync` later) or
     `disabled`; None: the WANDB_MODE variable, else online."""
     id: str | None = None
-    """The W&B run id (None: one derived from dump_dir, so that a resumed run continues the
-    same run and curves)."""
+    """The W&B run id (None: one derived from dump_dir; `wandb.init` runs with
+    `resume="allow"`, so that a resumed run continues the same run and curves)."""
 
     def __post_init__(self) -> None:
         require(self.mode is None or self.mode in WANDB_MODES, "mode", f"must be one of {', '.join(WANDB_MODES)}, got {self.mode!r}")
@@ -310,6 +345,9 @@ class WandbArgs:
 
 @dataclass
 class LoggingArgs:
+    """Metrics the trainer logs on rank 0: console, <dump_dir>/metrics.jsonl, and optionally
+    TensorBoard and Weights & Biases."""
+
     freq: int = 10
     """Steps between metric logs (console and metrics.jsonl)."""
     tensorboard: bool = False
@@ -325,8 +363,10 @@ class LoggingArgs:
 
 @dataclass
 class ValidationArgs:
+    """Held-out bpb during training (every `checkpoint.eval.every` steps, on all ranks)."""
+
     max_steps: int | None = None
-    """Validation batches per evaluation; None means the whole held-out set."""
+    """Validation batches per rank and evaluation; None means the whole held-out set."""
     sources: dict[str, float] = field(default_factory=dict)
     """Held-out shard directories (under data.root_dir, like data.sources) -> weight; their bpb
     is logged as val_bpb every checkpoint.eval.every steps. Empty: no validation."""
@@ -339,6 +379,8 @@ class ValidationArgs:
 
 @dataclass
 class GeneratorArgs:
+    """Inference settings stored with the model (they travel into exports)."""
+
     max_tokens: int = 16384
     """Longest prompt + generation of `aunet generate`, in bytes: a longer prompt keeps its last
     `max_tokens - max_bytes` bytes (the cache is sized for this many bytes)."""
@@ -353,33 +395,48 @@ class GeneratorArgs:
 
 @dataclass
 class EvalArgs:
+    """Evaluation during training and inference settings."""
+
     validation: ValidationArgs = field(default_factory=ValidationArgs)
+    """Held-out data evaluated during training."""
     generator: GeneratorArgs = field(default_factory=GeneratorArgs)
+    """Generation and inference settings."""
 
 
 @dataclass
 class TrainArgs:
+    """A whole training run: the sections below, composed."""
+
     name: str = "aunet"
-    """Run name."""
+    """Run name: the default dump_dir is runs/<name>; recorded in checkpoints."""
     dump_dir: str = ""
-    """Output directory (checkpoints, metrics, the saved config)."""
+    """Output directory (config.yaml, metrics.jsonl, checkpoints, segmented raw-text sources);
+    empty means runs/<name>."""
     seed: int = 42
-    """Seed of everything but the weight init (model.seed) and the data (data.seed)."""
+    """Torch seed of everything but the weight init (model.seed) and the data (data.seed), set
+    per rank and resume step."""
     grad_acc_steps: int = 1
-    """Micro-batches per optimizer step."""
+    """Micro-batches per optimizer step (the trainer's loop and DeepSpeed's config)."""
     gc_collect_freq: int = 1000
     """Steps between garbage collections: the trainer turns Python's automatic collector off
     and collects every this many steps on every rank at once, so no rank stalls a collective
     with a collection of its own at a random step."""
     steps: int = 1000
-    """Optimizer steps."""
+    """Optimizer steps: the run's last step, and the end of the learning-rate schedule."""
     data: DataArgs = field(default_factory=DataArgs)
+    """Training data and its framing."""
     optim: OptimArgs = field(default_factory=OptimArgs)
+    """Optimizer and learning-rate schedule."""
     model: ModelArgs = field(default_factory=ModelArgs)
+    """The architecture."""
     distributed: DistributedArgs = field(default_factory=DistributedArgs)
+    """Sharding, precision and compilation."""
     checkpoint: CheckpointArgs = field(default_factory=CheckpointArgs)
+    """Checkpoints and validation cadence."""
     logging: LoggingArgs = field(default_factory=LoggingArgs)
+    """Metrics and experiment tracking."""
     eval: EvalArgs = field(default_factory=EvalArgs)
+    """Validation and inference settings."""
 
     def __post_init__(self) -> None:
         for name in ("grad_acc_steps", "gc_collect_freq", "steps"):
