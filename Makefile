@@ -12,12 +12,13 @@ RUST_SOURCES := $(shell find rust_segmenter/src -name '*.rs') rust_segmenter/Car
 # A missing compiled module forces a rebuild even when the stamp survived (e.g. after git clean).
 EXT_MISSING := $(if $(wildcard aunet/_segmenter*.so),,force-rebuild)
 
-.PHONY: help install test test-rust test-python demo lock clean force-rebuild gpu-wheelhouse gpu-check
+.PHONY: help install test test-rust test-python demo docs lock clean force-rebuild gpu-wheelhouse gpu-check
 
 help:
 	@echo "make install   set up .venv: pinned dependencies + the compiled segmenter"
 	@echo "make test      install, then cargo test and pytest (what CI runs)"
 	@echo "make demo      the main job (see README)"
+	@echo "make docs      regenerate docs/configuration.md and docs/cli.md (config docstrings, CLI parsers)"
 	@echo "make lock      re-resolve requirements.lock from pyproject.toml"
 	@echo "make gpu-wheelhouse  offline wheels for a Python 3.12 GPU machine (see gpu-check)"
 	@echo "make gpu-check       the GPU acceptance run (benches/gpu_check.py), on a CUDA machine"
@@ -58,6 +59,10 @@ test: install test-rust test-python
 # ZeRO-3), evaluate held-out bpb, export, sample. A few minutes; output under runs/demo.
 demo: install
 	$(PY) -m aunet.demo --workdir runs/demo
+
+# The generated references; tests/test_docs.py fails while the committed files differ.
+docs: install
+	$(PY) tools/gen_docs.py
 
 # Resolve the newest versions allowed by pyproject.toml (all extras) in a scratch venv and pin them.
 lock:
