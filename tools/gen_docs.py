@@ -195,7 +195,7 @@ def cli_markdown() -> str:
            "(preprocessing), `aunet/train.py` (training, under the DeepSpeed launcher) and `aunet` "
            "(commands on trained models). Exit status: 0 on success, 1 on an error, 2 for bad "
            "arguments; `aunet-segment` also returns 3 when a run finished but rejected documents.\n\n"]
-    out.append("## aunet-segment\n\n")
+    out.append("## Preprocessing\n\n")
     out.append(parser_markdown(aunet.segment.cli.build_parser(), "aunet-segment", 3))
     for name, build in aunet.segment.cli.SUBCOMMAND_PARSERS.items():
         out.append(parser_markdown(build(), f"aunet-segment {name}", 3))
@@ -203,7 +203,7 @@ def cli_markdown() -> str:
     # --help shows the module docstring's first line; here it is given whole.
     out.append(parser_markdown(aunet.train.build_parser(), "deepspeed aunet/train.py", 3,
                                description=" ".join(aunet.train.__doc__.split())))
-    out.append("## aunet\n\n")
+    out.append("## Trained models\n\n")
     top = aunet.cli.build_parser()
     out.append(parser_markdown(top, "aunet", 3))
     sub = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
