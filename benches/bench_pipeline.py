@@ -9,7 +9,7 @@ the same run
 - the same with every file given three times (copies): the extra wall time is that of the extra
   text alone, the steady-state rate without start-up,
 - `Segmenter.levels_batch` on one thread over the same documents (Arrow batches), the
-  yardstick: the end-to-end figure divided by it is the ratio the README reports,
+  yardstick: the end-to-end figure divided by it is the ratio docs/benchmarks.md reports,
 - where one worker's time goes (decompression, JSON parsing, segmentation, writing; for
   Parquet: reading, segmentation, writing), timing the building blocks the command uses one
   stage at a time on one file,

@@ -16,7 +16,7 @@ FLOPs budget with the same trainer, compared on held-out bits per byte (the pape
 
 BPE bpb = total nats / total bytes / ln 2, counting the bytes each target token stands for.
 On a GPU: `--accelerator cuda --ranks N` with a larger --budget, --train-bytes and --seq-len
-(see the README).
+(see docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Where every benchmark's JSON goes (the README tables are copied from these files)."""
+"""Where every benchmark's JSON goes (the tables of docs/benchmarks.md are copied from these files)."""
 
 from __future__ import annotations
 

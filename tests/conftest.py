@@ -28,5 +28,5 @@ def pytest_report_header(config):
         line += f"; /dev/shm: {shm.used / 2**30:.1f} of {shm.total / 2**30:.1f} GiB used"
         stale = list(Path("/dev/shm").glob(DS_SHM_BUFFERS))
         if stale:
-            line += f" ({len(stale)} DeepSpeed buffers left by earlier runs; see the README's CPU notes)"
+            line += f" ({len(stale)} DeepSpeed buffers left by earlier runs; see docs/troubleshooting.md)"
     return line

@@ -1,4 +1,4 @@
-"""The benchmark scripts run (tiny sizes) and write the JSON their README tables come from."""
+"""The benchmark scripts run (tiny sizes) and write the JSON the tables of docs/benchmarks.md come from."""
 
 import json
 import subprocess

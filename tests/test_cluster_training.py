@@ -96,7 +96,7 @@ def test_a_training_step_has_no_host_sync_and_collectives_stay_on_the_device(tmp
         # No device synchronisation inside a step, DeepSpeed's included (its throughput timer
         # synchronises at every step's start and end unless switched off).
         assert rank["device_syncs"] == {}, rank["device_syncs"]
-        # DeepSpeed's own host reads are the ones the README names, no others: ZeRO-3's check
+        # DeepSpeed's own host reads are the ones docs/training.md names, no others: ZeRO-3's check
         # of the gradient norm (one per optimizer step), torch's unfused AdamW reading its step
         # count (CPU only; the fused CUDA kernel keeps it on the device) and, in the first
         # steps only, ZeRO-3's cross-rank check of the parameter trace it records.

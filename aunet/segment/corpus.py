@@ -284,7 +284,7 @@ def _run_parallel(out: Path, pending, opts: JobOptions, workers: int, progress: 
 
     Threads, not processes: every heavy stage of a file (zstd, the JSONL scanner, Parquet
     decoding, segmentation, XXH3, writes) runs with the GIL released, and two worker threads
-    measured as fast as two worker processes (benches/README), without a spawned interpreter
+    measured as fast as two worker processes (docs/benchmarks.md), without a spawned interpreter
     to start and import (about half a second per run). More processes on one machine: run
     several ranks (`--rank/--world-size`)."""
     todo = collections.deque(pending)
