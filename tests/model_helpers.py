@@ -7,7 +7,7 @@ import torch
 
 from aunet import Segmenter
 from aunet.config import BlockArgs, ModelArgs
-from aunet.inference.generate import sample_bytes
+from aunet.inference.sampling import sample_bytes
 from aunet.model import HierarchicalTransformer
 
 POOLING_TYPES = ["simple", "simple_repeat", "simple_indexed_matmul", "simple_non_param"]
@@ -87,6 +87,8 @@ def indexed_up_all_maps(x: torch.Tensor, weight: torch.Tensor, up_k: torch.Tenso
     return y.flatten(1, 2).gather(1, slot[..., None].expand(-1, -1, y.shape[-1]))
 
 
-def sample_byte(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, rng: torch.Generator) -> int:
-    """One byte from logits [vocab] (only ids < 256 are candidates); `sample_bytes` for one row."""
-    return sample_bytes(logits[None], temperature, top_k, top_p, [rng])[0]
+def sample_byte(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, seed: int, n: int) -> int:
+    """Byte `n` of a row seeded `seed` from logits [vocab] (only ids < 256 are candidates):
+    `sample_bytes` for one row."""
+    one = torch.ones(1, dtype=torch.long, device=logits.device)
+    return int(sample_bytes(logits[None], temperature, top_k, top_p, one * seed, one * n)[0])

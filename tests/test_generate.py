@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from aunet.config import BOS_ID, BlockArgs
-from aunet.inference.generate import Generator, decode_utf8, sample_bytes
+from aunet.inference.generate import Generator, decode_utf8
+from aunet.inference.sampling import sample_bytes
 from aunet.model import HierarchicalTransformer
 from aunet.segment.segmenter import Segmenter
 from model_helpers import POOLING_COMBOS, POOLING_TYPES, STRATEGIES, TEXT, sample_byte, tiny_args
@@ -174,23 +175,26 @@ def test_top_k_and_top_p_restrict_the_candidates():
     logits = torch.full((258,), -10.0)
     logits[[7, 9, 200]] = torch.tensor([3.0, 2.9, 0.0])
     logits[256] = 50.0  # BOS/EOS are never sampled
-    rng = torch.Generator().manual_seed(0)
-    assert {sample_byte(logits, 1.0, 2, 1.0, rng) for _ in range(200)} == {7, 9}
-    assert {sample_byte(logits, 1.0, 0, 0.3, rng) for _ in range(50)} == {7}
-    assert sample_byte(logits, 0.0, 0, 1.0, rng) == 7
+    assert {sample_byte(logits, 1.0, 2, 1.0, 0, n) for n in range(200)} == {7, 9}
+    assert {sample_byte(logits, 1.0, 0, 0.3, 0, n) for n in range(50)} == {7}
+    assert sample_byte(logits, 0.0, 0, 1.0, 0, 0) == 7
 
 
 def test_sampling_draws_each_byte_with_its_probability():
     probs = torch.tensor([0.5, 0.3, 0.2])
     logits = torch.full((258,), -float("inf"))
     logits[[10, 20, 30]] = probs.log()
-    rngs = [torch.Generator().manual_seed(s) for s in range(4000)]
-    drawn = sample_bytes(logits.expand(4000, -1), 1.0, 0, 1.0, rngs)
-    freq = torch.tensor([drawn.count(b) for b in (10, 20, 30)]) / 4000
-    assert set(drawn) == {10, 20, 30}
-    assert (freq - probs).abs().max() < 0.03
+    n = torch.arange(4000)
+    # One row's successive draws (counters 0..3999), and 4000 rows' first draws (seeds 0..3999):
+    # both must follow the distribution.
+    for seeds, counters in ((torch.zeros_like(n), n), (n, torch.zeros_like(n))):
+        drawn = sample_bytes(logits.expand(4000, -1), 1.0, 0, 1.0, seeds, counters).tolist()
+        freq = torch.tensor([drawn.count(b) for b in (10, 20, 30)]) / 4000
+        assert set(drawn) == {10, 20, 30}
+        # 0.03 is over 4 standard deviations of a frequency estimated from 4000 draws (<= 0.008).
+        assert (freq - probs).abs().max() < 0.03
     # A row draws what it draws alone.
-    assert drawn[:5] == [sample_byte(logits, 1.0, 0, 1.0, torch.Generator().manual_seed(s)) for s in range(5)]
+    assert drawn[:5] == [sample_byte(logits, 1.0, 0, 1.0, s, 0) for s in range(5)]
 
 
 def test_decode_utf8_trims_a_cut_character():
@@ -299,11 +303,11 @@ def test_a_batch_of_prompts_equals_each_prompt_alone(n_levels, pooling):
 
 def test_each_sequence_steps_its_deeper_stages_only_at_its_own_boundaries():
     model = build(3, "simple", seed=2)
-    rows_seen = {}
+    shapes = {}
 
     def counter(name):
         def hook(_module, inputs):
-            rows_seen[name] = rows_seen.get(name, 0) + inputs[0].shape[0] * inputs[0].shape[1]
+            shapes.setdefault(name, []).append(tuple(inputs[0].shape[:2]))
         return hook
 
     gen = Generator(model, STRATEGIES[2])
@@ -321,13 +325,18 @@ def test_each_sequence_steps_its_deeper_stages_only_at_its_own_boundaries():
         for h in handles:
             h.remove()
     steps = gen.state.stage_steps - before  # [B, 4]
+    levels = [gen.state.levels[b][-len(data):] for b in range(len(PROMPTS))]
     for b in range(len(PROMPTS)):
-        levels = gen.state.levels[b][-len(data):]
-        assert steps[b].tolist() == [sum(1 for v in levels if v >= s) for s in range(4)]
-    # Each stage ran exactly one row per sequence that stepped it: no row computed for nothing.
-    for s in range(3):
-        assert rows_seen[f"enc{s}"] == rows_seen[f"dec{s}"] == steps[:, s].sum()
-    assert rows_seen["trunk"] == steps[:, 3].sum() < steps[:, 2].sum() < steps[:, 1].sum() < steps[:, 0].sum()
+        # A row's stage s advanced exactly at its own bytes of level >= s.
+        assert steps[b].tolist() == [sum(1 for v in levels[b] if v >= s) for s in range(4)]
+    # Static shapes: a stage runs over the whole batch, one position per row, at the steps
+    # where some row climbs to it, and not at all at the others.
+    reached = [max(lv[t] for lv in levels) for t in range(len(data))]
+    for s in range(4):
+        names = ["trunk"] if s == 3 else [f"enc{s}", f"dec{s}"]
+        for name in names:
+            assert shapes[name] == [(len(PROMPTS), 1)] * sum(1 for r in reached if r >= s), name
+    assert steps[:, 3].sum() < steps[:, 2].sum() < steps[:, 1].sum() < steps[:, 0].sum()
 
 
 def test_caches_are_preallocated_and_written_in_place():
@@ -339,9 +348,10 @@ def test_caches_are_preallocated_and_written_in_place():
     for t in b"some more text here":
         gen.step([t, t])
     assert [layer.keys.data_ptr() for c in caches for layer in c.layers] == storage
-    # Stage 0 has a 6-byte window: a ring of 6 slots; the others hold prompt + room.
-    assert caches[0].ring and caches[0].layers[0].keys.shape[2] == 6
-    assert not caches[1].ring and caches[1].layers[0].keys.shape[2] == 15 + 1 + 20
+    # Stage 0 has a 6-byte window: a ring of 6 slots; the others hold prompt + room (and each
+    # one spare slot, where the rows that do not step write).
+    assert caches[0].ring and caches[0].layers[0].capacity == 6 and caches[0].layers[0].keys.shape[2] == 7
+    assert not caches[1].ring and caches[1].layers[0].capacity == 15 + 1 + 20
 
 
 def test_multibyte_characters_stream_level_zero_inside_a_character():

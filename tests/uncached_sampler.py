@@ -28,10 +28,9 @@ def uncached_generate(model, strategy, prompt: bytes, max_bytes: int, temperatur
     if stream is not None:
         stream.push(prompt)
     causal = seg.levels(prompt).tolist() if stream is not None else []
-    rng = torch.Generator().manual_seed(seed)
     out = bytearray()
     limit = model.args.max_seqlens[0]
-    for _ in range(max_bytes):
+    for n in range(max_bytes):
         data = bytes(prompt) + bytes(out)
         if seg is None:
             lv = [0] * (len(data) + 1)
@@ -42,7 +41,7 @@ def uncached_generate(model, strategy, prompt: bytes, max_bytes: int, temperatur
         if limit != -1 and len(data) + 1 > limit:
             data, lv = data[-(limit - 1):], [lv[0]] + lv[-(limit - 1):]
         logits, _ = model(torch.tensor([[BOS_ID, *data]]), torch.tensor([lv]) if seg is not None else None)
-        b = sample_byte(logits[0, -1], temperature, top_k, top_p, rng)
+        b = sample_byte(logits[0, -1], temperature, top_k, top_p, seed, n)
         out.append(b)
         if stream is not None:
             causal.append(int(stream.push(bytes([b]))[0]))

@@ -183,8 +183,8 @@ class HierarchicalTransformer(nn.Module):
 
     def new_cache(self, batch: int, capacity: int) -> DecodeCache:
         """An empty decoding state for `batch` sequences, with `capacity` positions reserved
-        per stage (capped by `max_seqlens`; caches grow by doubling past it; a stack with a
-        shorter sliding window keeps a ring of `window` slots)."""
+        per stage (capped by `max_seqlens`; a stack with a shorter sliding window keeps a ring
+        of `window` slots). `DecodeCache.grow` makes more room (a new shape)."""
         L, args = self.n_levels, self.args
         weight = self.tok_embeddings.weight
         stacks = [*self.encoders, self.trunk, *self.decoders]
@@ -196,7 +196,7 @@ class HierarchicalTransformer(nn.Module):
 
         caches = [StackCache(s, batch, room(i), weight.device, weight.dtype) for s, i in zip(stacks, stage)]
         coarse = [weight.new_zeros(batch, 1, args.dimensions[i + 1]) for i in range(L)]
-        return DecodeCache(caches, coarse, weight.device)
+        return DecodeCache(caches, coarse, weight.new_zeros(batch, 1, args.dimensions[0]))
 
     def decode_levels(self, levels: Sequence[int] | np.ndarray, positions: np.ndarray) -> np.ndarray:
         """The levels decoding runs new positions with (numpy, on the host, as `_check_levels`
@@ -213,10 +213,10 @@ class HierarchicalTransformer(nn.Module):
         if limit != -1 and length > limit:
             raise ValueError(f"a prompt of {length} tokens is longer than model.max_seqlens[0] = {limit}")
 
-    def check_room(self, rows: np.ndarray, cache: DecodeCache) -> None:
-        """ValueError unless each of `rows` can take one more position under `max_seqlens[0]`."""
+    def check_room(self, lengths: np.ndarray) -> None:
+        """ValueError unless sequences of `lengths` tokens can each take one more under `max_seqlens[0]`."""
         limit = self.args.max_seqlens[0]
-        if limit != -1 and (cache.stage(0).lengths[rows] >= limit).any():
+        if limit != -1 and (np.asarray(lengths) >= limit).any():
             raise ValueError(f"the sequence is full: model.max_seqlens[0] = {limit}")
 
     def prefill(self, tokens: Sequence[Sequence[int]], levels: Sequence[Sequence[int]] | None,
@@ -244,15 +244,31 @@ class HierarchicalTransformer(nn.Module):
         h = self._walk(self.tok_embeddings(tok_dev), route)
         return self.vocab(self.vocab_norm(h))[:, 0]
 
-    def step(self, tokens: np.ndarray, levels: np.ndarray, rows: np.ndarray, cache: DecodeCache) -> torch.Tensor:
-        """Append one token to each of `rows` (host int64 arrays) with its level (as
-        `decode_levels` gives it) and return their next-token logits [len(rows), vocab]. A
-        deeper stage runs only for the rows whose new token opens a segment there and whose
-        stage has room under `max_seqlens`."""
-        self.check_room(rows, cache)
-        levels = self.decode_levels(levels, cache.stage(0).lengths[rows])
-        route = StepRoute(self.args, cache, rows, np.asarray(tokens, dtype=np.int64), levels)
-        z = self._walk(self.tok_embeddings(route.tokens[:, None]), route)
+    def step_levels(self, tokens: torch.Tensor, levels: torch.Tensor | None, cache: DecodeCache) -> torch.Tensor:
+        """The levels [B] (device) a step runs `tokens` [B] with: `levels` (None: the level
+        head's prediction from each row's last features, or 0 for a model without one), levels
+        above L counting as L, and L at position 0 (a row's first position opens a segment at
+        every stage)."""
+        L = self.n_levels
+        if levels is None:
+            if hasattr(self, "level_mask"):
+                levels = self.level_logits(cache.hidden, tokens[:, None])[:, 0].argmax(-1)
+            else:
+                levels = torch.zeros_like(tokens)
+        return torch.where(cache.lengths[0] == 0, L, levels.clamp(max=L))
+
+    def step(self, tokens: torch.Tensor, levels: torch.Tensor | None, active: torch.Tensor, cache: DecodeCache,
+             depth: int | None = None) -> torch.Tensor:
+        """Append one token to every `active` row: `tokens`, `levels` (see `step_levels`) and
+        `active` are device tensors [B]; returns the next-token logits [B, vocab] (rows not
+        active get logits that mean nothing, and their state does not change). Shapes never
+        depend on the data, and nothing is read back to the host, so the step compiles to one
+        graph and can be captured as a CUDA graph. A deeper stage updates only the rows whose
+        new token opens a segment there and whose stage has room under `max_seqlens`; `depth`
+        (default L) skips the stages below it when the caller knows no row climbs there."""
+        levels = self.step_levels(tokens, levels, cache)
+        route = StepRoute(self.args, cache, levels, active, self.n_levels if depth is None else depth)
+        z = self._walk(self.tok_embeddings(tokens[:, None]), route)
         return self.vocab(self.vocab_norm(z))[:, 0]
 
     def _check_levels(self, tokens: torch.Tensor, levels: torch.Tensor | None) -> torch.Tensor:

@@ -16,7 +16,7 @@ from torch import nn
 
 from aunet.config.model import BlockArgs
 from aunet.model.attention import causal_attention
-from aunet.model.kv_cache import CachePrefill, CacheStep, LayerCache, StackCache
+from aunet.model.kv_cache import CachePrefill, CacheStep, LayerCache, StackCache, rope_frequencies
 
 
 def trunc_normal_(weight: torch.Tensor, std: float) -> None:
@@ -65,16 +65,8 @@ def rope_tables(length: int, head_dim: int, theta: float, device: torch.device) 
     Computed per forward pass rather than held in a buffer: a stage's length depends on the
     input, and a buffer would have to be rebuilt after meta-device construction.
     """
-    freqs = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    freqs = rope_frequencies(head_dim, theta, device)
     angles = torch.outer(torch.arange(length, device=device, dtype=torch.float32), freqs)
-    return angles.cos(), angles.sin()
-
-
-def rope_at(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin, [b, 1, head_dim / 2], of one position per row (decoding); the same
-    arithmetic as `rope_tables`, so angles round the same way."""
-    freqs = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
-    angles = positions.to(torch.float32)[:, None, None] * freqs
     return angles.cos(), angles.sin()
 
 
@@ -111,7 +103,7 @@ class Attention(nn.Module):
         k = apply_rope(k.view(B, T, self.n_kv_heads, self.head_dim), *rope).transpose(1, 2)
         v = v.reshape(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if isinstance(step, CacheStep):
-            assert cache is not None and step.mask is not None
+            assert cache is not None
             keys, values = cache.append(k, v, step)
             out = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=step.mask,
                                                  enable_gqa=self.n_heads != self.n_kv_heads)
@@ -194,11 +186,12 @@ class Stack(nn.Module):
     def forward(self, x: torch.Tensor, cache: StackCache | None = None,
                 step: CacheStep | CachePrefill | None = None) -> torch.Tensor:
         """x [B, T, dim]. For decoding, `cache` with a `CachePrefill` (a fresh right-padded
-        batch) or a `CacheStep` (x [b, 1, dim]: one new position for each of the step's rows)."""
+        batch) or a `CacheStep` (x [B, 1, dim]: one new position for every row, written to
+        the cache where the step's `active` is set)."""
         if not len(self.layers):
             return x
         if isinstance(step, CacheStep):
-            rope = rope_at(step.positions, self.head_dim, self.rope_theta)
+            rope = step.rope  # each row's own position, from frequencies computed once per batch
         else:
             rope = rope_tables(x.shape[1], self.head_dim, self.rope_theta, x.device)
         for n, layer in enumerate(self.layers):

@@ -7,14 +7,15 @@ encoder's output pools down, and how the coarse vectors come back up:
 - `FullRoute` (training, evaluation): a `PoolIndex` per transition from the levels, no cache.
 - `PrefillRoute`: the same pooling, and every stack fills its cache; each row's last coarse
   vector and last pooled position are kept for the steps that follow.
-- `StepRoute`: one new position per stepping row. The host plans which rows climb to each
-  stage (level above the stage, and room under `max_seqlens`) and uploads every index in one
-  copy; a row that does not climb to stage i+1 upsamples from its kept coarse vector.
+- `StepRoute`: one new position per row, with static shapes: every stage the step reaches
+  runs over the whole batch, and a mask per stage says which rows climb there (level above
+  the stage, and room under `max_seqlens`); a row that does not climb to stage i+1 leaves
+  that stage's caches alone and upsamples from its kept coarse vector. Everything is computed
+  on the device, so a step needs nothing from the host but how deep it may go.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from aunet.config.model import ModelArgs
@@ -75,85 +76,66 @@ class PrefillRoute(FullRoute):
         counts = index.valid.sum(1)
         self.valid.append(counts.tolist())
         rows = torch.arange(len(counts), device=counts.device)
-        self.store.last_pooled[i] = index.idx[rows, (counts - 1).clamp(min=0)].cpu().numpy()
+        self.store.last_pooled[i] = index.idx[rows, (counts - 1).clamp(min=0)]
         return x
 
     def up(self, i: int, z: torch.Tensor | None, transition: Transition) -> torch.Tensor:
         assert z is not None
         last = torch.tensor([max(c, 1) - 1 for c in self.valid[i + 1]], device=z.device)
-        self.store.coarse[i] = gather_rows(z, last[:, None]).clone()
+        self.store.coarse[i].copy_(gather_rows(z, last[:, None]))
         return super().up(i, z, transition)
 
     def finish(self, z: torch.Tensor) -> torch.Tensor:
-        store, L = self.store, self.store.n_levels
-        for i in range(L):
-            store.stage(i).lengths[:] = store.decoder(i).lengths[:] = self.valid[i]
-        store.stage(L).lengths[:] = self.valid[L]
+        store = self.store
+        store.lengths.copy_(torch.tensor(self.valid, dtype=torch.long))
         last = torch.tensor([n - 1 for n in self.valid[0]], device=z.device)
-        store.hidden = gather_rows(z, last[:, None]).clone()
+        store.hidden.copy_(gather_rows(z, last[:, None]))
         return store.hidden
 
 
 class StepRoute:
-    """One new position for each of `rows` (host array), whose tokens and levels are given."""
+    """One new position for every row of the batch: `tokens` [B] with `levels` [B] (device,
+    as `HierarchicalTransformer.step_levels` gives them), stepping only where `active` [B].
+    `depth`: the deepest stage any row may reach this step (a host int: the stages below it
+    do not run at all, which is what keeps a step that no row climbs in cheap)."""
 
-    def __init__(self, args: ModelArgs, cache: DecodeCache, rows: np.ndarray, tokens: np.ndarray,
-                 levels: np.ndarray):
-        L, store = args.n_levels, cache
-        self.store = store
-        # Plan every stage on the host: which rows step there (a new byte climbs while its
-        # level exceeds the stage and the next stage has room), at which positions.
-        self.rows, climbs = [rows], []
-        stage_lv = levels
-        for i in range(L):
-            go = stage_lv > i
+    def __init__(self, args: ModelArgs, cache: DecodeCache, levels: torch.Tensor, active: torch.Tensor, depth: int):
+        self.store = store = cache
+        self.depth = depth
+        self.positions = store.lengths.clone()  # [L+1, B], before this step
+        self.active = [active]
+        for i in range(depth):
+            go = self.active[i] & (levels > i)
             limit = args.max_seqlens[i + 1]
             if limit != -1:
-                go &= store.stage(i + 1).lengths[self.rows[i]] < limit
-            climbs.append(go)
-            self.rows.append(self.rows[i][go])
-            stage_lv = stage_lv[go]
-        parts = [tokens]
-        for i in range(L + 1):
-            parts += [self.rows[i], store.stage(i).lengths[self.rows[i]]]
-        for i in range(L):
-            here = self.rows[i]
-            # Which of stage i's rows go on, and each new position's offset from its row's last
-            # pooled position once this step is done (0 for the rows pooled now).
-            parts.append(np.flatnonzero(climbs[i]))
-            parts.append(np.where(climbs[i], 0, store.stage(i).lengths[here] - store.last_pooled[i, here]))
-        for i in range(L):
-            store.last_pooled[i, self.rows[i + 1]] = store.stage(i).lengths[self.rows[i + 1]]
-        dev = store.upload(parts)
-        self.tokens = dev[0]
-        self.rows_dev = [dev[1 + 2 * i] for i in range(L + 1)]
-        self.positions = [dev[2 + 2 * i] for i in range(L + 1)]
-        self.climb = [dev[2 * L + 3 + 2 * i] for i in range(L)]
-        self.offset = [dev[2 * L + 4 + 2 * i] for i in range(L)]
+                go = go & (self.positions[i + 1] < limit)
+            self.active.append(go)
 
     def enters(self, stage: int) -> bool:
-        return len(self.rows[stage]) > 0
+        return stage <= self.depth
 
     def cache(self, slot: int, stage: int) -> tuple[StackCache, CacheStep]:
         stack = self.store.stacks[slot]
-        return stack, stack.plan(self.rows[stage], self.rows_dev[stage], self.positions[stage])
+        return stack, stack.plan(self.positions[stage], self.active[stage])
 
     def down(self, i: int, e: torch.Tensor, transition: Transition) -> torch.Tensor:
-        return transition.down_step(e[self.climb[i]])
+        return transition.down_step(e)
 
     def up(self, i: int, z: torch.Tensor | None, transition: Transition) -> torch.Tensor:
-        coarse = self.store.coarse[i]
-        if z is not None:
-            coarse.index_copy_(0, self.rows_dev[i + 1], z)
-        return transition.up_step(coarse[self.rows_dev[i]], self.offset[i][:, None])
+        store = self.store
+        coarse, here = store.coarse[i], self.positions[i]
+        if z is None:  # stage i+1 did not run: no row climbs there
+            offset = here - store.last_pooled[i]
+        else:
+            climb = self.active[i + 1]
+            coarse.copy_(torch.where(climb[:, None, None], z.to(coarse.dtype), coarse))
+            offset = torch.where(climb, 0, here - store.last_pooled[i])
+            store.last_pooled[i].copy_(torch.where(climb, here, store.last_pooled[i]))
+        return transition.up_step(coarse, offset[:, None])
 
     def finish(self, z: torch.Tensor) -> torch.Tensor:
-        store, L = self.store, self.store.n_levels
-        for i in range(L):
-            store.stage(i).advance(self.rows[i])
-            store.decoder(i).advance(self.rows[i])
-        store.stage(L).advance(self.rows[L])
-        if store.hidden is None:
-            store.hidden = torch.zeros(store.batch, 1, z.shape[-1], device=z.device, dtype=z.dtype)
-        store.hidden.index_copy_(0, self.rows_dev[0], z)
+        store = self.store
+        for i, active in enumerate(self.active):
+            store.lengths[i] += active
+        store.hidden.copy_(torch.where(self.active[0][:, None, None], z.to(store.hidden.dtype), store.hidden))
         return z

@@ -1,0 +1,134 @@
+"""Decoding steps with static shapes (SPEC section 7): what makes them compilable and capturable
+as CUDA graphs, checked on the CPU: one graph with no break and no recompilation, no host
+read inside the chunks, a step with no active row changes nothing (the capture's warm-up), and
+the output does not depend on the chunk size."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from aunet.config import BOS_ID
+from aunet.inference.generate import Generator
+from aunet.model import HierarchicalTransformer
+from model_helpers import STRATEGIES, tiny_args
+from sync_counter import SyncCounter
+
+MIXED = ("The cat sat on the mat. Кошка сидела на ковре. 我们今天去公园散步，然后回家。 "
+         "def pool(levels): return levels > 0  ") * 2
+
+
+def build(levels: int, seed: int = 0, **kw) -> HierarchicalTransformer:
+    torch.manual_seed(seed)
+    return HierarchicalTransformer(tiny_args(levels, "simple_indexed_matmul", **kw)).eval()
+
+
+def cache_snapshot(cache) -> list[torch.Tensor]:
+    tensors = [cache.lengths, cache.last_pooled, cache.hidden, *cache.coarse]
+    # The spare slot past each cache's capacity takes the inactive rows' writes: not state.
+    tensors += [t[:, :, :layer.capacity] for stack in cache.stacks for layer in stack.layers
+                for t in (layer.keys, layer.values)]
+    return [t.clone() for t in tensors]
+
+
+def test_a_step_with_no_active_row_leaves_the_decoding_state_as_it_was():
+    """What the CUDA-graph capture's warm-up run relies on, at every depth."""
+    model = build(3, seed=1, max_seqlens=[-1, 20, 10, 4])
+    gen = Generator(model, STRATEGIES[2])
+    gen.prefill([b"The cat sat", b"", "Кошка".encode()], room=8)
+    cache = gen.state.cache
+    before = cache_snapshot(cache)
+    B = cache.batch
+    with torch.no_grad():
+        for depth in range(4):
+            model.step(torch.full((B,), 65), torch.full((B,), 3), torch.zeros(B, dtype=torch.bool), cache, depth)
+    for a, b in zip(before, cache_snapshot(cache)):
+        assert torch.equal(a, b)  # nothing is written: the very same values, not close ones
+
+
+@pytest.mark.parametrize("n_levels", [1, 2])
+def test_the_step_compiles_to_one_graph_without_breaks_or_recompilation(n_levels):
+    """fullgraph=True fails on any graph break; dynamo's counters show a single compiled frame
+    over 200 bytes of mixed English, Cyrillic and CJK text at full depth, and one per depth
+    when the depth follows the levels (at most L + 1)."""
+    from torch._dynamo.utils import counters
+
+    model = build(n_levels, seed=2)
+    data = MIXED.encode()[:200]
+    eager = Generator(model, STRATEGIES[n_levels - 1])
+    want = [eager.prefill([b"Once"], room=len(data))[0]] + [eager.step([t])[0] for t in data]
+    levels = eager.state.levels[0][-len(data):]
+
+    torch._dynamo.reset()
+    counters.clear()
+    step = torch.compile(model.step, fullgraph=True, dynamic=False, backend="aot_eager")
+    for depth_follows_levels in (False, True):
+        gen = Generator(model, STRATEGIES[n_levels - 1])
+        got = [gen.prefill([b"Once"], room=len(data))[0]]
+        cache = gen.state.cache
+        active = torch.ones(1, dtype=torch.bool)
+        with torch.no_grad():
+            for t, lv in zip(data, levels):
+                depth = lv if depth_follows_levels else n_levels
+                got.append(step(torch.tensor([t]), torch.tensor([lv]), active, cache, depth)[0])
+        assert (torch.stack(got) - torch.stack(want)).abs().max().item() <= 1e-4
+        frames = counters["stats"]["unique_graphs"]
+        assert frames == (n_levels + 1 if depth_follows_levels else 1), dict(counters["stats"])
+    assert sum(counters["graph_break"].values()) == 0
+    assert counters["stats"]["unique_graphs"] == len(set(levels) | {n_levels})
+
+
+def host_reads(gen: Generator, prompts: list[bytes], max_bytes: int) -> tuple[int, int]:
+    """(host reads of prefill alone, host reads of the whole generate call)."""
+    with SyncCounter().counting() as prefill:
+        gen.prefill(prompts, room=max_bytes)
+    with SyncCounter().counting() as whole:
+        out = gen.generate(prompts, max_bytes, temperature=0.8, top_k=40, seed=3)
+    assert all(len(o) == max_bytes for o in out)
+    return len(prefill.calls), len(whole.calls)
+
+
+@pytest.mark.parametrize("kind", ["flat", "level head"])
+def test_64_bytes_in_chunks_of_16_read_the_host_at_most_4_times(kind):
+    if kind == "flat":
+        model, gen_kw = build(0, dimensions=[16], layers=[2], head_dims=[8], sliding_windows=[-1],
+                              max_seqlens=[-1]), dict(strategy=None)
+    else:
+        model, gen_kw = build(2, seed=9, lambda_level=0.5), dict(strategy=None, levels="head")
+    gen = Generator(model, chunk=16, **gen_kw)
+    prefill, whole = host_reads(gen, [b"The cat", b"Once upon a time"], 64)
+    assert whole - prefill <= 4
+
+
+def test_segmenter_levels_read_one_byte_per_step():
+    """The segmenter runs on the host: one read per generated byte, no more."""
+    model = build(2, seed=4)
+    gen = Generator(model, STRATEGIES[1], chunk=16)
+    prefill, whole = host_reads(gen, [b"The cat"], 32)
+    assert whole - prefill <= 32
+
+
+@pytest.mark.parametrize("kind", ["flat", "level head", "segmenter"])
+def test_the_output_does_not_depend_on_the_chunk_size_and_stops_at_the_right_byte(kind):
+    if kind == "flat":
+        model = build(0, dimensions=[16], layers=[2], head_dims=[8], sliding_windows=[4], max_seqlens=[-1])
+        kw = dict(strategy=None)
+    elif kind == "level head":
+        model, kw = build(2, seed=9, lambda_level=0.5), dict(strategy=None, levels="head")
+    else:
+        model, kw = build(2, seed=5), dict(strategy=STRATEGIES[1])
+    prompts = [b"The", b"", "Кошка сидела".encode()]
+    sampling = dict(temperature=1.3, top_k=50, top_p=0.95, seed=11)
+    outs = {chunk: Generator(model, chunk=chunk, **kw).generate(prompts, 40, **sampling) for chunk in (1, 5, 16, 64)}
+    assert outs[1] == outs[5] == outs[16] == outs[64]
+    first = outs[16][2]
+    stop = first[7:9]
+    for chunk in (1, 5, 16):
+        gen = Generator(model, chunk=chunk, **kw)
+        cut = gen.generate(prompts, 40, **sampling, stop=[stop])
+        assert cut[2] == first[: first.index(stop) + len(stop)]
+        # A stopped row's tokens are its prompt and every byte but the one that stopped it.
+        assert gen.state.tokens[2] == [BOS_ID, *prompts[2], *cut[2][:-1]]
+        streamed = b"".join(bytes([b]) for b in Generator(model, chunk=chunk, **kw).stream(prompts[2], 40, **sampling,
+                                                                                            stop=[stop]))
+        assert streamed == cut[2]
