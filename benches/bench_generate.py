@@ -11,18 +11,28 @@
    about the rate of word boundaries, not of characters.
 4. The lm-evaluation-harness adapter: loglikelihood requests per second, batched (16) against
    one at a time.
+5. With `--baseline REV`: bytes/s and ATen ops per decoding step (one byte for every row) at
+   each batch size (benches/decode_rate.py), for this tree and for the tree at git revision REV, run in turn
+   in fresh processes, `--rounds` times, the median of each; ratios are this tree's over REV's.
 
 Model: configs/tiny_aunet3.yaml with random weights and no max_seqlens limit, strategy word1
 1@1 + word2 2@1.
 
     .venv/bin/python benches/bench_generate.py [--lengths 512 2048] [--batches 1 8 32] [--threads 1] [--out FILE] [--quick]
+        [--baseline REV [--rounds 3] [--decode-bytes 128]]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
+import shutil
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -98,6 +108,53 @@ def lm_eval_rate(model, cfg, requests: int, batch: int) -> dict:
             "speedup": rates[batch] / rates[1]}
 
 
+def tree_at(rev: str, into: Path) -> Path:
+    """The repository's files at `rev` under `into`, with this tree's compiled segmenter (the
+    module is not in git; its interface is older than anything this compares)."""
+    root = HERE.parent
+    archive = subprocess.run(["git", "-C", str(root), "archive", rev], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    for so in (root / "aunet").glob("_segmenter*.so"):
+        shutil.copy(so, into / "aunet" / so.name)
+    return into
+
+
+def decode_rates(tree: Path, batches: list[int], n: int, threads: int) -> list[dict]:
+    """benches/decode_rate.py (this tree's copy) with `tree`'s `aunet` first on the path."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    cmd = [sys.executable, str(HERE / "decode_rate.py"), "--batches", *map(str, batches), "--bytes", str(n),
+           "--threads", str(threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tree, timeout=1800)
+    if proc.returncode != 0:
+        raise RuntimeError(f"decode_rate.py failed on {tree}:\n{proc.stderr[-3000:]}")
+    rows = json.loads(proc.stdout)
+    for r in rows:
+        if not r["aunet"].startswith(str(tree.resolve())):
+            raise RuntimeError(f"decode_rate.py imported {r['aunet']}, not the tree under {tree}")
+    return rows
+
+
+def side_by_side(rev: str, batches: list[int], n: int, rounds: int, threads: int) -> list[dict]:
+    """Per batch size: this tree's and REV's bytes/s (median over `rounds` alternating runs)
+    and ops per step, with their ratios."""
+    with tempfile.TemporaryDirectory(prefix="aunet-baseline-") as tmp:
+        trees = {"current": HERE.parent, "baseline": tree_at(rev, Path(tmp))}
+        runs: dict[str, list[list[dict]]] = {name: [] for name in trees}
+        for _ in range(rounds):
+            for name, tree in trees.items():
+                runs[name].append(decode_rates(tree, batches, n, threads))
+    rows = []
+    for k, batch in enumerate(batches):
+        row = {"batch": batch, "bytes_each": n}
+        for name in trees:
+            row[f"{name}_bytes_per_s"] = statistics.median(run[k]["bytes_per_s"] for run in runs[name])
+            row[f"{name}_ops_per_step"] = runs[name][0][k]["ops_per_step"]
+        row["speed_ratio"] = row["current_bytes_per_s"] / row["baseline_bytes_per_s"]
+        row["ops_ratio"] = row["current_ops_per_step"] / row["baseline_ops_per_step"]
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lengths", type=int, nargs="+", default=[512, 2048])
@@ -106,6 +163,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "bench_generate.json")
     ap.add_argument("--quick", action="store_true", help="a smoke run: short lengths, batches 1 and 4")
+    ap.add_argument("--baseline", metavar="REV", help="also measure decoding at git revision REV, side by side")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating runs of each tree with --baseline")
+    ap.add_argument("--decode-bytes", type=int, default=128, help="bytes per sequence for --baseline")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     lengths = [64, 128] if a.quick else a.lengths
@@ -133,8 +193,19 @@ def main() -> None:
         print(f"  {name:<13} " + " / ".join(f"{v:.2f}" for v in s))
     print(f"\nlm-eval loglikelihood: {lm['one_at_a_time_per_s']:.1f} requests/s one at a time, "
           f"{lm['batched_per_s']:.1f} batched ({lm['batch']}): {lm['speedup']:.1f}x")
+    versus = None
+    if a.baseline:
+        versus = side_by_side(a.baseline, batches, 16 if a.quick else a.decode_bytes, 1 if a.quick else a.rounds,
+                              a.threads)
+        print(f"\nthis tree against {a.baseline} (benches/decode_rate.py, median of {1 if a.quick else a.rounds}):")
+        print(f"{'batch':>6} {'B/s':>9} {'base B/s':>9} {'ratio':>6} {'ops/step':>9} {'base ops':>9} {'ratio':>6}")
+        for r in versus:
+            print(f"{r['batch']:>6} {r['current_bytes_per_s']:>9.1f} {r['baseline_bytes_per_s']:>9.1f} "
+                  f"{r['speed_ratio']:>5.2f}x {r['current_ops_per_step']:>9.1f} {r['baseline_ops_per_step']:>9.1f} "
+                  f"{r['ops_ratio']:>5.2f}x")
     save(a.out, {
         "rows": rows, "batched": batch_rows, "stage_share": share, "lm_eval": lm,
+        "baseline": a.baseline, "versus_baseline": versus,
         "model": "configs/tiny_aunet3.yaml, max_seqlens -1, random weights", "strategy": STRATEGY,
         "threads": a.threads, "torch": torch.__version__, "machine": platform.platform(),
     })

@@ -265,8 +265,10 @@ def test_bench_generate_quick_run_writes_json(tmp_path):
     from helpers import REPO_ROOT
 
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, str(REPO_ROOT / "benches" / "bench_generate.py"), "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    # HEAD as the baseline: the side-by-side machinery (git archive, the other tree first on
+    # the path) runs, and the same code must count the same ATen ops per step.
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "benches" / "bench_generate.py"), "--quick", "--out", str(out),
+                           "--baseline", "HEAD"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert [r["bytes"] for r in result["rows"]] == [64, 128]
@@ -276,6 +278,14 @@ def test_bench_generate_quick_run_writes_json(tmp_path):
     for share in result["stage_share"].values():
         assert share[0] == 1.0 and 0 < share[2] <= share[1] < 1
     assert result["lm_eval"]["batched_per_s"] > 0 and result["lm_eval"]["one_at_a_time_per_s"] > 0
+    versus = result["versus_baseline"]
+    assert [r["batch"] for r in versus] == [1, 4]
+    # Op counts do not depend on timing; they match when the working tree's model code is HEAD's.
+    unchanged = not subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "aunet"],
+                                   capture_output=True, text=True, check=True).stdout.strip()
+    for r in versus:
+        assert r["current_bytes_per_s"] > 0 and r["baseline_bytes_per_s"] > 0 and r["baseline_ops_per_step"] > 100
+        assert r["ops_ratio"] == 1.0 or not unchanged
 
 
 PROMPTS = [b"The cat sat on", b"", "Кошка сидела на ковре, 我们".encode(), b"def pool(levels):\n    return"]
