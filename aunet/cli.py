@@ -4,7 +4,7 @@ the library.
     aunet export (--checkpoints DIR [--step N] | --model EXPORT_DIR) --out DIR [--format aunet|hf]
     aunet import-lingua CHECKPOINT_DIR --out DIR
     aunet generate --model DIR [--prompt TEXT]... [--prompts-file FILE] [--prompt-file PATH]... [--batch-size B] [--max-bytes N]
-                   [--temperature T] [--top-k K] [--top-p P] [--stop S] [--seed S]
+                   [--temperature T] [--top-k K] [--top-p P] [--stop S] [--seed S] [--chunk N]
     aunet eval --model DIR --data SHARD_DIR_OR_FILES... [--max-batches N] [--out FILE]
     aunet lm-eval ARGS...   lm-evaluation-harness's own command line, with `--model aunet`
     aunet serve HF_DIR ARGS...   `transformers serve` (OpenAI-compatible HTTP) on an HF export
@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stop", action="append", default=[], type=stop_bytes,
                    help="stop after this string (repeatable; its bytes as the shell passes them)")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--chunk", type=whole(1), default=None,
+                   help="bytes generated between two reads of the output by the host (default: the generator's, "
+                        "16): streamed text arrives in pieces of this size; where levels come from the segmenter, "
+                        "each byte is read anyway")
     placement_options(g)
     v = sub.add_parser("eval", help="bits per byte on shard directories or raw text, as JSON")
     v.add_argument("--model", type=Path, required=True)
@@ -206,7 +210,8 @@ def generate(args) -> int:
         raise ValueError(f"--max-bytes {args.max_bytes} leaves no room for a prompt within the model's "
                          f"eval.generator.max_tokens = {limit} bytes")
     prompts = [keep_tail(p, limit - args.max_bytes) for p in prompts]
-    gen = Generator(model, cfg.data.regex.strategy if cfg.data.regex is not None else None)
+    gen = Generator(model, cfg.data.regex.strategy if cfg.data.regex is not None else None,
+                    **({} if args.chunk is None else {"chunk": args.chunk}))
     sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                     stop=args.stop, seed=args.seed)
     if len(prompts) == 1:

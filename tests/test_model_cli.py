@@ -105,6 +105,21 @@ def test_generate_cli_streams_what_the_generator_produces(exported):
     assert proc.stdout == "The cat" + expected.decode("utf-8", "replace") + "\n"
 
 
+def test_generate_cli_chunk_changes_when_bytes_are_read_not_which(exported):
+    """--chunk sets how often the host reads the output; the sampled bytes are the same (the same
+    arithmetic in both runs: exact). A chunk of 0 is refused at parse time."""
+    def run(*extra):
+        return subprocess.run([venv_script("aunet"), "generate", "--model", str(exported / "export"), "--prompt", "Once",
+                               "--max-bytes", "20", "--temperature", "0.9", "--seed", "3", *extra],
+                              capture_output=True, text=True)
+
+    one, whole = run("--chunk", "1"), run("--chunk", "64")
+    assert one.returncode == whole.returncode == 0, one.stderr[-2000:] + whole.stderr[-2000:]
+    assert one.stdout == whole.stdout and one.stdout.startswith("Once")
+    bad = run("--chunk", "0")
+    assert bad.returncode == 2 and "--chunk" in bad.stderr
+
+
 def test_generate_cli_runs_several_prompts_as_one_batch_in_order(exported, tmp_path):
     prompts_file = tmp_path / "prompts.jsonl"
     prompts_file.write_text('"def f(x):\\n"\n\n"Кошка"\n')
