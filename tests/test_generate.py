@@ -277,6 +277,8 @@ def test_bench_generate_quick_run_writes_json(tmp_path):
     assert [r["batch"] for r in result["batched"]] == [1, 4] and result["batched"][0]["x_batch_1"] == 1.0
     for share in result["stage_share"].values():
         assert share[0] == 1.0 and 0 < share[2] <= share[1] < 1
+    for share in result["steps_reaching"].values():
+        assert share[0] == 1.0 and 0 <= share[2] <= share[1] <= 1
     assert result["lm_eval"]["batched_per_s"] > 0 and result["lm_eval"]["one_at_a_time_per_s"] > 0
     versus = result["versus_baseline"]
     assert [r["batch"] for r in versus] == [1, 4]
