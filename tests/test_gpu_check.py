@@ -70,6 +70,9 @@ def test_cpu_smoke_generation_and_throughput_records(smoke):
     assert 0 < gen["full_bf16_vs_fp32"]["max_abs"]  # bf16 really ran: it is not bit-exact
     steps = gen["stage_steps"]
     assert steps[0] > steps[1] > steps[2] > 0  # deeper stages step once per segment
+    # Sampling speed: eager only on the CPU (CUDA graphs need CUDA), batch 1 and 32.
+    assert [(r["batch"], r["cuda_graphs"]) for r in gen["decode"] if r["levels"] == "segmenter"] == [(1, False), (32, False)]
+    assert all(r["bytes_per_s"] > 0 for r in gen["decode"])
     rows = [smoke["parts"][n] for n in ("throughput_aunet2", "throughput_bytes", "throughput_bpe")]
     assert all(r["bytes_per_s"] > 0 and r["batch"] in gpu_check.SMOKE.batches for r in rows)
     # AU-Net-2 runs the loader's bucketed stages: never more than the padded shapes, never less

@@ -229,7 +229,10 @@ class Generator:
         if len(tokens) != len(rows_np):
             raise ValueError(f"{len(tokens)} tokens for {len(rows_np)} sequences")
         out = self._step(rows_np, list(tokens), None if levels is None else list(levels))
-        return out if rows is None else out[torch.from_numpy(rows_np).to(out.device)]
+        if rows is not None:
+            return out[torch.from_numpy(rows_np).to(out.device)]
+        # A replayed graph writes every step's logits to the same tensor: the caller keeps a copy.
+        return out.clone() if self._graphs is not None else out
 
     def _causal_levels(self, rows: np.ndarray, tokens: Sequence[int]) -> list[int]:
         """The causal segmenter levels of `tokens` appended to `rows` (0 without a stream and

@@ -35,6 +35,8 @@ class Plan:
     eval_batches: int
     gen_prompt_bytes: int
     gen_pushed_bytes: int
+    gen_rate_bytes: int
+    """Bytes per prompt for the sampling speed at batch 1 and 32."""
     throughput_config: str
     throughput_seq_len: int | None
     """Bytes per sequence (None: the config's)."""
@@ -59,7 +61,7 @@ GPU = Plan(
     train_model={"dimensions": [256, 512, 768], "layers": [3, 4, 8], "head_dims": [64, 128, 128]},
     train_batch=8, train_seq_len=8192, steps=30, resume_steps=40, log_freq=10, compile_training=True,
     compiled_steps=30, compile_backend="inductor",
-    corpus_mb=8.0, eval_batches=2, gen_prompt_bytes=400, gen_pushed_bytes=800,
+    corpus_mb=8.0, eval_batches=2, gen_prompt_bytes=400, gen_pushed_bytes=800, gen_rate_bytes=256,
     throughput_config="configs/aunet2_1b.yaml", throughput_seq_len=None, batches=(8, 12, 16, 24, 32, 48), warmup_steps=2, timed_steps=5,
     compile_throughput=True, flat_head=128, flat_multiple_of=256, flat_widths=tuple(range(512, 4097, 128)),
     # A LLaMA-3-sized BPE vocabulary at ~4.5 bytes per token (English web text).
@@ -67,8 +69,8 @@ GPU = Plan(
     # 465 s in all, so that the run stays under 8 minutes whatever happens (the H200 run of
     # 2026-12-04: an eager launch of 20 steps took about 60 s, the compiled one did not reach
     # step 10 in 154 s when whole-model compilation broke at every layer under ZeRO-3).
-    budgets={"setup": 40, "environment": 10, "train": 220, "generation": 35,
-             "throughput_aunet2": 60, "throughput_bytes": 50, "throughput_bpe": 50},
+    budgets={"setup": 40, "environment": 10, "train": 220, "generation": 50,
+             "throughput_aunet2": 55, "throughput_bytes": 45, "throughput_bpe": 45},
 )
 
 SMOKE = Plan(
@@ -76,7 +78,7 @@ SMOKE = Plan(
     steps=4, resume_steps=6, log_freq=2, compile_training=True, compiled_steps=4,
     # dynamo's capture, per block, without a C++ compiler's minutes on a 2-core machine.
     compile_backend="eager", corpus_mb=0.3, eval_batches=1,
-    gen_prompt_bytes=60, gen_pushed_bytes=150, throughput_config="configs/tiny_aunet2.yaml", throughput_seq_len=128,
+    gen_prompt_bytes=60, gen_pushed_bytes=150, gen_rate_bytes=8, throughput_config="configs/tiny_aunet2.yaml", throughput_seq_len=128,
     batches=(1, 2),
     warmup_steps=1, timed_steps=2, compile_throughput=False, flat_head=16, flat_multiple_of=16,
     flat_widths=tuple(range(32, 257, 16)), bpe_vocab=1024, bytes_per_token=3.0,
