@@ -106,6 +106,7 @@ class StackCache:
         self.capacity = capacity
         # RoPE frequencies once per batch (decoding needs one position per row per step).
         self.freqs = rope_frequencies(stack.head_dim, stack.rope_theta, device)
+        self.rope = (stack.head_dim, stack.rope_theta)
         self._slot_range = slot_range(capacity, device)
 
     def grow(self, capacity: int) -> None:
@@ -117,6 +118,12 @@ class StackCache:
         for layer in self.layers:
             layer.grow(capacity)
         self._slot_range = slot_range(capacity, self._slot_range.device)
+
+    @property
+    def layout(self) -> tuple:
+        """What a step's plan depends on besides the positions: stacks of one stage with the
+        same layout can share a plan."""
+        return (self.capacity, self.ring, self.window, *self.rope)
 
     def plan(self, positions: torch.Tensor, active: torch.Tensor) -> CacheStep:
         """The step of every row at `positions` [B], writing only where `active` [B]."""

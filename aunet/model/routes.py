@@ -103,6 +103,7 @@ class StepRoute:
         self.store = store = cache
         self.depth = depth
         self.positions = store.lengths.clone()  # [L+1, B], before this step
+        self.plans: dict[tuple, CacheStep] = {}
         self.active = [active]
         for i in range(depth):
             go = self.active[i] & (levels > i)
@@ -116,7 +117,12 @@ class StepRoute:
 
     def cache(self, slot: int, stage: int) -> tuple[StackCache, CacheStep]:
         stack = self.store.stacks[slot]
-        return stack, stack.plan(self.positions[stage], self.active[stage])
+        # A stage's encoder and decoder step the same positions: with the same cache layout
+        # they share one plan (slots, mask, RoPE angles).
+        key = (stage, *stack.layout)
+        if key not in self.plans:
+            self.plans[key] = stack.plan(self.positions[stage], self.active[stage])
+        return stack, self.plans[key]
 
     def down(self, i: int, e: torch.Tensor, transition: Transition) -> torch.Tensor:
         return transition.down_step(e)
