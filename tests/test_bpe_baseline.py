@@ -18,7 +18,7 @@ from aunet.inference.evaluate import heldout_bpb
 from aunet.model import HierarchicalTransformer, byte_nats
 from helpers import REPO_ROOT
 from segment_fixtures import STRATEGY_ARGS, sample_texts, write_jsonl
-from test_segment_cli import segment
+from segment_fixtures import segment
 
 TEXTS = sample_texts(300)
 

@@ -11,7 +11,7 @@ from helpers import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "benches"))
 from corpora import cjk_prose, english_prose, multilingual_docs, stdlib_docs  # noqa: E402
-from test_stage_lengths import packed_levels  # noqa: E402
+from model_helpers import packed_levels  # noqa: E402
 
 from aunet.config import BlockArgs, ModelArgs  # noqa: E402
 from aunet.model import HierarchicalTransformer, stage_lengths  # noqa: E402

@@ -20,7 +20,7 @@ from aunet.data.packing import Packer
 from aunet import segment_corpus
 from helpers import REPO_ROOT
 from segment_fixtures import STRATEGY, STRATEGY_ARGS, sample_texts, write_jsonl
-from test_segment_cli import segment
+from segment_fixtures import segment
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from aunet.model import byte_nats
 from model_helpers import export_random_model
 from helpers import REPO_ROOT, venv_script
 from segment_fixtures import STRATEGY_ARGS, sample_texts, write_jsonl
-from test_segment_cli import segment
+from segment_fixtures import segment
 
 
 @pytest.fixture(scope="module")

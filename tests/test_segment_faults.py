@@ -14,7 +14,7 @@ import pyarrow as pa
 import zstandard
 
 from segment_fixtures import STRATEGY_ARGS, sample_texts, write_jsonl
-from test_segment_cli import CLI, read_shards, segment
+from segment_fixtures import CLI, read_shards, segment
 
 from aunet.segment.shards import Manifest
 

@@ -18,7 +18,7 @@ from aunet import Manifest, segment_corpus
 from aunet.training.checkpoint import latest_complete
 from helpers import REPO_ROOT, communicate_or_kill, cpu_dist_env, deepspeed_cmd, venv_script
 from segment_fixtures import STRATEGY_ARGS, sample_texts, write_jsonl
-from test_segment_cli import segment
+from segment_fixtures import segment
 import wandb_records
 
 TRAIN = str(REPO_ROOT / "aunet" / "train.py")
