@@ -13,6 +13,47 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="aunet-tests-hf-"))
 
+import pytest  # noqa: E402
+
+from segment_fixtures import STRATEGY_ARGS, sample_texts, segment, write_jsonl  # noqa: E402
+from train_run import TRAINED_EXTRA, TRAINED_STEPS, overrides, run  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    """Segmented training data (stdlib/, 3000 documents) and held-out data (heldout/, 300)."""
+    root = tmp_path_factory.mktemp("train-data")
+    write_jsonl(root / "a.jsonl", sample_texts(3000))
+    segment(root / "a.jsonl", "--out", root / "stdlib", *STRATEGY_ARGS)
+    write_jsonl(root / "b.jsonl", sample_texts(300, seed=7))
+    segment(root / "b.jsonl", "--out", root / "heldout", *STRATEGY_ARGS)
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, data_root) -> Path:
+    """One 6-step run of 2 CPU ranks under ZeRO-3 (train_run.overrides plus TRAINED_EXTRA):
+    checkpoints at steps 2, 4 and 6, every one kept; held-out bpb at steps 3 and 6; TensorBoard
+    and W&B logs. Launched once per session for every test that only reads a trained run; tests
+    that change it work on a copy."""
+    dump = tmp_path_factory.mktemp("trained") / "run"
+    run([*overrides(data_root, dump, TRAINED_STEPS), *TRAINED_EXTRA])
+    return dump
+
+
+@pytest.fixture(scope="session")
+def trained_export(tmp_path_factory, trained_run) -> Path:
+    """`aunet export` of trained_run's newest checkpoint (step 6)."""
+    import subprocess
+
+    from helpers import cpu_dist_env, venv_script
+
+    out = tmp_path_factory.mktemp("trained-export") / "export"
+    proc = subprocess.run([venv_script("aunet"), "export", "--checkpoints", str(trained_run / "checkpoints"), "--out", str(out)],
+                          capture_output=True, text=True, env=cpu_dist_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
 
 def pytest_report_header(config):
     """Memory the distributed tests will share, printed at the top of the run: when a CI run is

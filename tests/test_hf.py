@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from helpers import REPO_ROOT, cpu_dist_env, venv_script
-from test_trainer import CONFIG, data_root, overrides, run  # noqa: F401 (data_root: fixture)
+from train_run import CONFIG, overrides, run
 
 
 PROMPTS = [b"The cat sat on the mat and", b"def f(x):\n    return"]
@@ -307,6 +307,7 @@ def test_bad_hf_directories_are_refused_with_the_file_named(dirs, tmp_path):
     assert proc.returncode == 1 and "config.yaml" in proc.stderr  # --model takes an `aunet export` directory
 
 
+@pytest.mark.distributed
 def test_hf_directory_continues_training_and_exports_from_checkpoints(tmp_path, data_root):
     """init_ckpt_path = an hf directory: the run starts from its weights; the run's checkpoints
     then export straight to the hf format, with the held-out bpb in the model card."""
