@@ -262,6 +262,7 @@ def test_auto_on_the_cpu_takes_the_sdpa_routes(T, window, kv_heads, monkeypatch)
     q = torch.randn(2, 4, T, 16, generator=gen)
     k = torch.randn(2, kv_heads, T, 16, generator=gen)
     v = torch.randn(2, kv_heads, T, 16, generator=gen)
+    # Exact: "auto" must run the very same SDPA call on the same tensors in this process.
     assert torch.equal(causal_attention(q, k, v, window), causal_attention(q, k, v, window, impl="sdpa"))
     assert attention._resolve(q, k, window, "auto") == "sdpa"
 

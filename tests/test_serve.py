@@ -12,6 +12,7 @@ import time
 import pytest
 
 from aunet.config import load_config
+from greedy import agreed_length
 from helpers import REPO_ROOT, free_port, venv_script
 from model_helpers import export_random_model
 
@@ -64,6 +65,15 @@ def greedy(export, prompt: str) -> str:
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout.removesuffix("\n")
     assert out.startswith(prompt)
+    # The server runs the hf model in another process: its bytes equal these only if no step of
+    # this greedy path is a near tie of the top two logits (tests/greedy.py), checked here.
+    from aunet.inference.export import load_model
+    from aunet.inference.generate import Generator
+
+    model, cfg = load_model(export)
+    gen = Generator(model, cfg.data.regex.strategy)
+    path = gen.generate([prompt.encode()], MAX_BYTES, temperature=0)[0]
+    assert agreed_length(gen, prompt.encode(), path) == len(path), "a near tie on this greedy path: pick another prompt"
     return out[len(prompt):]
 
 
