@@ -55,6 +55,28 @@ def trained_export(tmp_path_factory, trained_run) -> Path:
     return out
 
 
+# Fixtures that launch the DeepSpeed launcher (once per session) or read what it wrote: a test
+# using one belongs to the distributed tier, which `make test-fast` leaves out.
+LAUNCHING_FIXTURES = {"trained_run", "trained_export"}
+
+
+def pytest_collection_modifyitems(config, items):
+    unmarked = [item.nodeid for item in items
+                if LAUNCHING_FIXTURES & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("distributed") is None]
+    if unmarked:
+        raise pytest.UsageError("mark these @pytest.mark.distributed: they use the session's trained run ("
+                                + ", ".join(sorted(LAUNCHING_FIXTURES)) + "):\n  " + "\n  ".join(unmarked))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Before any fixture of `item` is set up (a session fixture may launch): only a test marked
+    distributed may start the DeepSpeed launcher (helpers.deepspeed_cmd refuses otherwise)."""
+    import helpers
+
+    helpers.LAUNCHER_ALLOWED = item.get_closest_marker("distributed") is not None
+
+
 def pytest_report_header(config):
     """Memory the distributed tests will share, printed at the top of the run: when a CI run is
     slow or killed, the log then says whether RAM or /dev/shm (tmpfs, also RAM) was short."""
