@@ -14,6 +14,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="aunet-tests-hf-"))
 
 import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+# Hypothesis budgets: "ci" (CI=true in the environment) runs every property test at its full
+# count, as each test's examples(n) states it; "dev", the default, a fifth of that, for the
+# edit-test loop. HYPOTHESIS_PROFILE=ci picks the full counts by hand. Neither has a deadline
+# or the too-slow health check: both time examples, and a loaded machine would fail them.
+_untimed = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("ci", max_examples=100, **_untimed)
+settings.register_profile("dev", max_examples=20, **_untimed)
+settings.load_profile("ci" if os.environ.get("CI", "").lower() == "true" else os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 from segment_fixtures import STRATEGY_ARGS, sample_texts, segment, write_jsonl  # noqa: E402
 from train_run import TRAINED_EXTRA, TRAINED_STEPS, overrides, run  # noqa: E402

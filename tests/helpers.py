@@ -16,6 +16,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DS_SHM_BUFFERS = "deepspeed_allreduce_buffer_*"
 
 
+def examples(n: int) -> int:
+    """A property test's number of examples: `n` under the "ci" hypothesis profile, scaled with
+    the loaded profile's max_examples otherwise (tests/conftest.py; "dev" runs a fifth)."""
+    from hypothesis import settings
+
+    return max(10, n * settings.default.max_examples // 100)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
