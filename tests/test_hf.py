@@ -285,6 +285,7 @@ def test_without_aunet_the_model_code_says_what_to_install(dirs, tmp_path):
 
 def test_aunet_reads_an_hf_directory_without_importing_transformers(dirs):
     export, hf = dirs[2]
+    # The weights compare exactly: both directories store the same floats, loading copies them.
     code = ("import sys, torch, aunet, aunet.cli\n"
             "aunet.cli.build_parser()\n"
             "from aunet.inference.export import load_model\n"

@@ -84,7 +84,8 @@ def test_sigkill_during_save_resumes_from_the_previous_checkpoint_with_identical
     reference = {step: r["loss"] for step, r in metrics(straight).items()}
     records = all_losses(dump)
     assert [s for s, _ in records] == [1, 2, 3, 4, 3, 4, 5, 6]
-    # Exact, as test_trainer.py's exact resume: the same ranks, shapes, code and one thread per rank.
+    # Within 1e-5 relative, as test_trainer.py's exact resume (another process; a wrong batch
+    # or optimizer state moves the loss far more).
     for step, loss in records:
-        assert loss == reference[step], (step, loss, reference[step])
+        assert loss == pytest.approx(reference[step], rel=1e-5), (step, loss, reference[step])
     assert loader_states(dump, 6) == loader_states(straight, 6)

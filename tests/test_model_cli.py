@@ -50,7 +50,7 @@ def test_eval_bpb_equals_the_training_loss_computation(exported):
                            "--max-batches", "3", "--batch-size", "2", "--out", str(out)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert json.loads(proc.stdout) == report
+    assert json.loads(proc.stdout) == report  # one process's report, printed and written: exact
     model, cfg = load_model(exported / "export")
     # The first 6 windows of the held-out stream, overlapping by one token, as training packs them.
     S = cfg.data.seq_len
