@@ -12,6 +12,11 @@ import tempfile
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="aunet-tests-hf-"))
+# One intra-op thread, here and in every subprocess (set before anything imports torch): the
+# test models are tiny, so a second thread costs more than it gives (the model tests ran in 17 s
+# with one thread, 26 s with two, idle 2-core machine), two threads per process oversubscribe a
+# machine that other jobs share, and every test process then sums in the same order.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
