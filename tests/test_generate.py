@@ -154,11 +154,11 @@ def test_seeded_sampling_batches_and_stop_strings():
     assert batch == gen.generate(prompts, **kw)  # the same call in the same process: exact
     # A row alone runs other shapes than the batch, so its logits differ in the last bits (at
     # most 1e-4, test_a_batch_of_prompts_equals_each_prompt_alone). Each row draws one uniform
-    # number per byte from its own generator, by inverse CDF: a draw changes only where that
-    # difference moves a CDF boundary (or the top-k/top-p cut) across it, a chance per byte of
-    # the order of the difference itself. So these sampled bytes (and the stop-string cut's,
-    # below) compare exactly without depending on equal floats; greedy bytes, which a near tie
-    # flips, compare up to one (tests/greedy.py).
+    # number per byte (a hash of its seed and byte count), by inverse CDF: a draw changes only
+    # where that difference moves a CDF boundary (or the top-k/top-p cut) across it, a chance
+    # per byte of the order of the difference itself. So these sampled bytes (and the
+    # stop-string cut's, below) compare exactly without depending on equal floats; greedy
+    # bytes, which a near tie flips, compare up to one (tests/greedy.py).
     assert batch == [gen.generate([p], **kw)[0] for p in prompts]
     assert all(len(b) == 20 for b in batch)
     assert gen.generate(prompts, **{**kw, "seed": 124}) != batch

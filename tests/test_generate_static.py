@@ -120,7 +120,7 @@ def test_the_output_does_not_depend_on_the_chunk_size_and_stops_at_the_right_byt
     prompts = [b"The", b"", "Кошка сидела".encode()]
     sampling = dict(temperature=1.3, top_k=50, top_p=0.95, seed=11)
     outs = {chunk: Generator(model, chunk=chunk, **kw).generate(prompts, 40, **sampling) for chunk in (1, 5, 16, 64)}
-    assert outs[1] == outs[5] == outs[16] == outs[64]
+    assert outs[1] == outs[5] == outs[16] == outs[64]  # the chunk moves host reads only: the same sums, exact
     first = outs[16][2]
     stop = first[7:9]
     for chunk in (1, 5, 16):
