@@ -4,6 +4,7 @@ that the tests and benchmarks measure the model's code against."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from aunet import Segmenter
@@ -13,6 +14,10 @@ from aunet.model import HierarchicalTransformer
 
 POOLING_TYPES = ["simple", "simple_repeat", "simple_indexed_matmul", "simple_non_param"]
 POOLING_COMBOS = ["simple_non_param_repeat", "simple_non_param_indexed_matmul", "simple_repeat_indexed_matmul"]
+# The default pooling in the fast tier, the other six in the slow one (`make test` runs all seven):
+# for the tests whose every case builds and runs a model at each depth.
+POOLINGS_DEFAULT_FAST = [p if p == "simple_indexed_matmul" else pytest.param(p, marks=pytest.mark.slow)
+                         for p in POOLING_TYPES + POOLING_COMBOS]
 STRATEGIES = [{"word1": "1@1"}, {"word1": "1@1", "word2": "2@1"}, {"word1": "1@1", "word2": "2@1", "word4": "4@1"}]
 
 TEXT = (

@@ -11,7 +11,7 @@ from aunet.inference.sampling import sample_bytes
 from aunet.model import HierarchicalTransformer
 from aunet.segment.segmenter import Segmenter
 from greedy import assert_same_greedy
-from model_helpers import POOLING_COMBOS, POOLING_TYPES, STRATEGIES, TEXT, sample_byte, tiny_args
+from model_helpers import POOLINGS_DEFAULT_FAST, STRATEGIES, TEXT, sample_byte, tiny_args
 from uncached_sampler import uncached_generate
 
 BOS = BOS_ID
@@ -53,7 +53,7 @@ def full_logits(model, tokens, levels):
     return logits[0]
 
 
-@pytest.mark.parametrize("pooling", POOLING_TYPES + POOLING_COMBOS)
+@pytest.mark.parametrize("pooling", POOLINGS_DEFAULT_FAST)  # all seven: 20 s; the default's 3: 3 s
 @pytest.mark.parametrize("n_levels", [1, 2, 3])
 def test_cached_logits_equal_the_full_forward_with_segmenter_levels(n_levels, pooling):
     model = build(n_levels, pooling)
@@ -271,6 +271,7 @@ def test_prefill_then_steps_equal_the_full_forward(n_levels, pooling, kw):
     assert (pushed[45:] - got).abs().max().item() <= 1e-4
 
 
+@pytest.mark.slow  # 10 s: the benchmark's quick run in a subprocess
 def test_bench_generate_quick_run_writes_json(tmp_path):
     import json
     import subprocess
@@ -307,7 +308,7 @@ def test_bench_generate_quick_run_writes_json(tmp_path):
 PROMPTS = [b"The cat sat on", b"", "Кошка сидела на ковре, 我们".encode(), b"def pool(levels):\n    return"]
 
 
-@pytest.mark.parametrize("pooling", POOLING_TYPES + POOLING_COMBOS)
+@pytest.mark.parametrize("pooling", POOLINGS_DEFAULT_FAST)  # all seven: 27 s; the default's 3: 3 s
 @pytest.mark.parametrize("n_levels", [1, 2, 3])
 def test_a_batch_of_prompts_equals_each_prompt_alone(n_levels, pooling):
     model = build(n_levels, pooling, seed=n_levels, max_seqlens=[-1] + [24] * n_levels)

@@ -46,6 +46,7 @@ def test_a_step_with_no_active_row_leaves_the_decoding_state_as_it_was():
         assert torch.equal(a, b)  # nothing is written: the very same values, not close ones
 
 
+@pytest.mark.slow  # 8 s: compiles the decoding step at two depths
 @pytest.mark.parametrize("n_levels", [1, 2])
 def test_the_step_compiles_to_one_graph_without_breaks_or_recompilation(n_levels):
     """fullgraph=True fails on any graph break; dynamo's counters show a single compiled frame

@@ -19,6 +19,10 @@ from greedy import agreed_length, assert_same_greedy
 from helpers import REPO_ROOT, cpu_dist_env, venv_script
 from train_run import CONFIG, overrides, run
 
+# Slow tier: transformers loads and generates, subprocesses, the oldest-transformers overlay:
+# 41 s in all on the 2-core machine (2026-12-05), plus a training run (marked distributed).
+pytestmark = pytest.mark.slow
+
 
 PROMPTS = [b"The cat sat on the mat and", b"def f(x):\n    return"]
 DEPTHS = {

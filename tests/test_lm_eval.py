@@ -21,6 +21,9 @@ from greedy import TIE, agreed_length
 from model_helpers import export_random_model
 from helpers import REPO_ROOT, venv_script
 
+# Slow tier: the evaluation harness end to end, 18 s in all (2-core machine, 2026-12-05).
+pytestmark = pytest.mark.slow
+
 QUESTIONS = [
     {"question": "The capital of France is", "choices": [" Paris", " a fish", " blue"], "answer": 0},
     {"question": "def add(a, b):\n    return", "choices": [" a + b", " 42", " None  # é"], "answer": 0},

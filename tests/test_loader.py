@@ -202,6 +202,7 @@ def evict(files: list[Path]) -> None:
             os.close(fd)
 
 
+@pytest.mark.slow  # 7 s: segments a corpus and reads it with four loaders
 def test_each_of_four_ranks_reads_about_a_quarter_of_the_shards(tmp_path):
     """Measured in the page cache: each rank, started on an empty cache, reads one epoch of its
     share in its own process; together the ranks see every document exactly once."""

@@ -19,6 +19,10 @@ from helpers import REPO_ROOT, venv_script
 from segment_fixtures import STRATEGY_ARGS, sample_texts, write_jsonl
 from segment_fixtures import segment
 
+# Slow tier: the aunet CLI in subprocesses on a segmented, exported corpus, 31 s in all
+# (2-core machine, 2026-12-05).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):

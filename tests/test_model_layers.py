@@ -296,6 +296,7 @@ def test_auto_on_cuda_takes_flex_for_short_windows_and_flash_otherwise():
         causal_attention(torch.zeros(1, 1, 4, 8), torch.zeros(1, 1, 4, 8), torch.zeros(1, 1, 4, 8), 2, impl="fast")
 
 
+@pytest.mark.slow  # 2 s: a Python subprocess per setting
 def test_environment_variable_forces_the_route_of_auto(monkeypatch):
     import subprocess
     import sys

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 import pyarrow as pa
 import zstandard
 
@@ -431,6 +432,7 @@ def test_verify_refuses_an_invalid_strategy_and_a_batch_plan_the_loader_refuses(
 # ---------------------------------------------------------------- third pass, item 11: a bound per document
 
 
+@pytest.mark.slow  # the bound under test is 10 s of matching
 def test_a_custom_regex_that_backtracks_at_every_position_is_bounded_per_document(tmp_path):
     from aunet.segment import segment_corpus
 

@@ -16,6 +16,9 @@ from greedy import agreed_length
 from helpers import REPO_ROOT, free_port, venv_script
 from model_helpers import export_random_model
 
+# Slow tier: a server process per test, 11 s in all (2-core machine, 2026-12-05).
+pytestmark = pytest.mark.slow
+
 MAX_BYTES = 12
 
 

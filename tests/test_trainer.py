@@ -197,6 +197,7 @@ def test_raw_text_sources_are_segmented_by_both_ranks_then_trained_on(tmp_path, 
     assert max(metrics(dump)) == 2
 
 
+@pytest.mark.slow  # 2 s: starts the trainer in subprocesses
 def test_bad_config_and_missing_data_fail_early(tmp_path):
     env = cpu_dist_env()
     bad = subprocess.run([sys.executable, TRAIN, "--config", CONFIG, "optim.lr=-1"], capture_output=True, text=True, env=env, cwd=REPO_ROOT)
