@@ -12,11 +12,12 @@ RUST_SOURCES := $(shell find rust_segmenter/src -name '*.rs') rust_segmenter/Car
 # A missing compiled module forces a rebuild even when the stamp survived (e.g. after git clean).
 EXT_MISSING := $(if $(wildcard aunet/_segmenter*.so),,force-rebuild)
 
-.PHONY: help install test test-rust test-python demo docs lock clean force-rebuild gpu-wheelhouse gpu-check
+.PHONY: help install test test-fast test-rust test-python demo docs lock clean force-rebuild gpu-wheelhouse gpu-check
 
 help:
 	@echo "make install   set up .venv: pinned dependencies + the compiled segmenter"
 	@echo "make test      install, then cargo test and pytest (what CI runs)"
+	@echo "make test-fast unit tests only: no DeepSpeed launcher, nothing marked slow (under 2 minutes)"
 	@echo "make demo      the main job (see README)"
 	@echo "make docs      regenerate docs/configuration.md and docs/cli.md (config docstrings, CLI parsers)"
 	@echo "make lock      re-resolve requirements.lock from pyproject.toml"
@@ -54,6 +55,9 @@ test-python: install
 	$(PY) -m pytest
 
 test: install test-rust test-python
+
+test-fast: install
+	$(PY) -m pytest -m "not slow and not distributed"
 
 # Segment this machine's Python sources, train a tiny AU-Net-3 on 2 CPU ranks (DeepSpeed
 # ZeRO-3), evaluate held-out bpb, export, sample. A few minutes; output under runs/demo.

@@ -16,6 +16,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DS_SHM_BUFFERS = "deepspeed_allreduce_buffer_*"
 
 
+def examples(n: int) -> int:
+    """A property test's number of examples: `n` under the "ci" hypothesis profile, scaled with
+    the loaded profile's max_examples otherwise (tests/conftest.py; "dev" runs a fifth)."""
+    from hypothesis import settings
+
+    return max(10, n * settings.default.max_examples // 100)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -62,8 +70,14 @@ def run_in_session(cmd: list[str], timeout: float, **kw) -> subprocess.Completed
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
+# Set by tests/conftest.py before each test: whether it is marked distributed. `make test-fast`
+# leaves the distributed tier out, so a launch from an unmarked test is an error, not a slow test.
+LAUNCHER_ALLOWED = True
+
+
 def deepspeed_cmd(script: Path | str, *args: str, ranks: int = 2, port: int | None = None) -> list[str]:
     """The real DeepSpeed launcher running `script` on `ranks` local processes."""
+    assert LAUNCHER_ALLOWED, "this test starts the DeepSpeed launcher: mark it @pytest.mark.distributed"
     return [venv_script("deepspeed"), "--num_gpus", str(ranks), "--master_port", str(port or free_port()), str(script), *args]
 
 

@@ -3,6 +3,8 @@ that the tests and benchmarks measure the model's code against."""
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 
 from aunet import Segmenter
@@ -12,6 +14,10 @@ from aunet.model import HierarchicalTransformer
 
 POOLING_TYPES = ["simple", "simple_repeat", "simple_indexed_matmul", "simple_non_param"]
 POOLING_COMBOS = ["simple_non_param_repeat", "simple_non_param_indexed_matmul", "simple_repeat_indexed_matmul"]
+# The default pooling in the fast tier, the other six in the slow one (`make test` runs all seven):
+# for the tests whose every case builds and runs a model at each depth.
+POOLINGS_DEFAULT_FAST = [p if p == "simple_indexed_matmul" else pytest.param(p, marks=pytest.mark.slow)
+                         for p in POOLING_TYPES + POOLING_COMBOS]
 STRATEGIES = [{"word1": "1@1"}, {"word1": "1@1", "word2": "2@1"}, {"word1": "1@1", "word2": "2@1", "word4": "4@1"}]
 
 TEXT = (
@@ -92,3 +98,15 @@ def sample_byte(logits: torch.Tensor, temperature: float, top_k: int, top_p: flo
     `sample_bytes` for one row."""
     one = torch.ones(1, dtype=torch.long, device=logits.device)
     return int(sample_bytes(logits[None], temperature, top_k, top_p, one * seed, one * n)[0])
+
+
+def packed_levels(docs: list[bytes], strategy: dict, batch: int, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens and levels of `batch` packed windows of BOS + document + EOS, as the loader packs
+    them (documents repeat when the corpus is shorter than the batch)."""
+    seg = Segmenter(strategy)
+    toks = [np.concatenate([[256], np.frombuffer(d, np.uint8), [257]]) for d in docs]
+    levs = [seg.levels(d, bos=True, eos=True) for d in docs]
+    tok, lev = np.concatenate(toks), np.concatenate(levs)
+    reps = -(-batch * seq_len // len(tok))
+    tok, lev = np.tile(tok, reps), np.tile(lev, reps)
+    return tok[: batch * seq_len].reshape(batch, seq_len).astype(np.int64), lev[: batch * seq_len].reshape(batch, seq_len)

@@ -38,6 +38,7 @@ def backward_pass(mode, args, tokens, levels):
     return loss.detach(), [p.grad for p in model.parameters()], forward.counts, backward.counts
 
 
+@pytest.mark.slow  # 7 s for its two cases: profiles forward and backward passes
 @pytest.mark.parametrize("pooling", ["simple_indexed_matmul", "simple_repeat"])
 def test_selective_checkpointing_recomputes_no_matmul_and_keeps_the_gradients(pooling):
     args = tiny_args(2, pooling)
@@ -75,6 +76,7 @@ def test_the_config_flag_means_selective():
         model.set_activation_checkpointing("some")
 
 
+@pytest.mark.slow  # 6 s: inductor compiles the blocks
 def test_selective_checkpointing_of_compiled_blocks_keeps_the_gradients():
     """With `distributed.compile` each block's forward is compiled and runs inside the
     checkpoint; forward, recomputation and gradients must still agree (aot_eager: the graph

@@ -8,6 +8,9 @@ import pytest
 
 from helpers import REPO_ROOT
 
+# Slow tier: every benchmark's quick run in a subprocess, 33 s in all (2-core machine, 2026-12-05).
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("script, keys", [
     ("bench_segment.py", {"rows", "threads"}),

@@ -18,7 +18,7 @@ from aunet.inference.evaluate import heldout_bpb
 from aunet.model import HierarchicalTransformer, byte_nats
 from helpers import REPO_ROOT
 from segment_fixtures import STRATEGY_ARGS, sample_texts, write_jsonl
-from test_segment_cli import segment
+from segment_fixtures import segment
 
 TEXTS = sample_texts(300)
 
@@ -107,6 +107,7 @@ def gpt2_byte_chars() -> dict[int, str]:
     return out
 
 
+@pytest.mark.slow  # 8 s: trains a tokenizer and runs aunet eval in subprocesses
 def test_a_merge_free_bpe_model_scores_exactly_like_the_byte_model(data):
     """With no merges, BPE tokens are bytes under another numbering: a flat model whose
     embedding and output rows are permuted to match must give the same held-out bpb, which
@@ -159,6 +160,7 @@ def test_tokenized_source_lengths_agree(data):
     assert src.documents == len(TEXTS) and src.total_tokens == sum(src.length(u, r) for u in range(src.units) for r in range(src.unit_rows[u]))
 
 
+@pytest.mark.slow  # 5 s: the aunet CLI in subprocesses
 def test_aunet_eval_scores_a_bpe_export_and_generate_refuses_it(data, tmp_path):
     import subprocess
 

@@ -5,19 +5,21 @@ from __future__ import annotations
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from helpers import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "benches"))
 from corpora import cjk_prose, english_prose, multilingual_docs, stdlib_docs  # noqa: E402
-from test_stage_lengths import packed_levels  # noqa: E402
+from model_helpers import packed_levels  # noqa: E402
 
 from aunet.config import BlockArgs, ModelArgs  # noqa: E402
 from aunet.model import HierarchicalTransformer, stage_lengths  # noqa: E402
 from aunet.model.compile import compile_blocks, compile_shapes  # noqa: E402
 
 
+@pytest.mark.slow  # inductor compiles a graph per bucket: about 25 s on 2 cores
 def test_inductor_compiles_each_bucket_once_without_graph_breaks_over_30_varied_batches():
     """30 training steps on code, English prose, CJK and mixed scripts (so the pooled stage's
     length changes from batch to batch) with inductor on the CPU: one graph per distinct block

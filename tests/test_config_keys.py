@@ -81,6 +81,7 @@ def test_torch_settings_follow_the_config():
         gc.enable()
 
 
+@pytest.mark.slow  # 2 s: aunet generate in a subprocess
 def test_generate_keeps_prompt_and_output_within_max_tokens(tmp_path, capsys):
     from aunet.cli import keep_tail, main
     from aunet.config import load_config

@@ -188,6 +188,7 @@ def test_resume_refuses_a_checkpoint_saved_with_split_projections(tmp_path):
         check_same_run(tmp_path / tag_for(5), cfg, 1)
 
 
+@pytest.mark.slow  # 5 s: loads the directory with transformers in a subprocess
 def test_transformers_fuses_an_hf_directory_written_before_the_fusion(tmp_path):
     """An HF directory as exported before: split tensors, and the code files of its time (here
     today's, which import the same aunet); transformers' from_pretrained fuses them."""

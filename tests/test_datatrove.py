@@ -18,6 +18,9 @@ from aunet.segment import ManifestError, merge, verify
 from helpers import REPO_ROOT
 from segment_fixtures import STRATEGY, sample_texts, write_jsonl, write_parquet
 
+# Slow tier: datatrove pipelines with worker processes, 12 s in all (2-core machine, 2026-12-05).
+pytestmark = pytest.mark.slow
+
 SCRIPT = REPO_ROOT / "tests" / "scripts" / "datatrove_pipeline.py"
 TEXTS = [t for t in sample_texts(600) if t]  # datatrove's readers drop documents without text
 

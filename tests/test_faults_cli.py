@@ -54,6 +54,7 @@ def test_the_library_refuses_them_too(model_dir):
             gen.generate([b"x"], 4, **settings)
 
 
+@pytest.mark.slow  # 3 s: the aunet CLI in subprocesses
 def test_a_prompt_file_is_taken_as_raw_bytes(model_dir, tmp_path, capsys):
     raw = b"caf\xc3\xa9 \xff\xfe\x00 bytes"  # valid UTF-8, then bytes that are not
     (tmp_path / "prompt.bin").write_bytes(raw)
@@ -73,6 +74,7 @@ def test_a_prompt_file_is_taken_as_raw_bytes(model_dir, tmp_path, capsys):
     assert exit_.value.code == 2 and f"cannot read {tmp_path / 'missing.bin'}" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # 3 s: the aunet CLI in subprocesses
 def test_eval_on_an_empty_file_says_there_is_nothing_to_score(model_dir, tmp_path):
     (tmp_path / "empty.txt").write_bytes(b"")
     (tmp_path / "notes.txt").write_text("The cat sat on the mat. " * 20)

@@ -15,10 +15,10 @@ import pytest
 from aunet import segment_corpus
 from aunet.config import load_config
 from aunet.config import DataArgs
-from aunet.data import PackedLoader, ShardSource
+from aunet.data import PackedLoader
 from aunet.segment.shards import file_checksum, open_shard
 from helpers import REPO_ROOT
-from segment_fixtures import STRATEGY, sample_texts, write_jsonl
+from segment_fixtures import STRATEGY, read_all, sample_texts, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -61,17 +61,6 @@ def rewrite_row(directory: Path, shard: Path, mask: bytes, batch: int = 0, row: 
 
 def row_text(shard: Path, batch: int = 0, row: int = 1) -> bytes:
     return open_shard(shard).get_batch(batch).column("text")[row].as_py()
-
-
-def read_all(directory: Path, verify: bool = False) -> int:
-    """Every batch of one pass over the directory's documents (the loader, one rank)."""
-    src = ShardSource(directory, verify)
-    loader = PackedLoader(DataArgs(sources={str(directory): 1.0}, seq_len=256, batch_size=4, load_async=False, shuffle_buffer=1,
-                                   verify_shards=verify))
-    tokens = sum(src.length(u, r) + 2 for u in range(src.units) for r in range(src.unit_rows[u]))
-    for _ in range(tokens // (256 * 4) + 2):
-        next(loader)
-    return tokens
 
 
 def test_a_level_above_the_strategy_depth_names_shard_batch_and_row(shards, tmp_path):

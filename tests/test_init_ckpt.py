@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import REPO_ROOT, communicate_or_kill, cpu_dist_env, deepspeed_cmd, free_port, venv_script
-from test_trainer import CONFIG, TRAIN, data_root, loader_states, metrics, overrides, rank_batch, run  # noqa: F401 (data_root: fixture)
+from helpers import REPO_ROOT, communicate_or_kill, cpu_dist_env, deepspeed_cmd, free_port
+from train_run import CONFIG, TRAIN, loader_states, metrics, overrides, rank_batch, run
 
 # Runs the trainer and, right after `deepspeed.initialize`, writes rank 0's view of the whole
 # model twice: the module's parameters (gathered) and the optimizer's fp32 master copies (what
@@ -86,15 +86,8 @@ sys.exit(main())
 '''
 
 
-@pytest.fixture(scope="module")
-def source(tmp_path_factory, data_root) -> Path:
-    """A 2-rank run of 4 steps (checkpoints at steps 2 and 4) and its export (step 4)."""
-    dump = tmp_path_factory.mktemp("source")
-    run(overrides(data_root, dump, 4))
-    proc = subprocess.run([venv_script("aunet"), "export", "--checkpoints", str(dump / "checkpoints"), "--out", str(dump / "export")],
-                          capture_output=True, text=True, env=cpu_dist_env())
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return dump
+# The source of every test here: the session's 2-rank run of 6 steps (checkpoints at steps 2, 4
+# and 6) and its export of step 6 (tests/conftest.py: trained_run, trained_export).
 
 
 def inspected_run(tmp_path: Path, args: list[str], ranks: int = 2) -> tuple[str, Path]:
@@ -121,6 +114,7 @@ def assert_weights(weights: Path, expected: dict[str, torch.Tensor]) -> None:
     for kind in ("params", "masters"):
         got = load_file(str(weights / f"{kind}.safetensors"))
         assert sorted(got) == sorted(expected), kind
+        # Exact: loading copies the stored floats, it computes nothing.
         differing = [k for k in expected if not torch.equal(got[k], expected[k].to(got[k].dtype))]
         assert not differing, (kind, differing[:5])
 
@@ -141,23 +135,24 @@ def adam_steps(dump: Path, step: int) -> int:
     return {int(s["step"]) for s in state.values()}.pop()
 
 
-def exported(source: Path) -> dict[str, torch.Tensor]:
+def exported(export: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    return load_file(str(source / "export" / "model.safetensors"))
+    return load_file(str(export / "model.safetensors"))
 
 
-def test_init_from_an_export_loads_its_weights_and_starts_fresh(tmp_path, data_root, source):
+@pytest.mark.distributed
+def test_init_from_an_export_loads_its_weights_and_starts_fresh(tmp_path, data_root, trained_run, trained_export):
     from aunet.inference.export import load_model
     from aunet.training.lr_schedule import lr_factor
 
     dump = tmp_path / "run"
-    args = [*overrides(data_root, dump, 6), f"checkpoint.init_ckpt_path={source / 'export'}"]
+    args = [*overrides(data_root, dump, 6), f"checkpoint.init_ckpt_path={trained_export}"]
     out, weights = inspected_run(tmp_path, ["--stop-at", "2", *args])
     assert "resumed from" not in out
-    assert f"initialised the weights from {source / 'export'}" in out
-    assert_weights(weights, exported(source))
-    assert_read_once_by_rank_0(weights, 2, len(exported(source)))
+    assert f"initialised the weights from {trained_export}" in out
+    assert_weights(weights, exported(trained_export))
+    assert_read_once_by_rank_0(weights, 2, len(exported(trained_export)))
     # A fresh step counter and schedule: steps 1 and 2, at a 6-step run's learning rates.
     m = metrics(dump)
     assert sorted(m) == [1, 2]
@@ -165,55 +160,60 @@ def test_init_from_an_export_loads_its_weights_and_starts_fresh(tmp_path, data_r
         assert m[step]["lr"] == pytest.approx(3e-3 * lr_factor(step, 2, 6, 0.1), rel=1e-12)
     # Step 1's loss is the export's loss on each rank's first batch: the loaded weights are the
     # ones trained on, and the data starts at the beginning.
-    model, cfg = load_model(source / "export")
+    model, cfg = load_model(trained_export)
     losses = []
     for rank in range(2):
         b = rank_batch(data_root, cfg, rank)
         with torch.no_grad():
             losses.append(float(model(b["tokens"], b["levels"], b["targets"], b["target_levels"], b["target_bytes"])[1]))
+    # 1e-6: one process and one rank's batch at a time against two ranks' mean, the same maths
+    # summed in other orders; other weights or another batch move the loss by far more.
     assert abs(m[1]["loss"] - sum(losses) / 2) <= 1e-6, (m[1]["loss"], losses)
     # The data position after 2 steps is a fresh run's (the source run's at its step 2) ...
-    assert loader_states(dump, 2) == loader_states(source, 2)
+    assert loader_states(dump, 2) == loader_states(trained_run, 2)
     # ... and so is the optimizer's step count.
     assert adam_steps(dump, 2) == 2
     # The run's own checkpoint wins over init_ckpt_path, and the log says so.
     out = run(["--stop-at", "3", *args])
     assert f"resumed from {dump / 'checkpoints' / 'step_00000002'}" in out
-    assert f"checkpoint.init_ckpt_path={source / 'export'} not used" in out
+    assert f"checkpoint.init_ckpt_path={trained_export} not used" in out
     assert max(metrics(dump)) == 3
 
 
-def test_init_from_a_checkpoint_root_takes_its_newest_complete_step(tmp_path, data_root, source):
+@pytest.mark.distributed
+def test_init_from_a_checkpoint_root_takes_its_newest_complete_step(tmp_path, data_root, trained_run, trained_export):
     dump = tmp_path / "run"
     out, weights = inspected_run(tmp_path, ["--stop-at", "1", *overrides(data_root, dump, 6),
-                                            f"checkpoint.init_ckpt_path={source / 'checkpoints'}"])
-    assert f"initialised the weights from {source / 'checkpoints' / 'step_00000004'}" in out
-    assert_weights(weights, exported(source))  # the export is of step 4 too
-    assert_read_once_by_rank_0(weights, 2, len(exported(source)))
+                                            f"checkpoint.init_ckpt_path={trained_run / 'checkpoints'}"])
+    assert f"initialised the weights from {trained_run / 'checkpoints' / 'step_00000006'}" in out
+    assert_weights(weights, exported(trained_export))  # the export is of step 6 too
+    assert_read_once_by_rank_0(weights, 2, len(exported(trained_export)))
     assert sorted(metrics(dump)) == [1]
-    assert adam_steps(dump, 1) == 1  # not the source's 5
+    assert adam_steps(dump, 1) == 1  # not the source's 7
 
 
-def test_init_from_one_step_directory_on_another_number_of_ranks(tmp_path, data_root, source):
+@pytest.mark.distributed
+def test_init_from_one_step_directory_on_another_number_of_ranks(tmp_path, data_root, trained_run, trained_export):
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    step2 = source / "checkpoints" / "step_00000002"
+    step2 = trained_run / "checkpoints" / "step_00000002"
     dump = tmp_path / "run"
     out, weights = inspected_run(tmp_path, ["--stop-at", "1", *overrides(data_root, dump, 6), f"checkpoint.init_ckpt_path={step2}"],
                                  ranks=1)
     assert f"initialised the weights from {step2}" in out
-    assert_weights(weights, get_fp32_state_dict_from_zero_checkpoint(str(source / "checkpoints"), tag=step2.name))
+    assert_weights(weights, get_fp32_state_dict_from_zero_checkpoint(str(trained_run / "checkpoints"), tag=step2.name))
     assert sorted(metrics(dump)) == [1]
 
 
-def test_a_mismatching_model_config_is_refused_before_training(tmp_path, data_root, source):
+@pytest.mark.distributed
+def test_a_mismatching_model_config_is_refused_before_training(tmp_path, data_root, trained_run, trained_export):
     dump = tmp_path / "run"
     env = {**cpu_dist_env(), "MASTER_PORT": str(free_port())}
     proc = subprocess.run([sys.executable, TRAIN, "--config", CONFIG, *overrides(data_root, dump, 1), "model.dimensions=[48,64,128]",
-                           f"checkpoint.init_ckpt_path={source / 'export'}"], capture_output=True, text=True, env=env, cwd=REPO_ROOT,
+                           f"checkpoint.init_ckpt_path={trained_export}"], capture_output=True, text=True, env=env, cwd=REPO_ROOT,
                           timeout=300)
     assert proc.returncode != 0
-    assert f"checkpoint.init_ckpt_path: {source / 'export'}" in proc.stderr, proc.stderr[-3000:]
+    assert f"checkpoint.init_ckpt_path: {trained_export}" in proc.stderr, proc.stderr[-3000:]
     assert "model.dimensions" in proc.stderr and "[48, 64, 128]" in proc.stderr and "[48, 64, 96]" in proc.stderr
     assert not (dump / "metrics.jsonl").exists()
 
@@ -224,7 +224,8 @@ def run_config(data_root: Path, *extra: str):
     return load_config(CONFIG, [f"data.root_dir={data_root}", "model.max_seqlens=[-1,64,48]", *extra])[0]
 
 
-def test_sources_that_do_not_fit_are_refused_naming_path_and_keys(tmp_path, data_root, source):
+@pytest.mark.distributed
+def test_sources_that_do_not_fit_are_refused_naming_path_and_keys(tmp_path, data_root, trained_run, trained_export):
     from aunet.training.init_weights import InitCheckpointError, resolve
 
     cfg = run_config(data_root)
@@ -242,11 +243,11 @@ def test_sources_that_do_not_fit_are_refused_naming_path_and_keys(tmp_path, data
         resolve(tmp_path / "ckpt", cfg)
     with pytest.raises(InitCheckpointError, match=r"model.layers: \[1, 2, 2\] in this run, \[1, 1, 2\] in the source; "
                                                   r"model.pooling_type"):
-        resolve(source / "export", run_config(data_root, "model.layers=[1,2,2]", "model.pooling_type=simple_repeat"))
+        resolve(trained_export, run_config(data_root, "model.layers=[1,2,2]", "model.pooling_type=simple_repeat"))
     with pytest.raises(InitCheckpointError, match=r"segmentation strategy: \[word 1@1, word 3@1\] in this run .*\[word 1@1, word 2@1\] in the source"):
-        resolve(source / "checkpoints", run_config(data_root, "data.regex.strategy.word2=3@1"))
+        resolve(trained_run / "checkpoints", run_config(data_root, "data.regex.strategy.word2=3@1"))
     # Initialisation-only keys (the init seed) may differ; a spelling of the same strategy too.
-    src = resolve(source / "export" / "model.safetensors", run_config(data_root, "model.seed=5",
+    src = resolve(trained_export / "model.safetensors", run_config(data_root, "model.seed=5",
                                                                        "data.regex.strategy={word_a: ' 1@1', word_b: 2@1}"))
-    assert src.kind == "export" and src.step == 4
-    assert resolve(source / "checkpoints", cfg).step == 4
+    assert src.kind == "export" and src.step == 6
+    assert resolve(trained_run / "checkpoints", cfg).step == 6

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from aunet.segment.readers.jsonl import JsonlParser
 from aunet.segment.readers.lines import Block, LongLine
+from helpers import examples
 
 
 def kept_value(value):
@@ -171,7 +172,7 @@ def jsonl_lines(draw) -> bytes:
     return line.replace(b"\n", b"\\n")
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(400), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(jsonl_lines(), min_size=1, max_size=12), st.sampled_from([None, "body", "id"]), st.integers(0, 3),
        st.sampled_from([(), ("id",), ("url", "id")]))
 def test_generated_lines_match_json_loads(lines, field, split, keep):

@@ -8,9 +8,11 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from aunet.training.checkpoint import MARKER, is_complete, latest_complete
 from helpers import REPO_ROOT, communicate_or_kill, cpu_dist_env, deepspeed_cmd
-from test_trainer import CONFIG, data_root, loader_states, metrics, overrides, run  # noqa: F401 (data_root: fixture)
+from train_run import CONFIG, loader_states, metrics, overrides
 
 # The trainer, with DeepSpeed's file writer wrapped: on rank 0, in the save of checkpoint TAG,
 # right after DeepSpeed has written its first file there, the process SIGKILLs itself, once
@@ -49,10 +51,9 @@ def all_losses(dump: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in map(json.loads, (dump / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
 
 
-def test_sigkill_during_save_resumes_from_the_previous_checkpoint_with_identical_losses(tmp_path, data_root):
-    straight = tmp_path / "straight"
-    run(overrides(data_root, straight, 6))
-
+@pytest.mark.distributed
+def test_sigkill_during_save_resumes_from_the_previous_checkpoint_with_identical_losses(tmp_path, data_root, trained_run):
+    straight = trained_run  # the uninterrupted run: the same 6 steps (tests/conftest.py)
     script = tmp_path / "kill_during_save.py"
     script.write_text(KILL_DURING_SAVE)
     dump = tmp_path / "run"
@@ -83,6 +84,8 @@ def test_sigkill_during_save_resumes_from_the_previous_checkpoint_with_identical
     reference = {step: r["loss"] for step, r in metrics(straight).items()}
     records = all_losses(dump)
     assert [s for s, _ in records] == [1, 2, 3, 4, 3, 4, 5, 6]
+    # Within 1e-5 relative, as test_trainer.py's exact resume (another process; a wrong batch
+    # or optimizer state moves the loss far more).
     for step, loss in records:
-        assert loss == reference[step], (step, loss, reference[step])
+        assert loss == pytest.approx(reference[step], rel=1e-5), (step, loss, reference[step])
     assert loader_states(dump, 6) == loader_states(straight, 6)

@@ -20,7 +20,7 @@ from aunet.data.packing import Packer
 from aunet import segment_corpus
 from helpers import REPO_ROOT
 from segment_fixtures import STRATEGY, STRATEGY_ARGS, sample_texts, write_jsonl
-from test_segment_cli import segment
+from segment_fixtures import segment
 
 
 @pytest.fixture(scope="module")
@@ -202,6 +202,7 @@ def evict(files: list[Path]) -> None:
             os.close(fd)
 
 
+@pytest.mark.slow  # 7 s: segments a corpus and reads it with four loaders
 def test_each_of_four_ranks_reads_about_a_quarter_of_the_shards(tmp_path):
     """Measured in the page cache: each rank, started on an empty cache, reads one epoch of its
     share in its own process; together the ranks see every document exactly once."""

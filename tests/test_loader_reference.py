@@ -15,7 +15,7 @@ from aunet.data.doc_order import SequentialOrder
 from aunet.data.packing import Packer
 from loader_oracle import ReferenceLoader, ReferencePacker
 from segment_fixtures import STRATEGY_ARGS, sample_texts, write_jsonl
-from test_segment_cli import segment
+from segment_fixtures import segment
 from model_helpers import tiny_args
 
 

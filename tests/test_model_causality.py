@@ -71,6 +71,8 @@ def test_gradients_from_position_t_reach_no_later_input(L):
     logits, _ = model(tokens, levels)
     for t in (0, 5, T // 2, T - 2):
         (grad,) = torch.autograd.grad(logits[0, t].sum(), emb, retain_graph=True)
+        # Exact 0, not small: a later position reaches logits[t] only through attention
+        # probabilities that are exactly 0 (masked) and pooling weights that are exactly 0.
         assert grad[0, t + 1:].abs().max() == 0
         assert grad[0, : t + 1].abs().sum() > 0
 
@@ -90,6 +92,9 @@ def test_the_past_does_change_logits(pooling_type):
         lev = levels.clone()
         lev[:, 10] = (lev[:, 10] + 1) % 3
         out_lev, _ = model(tokens, lev)
+    # Exact: one process, the same shapes and code, and a change at position 10 reaches the
+    # earlier positions' sums only through weights of exactly 0 (masked), so any difference
+    # there at all is a leak from the future.
     assert torch.equal(out[:, :10], base[:, :10])
     assert (out[:, 10] - base[:, 10]).abs().max() > 1e-4
     assert (out_lev[:, 10:] - base[:, 10:]).abs().max() > 1e-4

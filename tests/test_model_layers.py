@@ -262,6 +262,7 @@ def test_auto_on_the_cpu_takes_the_sdpa_routes(T, window, kv_heads, monkeypatch)
     q = torch.randn(2, 4, T, 16, generator=gen)
     k = torch.randn(2, kv_heads, T, 16, generator=gen)
     v = torch.randn(2, kv_heads, T, 16, generator=gen)
+    # Exact: "auto" must run the very same SDPA call on the same tensors in this process.
     assert torch.equal(causal_attention(q, k, v, window), causal_attention(q, k, v, window, impl="sdpa"))
     assert attention._resolve(q, k, window, "auto") == "sdpa"
 
@@ -295,6 +296,7 @@ def test_auto_on_cuda_takes_flex_for_short_windows_and_flash_otherwise():
         causal_attention(torch.zeros(1, 1, 4, 8), torch.zeros(1, 1, 4, 8), torch.zeros(1, 1, 4, 8), 2, impl="fast")
 
 
+@pytest.mark.slow  # 2 s: a Python subprocess per setting
 def test_environment_variable_forces_the_route_of_auto(monkeypatch):
     import subprocess
     import sys

@@ -182,6 +182,7 @@ def test_pooled_sequence_is_padded_to_a_static_length():
     assert seen == [torch.Size([2, 5, 64])] * 2
 
 
+@pytest.mark.slow  # 2 s: traces the whole forward with dynamo
 def test_whole_forward_traces_into_one_graph():
     """No data-dependent shapes or host syncs anywhere in the forward pass: torch.compile
     captures it as one graph (fullgraph fails on either). The reference's per-offset loop

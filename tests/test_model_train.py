@@ -154,5 +154,5 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(monkeypatch)
         grads.append((loss.item(), [p.grad.clone() for p in model.parameters()]))
         calls.append(count[0])
     assert calls[1] == 2 * calls[0]  # every block ran again in the backward pass
-    assert grads[0][0] == grads[1][0]
+    assert grads[0][0] == grads[1][0]  # the same forward (recomputation changes only the backward): exact
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads[0][1], grads[1][1]))

@@ -14,7 +14,7 @@ import aunet
 from aunet import Manifest, segment_corpus
 from aunet.segment import BadDocument, InvalidRequest, ManifestError, MissingManifest, SegmentError, merge, verify
 from segment_fixtures import STRATEGY, sample_texts, write_jsonl
-from test_segment_cli import read_shards, segment
+from segment_fixtures import read_shards, segment
 
 
 def test_returns_the_manifest_it_writes_and_matches_the_cli(tmp_path):

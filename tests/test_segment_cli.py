@@ -3,33 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from aunet import Segmenter
 from aunet.segment.shards import Manifest, open_shard
-from helpers import venv_script
-from segment_fixtures import STRATEGY, STRATEGY_ARGS, sample_texts, write_arrow, write_jsonl, write_parquet
+from segment_fixtures import STRATEGY, STRATEGY_ARGS, read_shards, sample_texts, segment, write_arrow, write_jsonl, write_parquet
 
-CLI = venv_script("aunet-segment")
-
-
-def segment(*args, check: int | None = 0) -> subprocess.CompletedProcess:
-    proc = subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, timeout=300)
-    if check is not None:
-        assert proc.returncode == check, proc.stdout + proc.stderr
-    return proc
-
-
-def read_shards(out: Path) -> list[tuple[bytes, bytes, int]]:
-    rows = []
-    for shard in Manifest.load(out).shards:
-        table = open_shard(out / shard.path).read_all()
-        rows += zip(table.column("text").to_pylist(), table.column("level_mask").to_pylist(), table.column("row").to_pylist())
-    return rows
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "jsonl.gz", "jsonl.zst", "parquet", "arrow", "arrow-stream"])

@@ -19,7 +19,7 @@ from aunet.segment.readers.lines import split_lines
 from aunet.segment.layout import MANIFEST
 from aunet.segment.shards import Manifest, file_checksum
 from segment_fixtures import STRATEGY, STRATEGY_ARGS, sample_texts, write_jsonl
-from test_segment_cli import read_shards, segment
+from segment_fixtures import read_shards, segment
 
 FORWARD = {"pretok": "", "word": "2@1"}
 REVERSED = {"word": "2@1", "pretok": ""}

@@ -15,7 +15,7 @@ import zstandard
 
 from aunet.segment.shards import Manifest
 from segment_fixtures import STRATEGY_ARGS, sample_texts, write_arrow, write_jsonl, write_parquet
-from test_segment_cli import segment
+from segment_fixtures import segment
 
 GOOD = [json.dumps({"text": f"document number {i}"}) for i in range(10)]
 

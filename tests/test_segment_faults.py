@@ -10,11 +10,12 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 import pyarrow as pa
 import zstandard
 
 from segment_fixtures import STRATEGY_ARGS, sample_texts, write_jsonl
-from test_segment_cli import CLI, read_shards, segment
+from segment_fixtures import CLI, read_shards, segment
 
 from aunet.segment.shards import Manifest
 
@@ -431,6 +432,7 @@ def test_verify_refuses_an_invalid_strategy_and_a_batch_plan_the_loader_refuses(
 # ---------------------------------------------------------------- third pass, item 11: a bound per document
 
 
+@pytest.mark.slow  # the bound under test is 10 s of matching
 def test_a_custom_regex_that_backtracks_at_every_position_is_bounded_per_document(tmp_path):
     from aunet.segment import segment_corpus
 

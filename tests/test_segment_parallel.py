@@ -51,6 +51,7 @@ def tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and ".progress" not in p.parts}
 
 
+@pytest.mark.slow  # 2 s: two segmentation runs of a large file
 def test_one_large_file_on_two_workers_equals_one_worker_on_one_thread(tmp_path, big_file):
     path, lines = big_file
     run_segment(path, tmp_path / "serial", "--workers", "1", "--threads", "1")

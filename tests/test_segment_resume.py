@@ -16,7 +16,7 @@ import pytest
 from aunet.segment.shards import Manifest, open_shard
 from helpers import venv_script
 from segment_fixtures import STRATEGY_ARGS, sample_texts, write_jsonl
-from test_segment_cli import segment
+from segment_fixtures import segment
 
 OPTIONS = [*STRATEGY_ARGS, "--shard-size", "48KB"]
 

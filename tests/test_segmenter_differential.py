@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from aunet import Segmenter
 from oracle import OracleSegmenter
 from text_strategies import STRATEGY_SETS, byte_docs, texts
+from helpers import examples
 
 SETS = list(STRATEGY_SETS)
 CUSTOM = [
@@ -32,14 +33,14 @@ def assert_same(spec, data: bytes):
 
 
 @pytest.mark.parametrize("name", SETS)
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(250), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=texts)
 def test_generated_unicode_text(name, text):
     assert_same(STRATEGY_SETS[name], text.encode("utf-8"))
 
 
 @pytest.mark.parametrize("name", SETS)
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(data=byte_docs)
 def test_arbitrary_bytes(name, data):
     assert_same(STRATEGY_SETS[name], data)
@@ -52,7 +53,7 @@ def assigned_only(text: str) -> str:
 
 
 @pytest.mark.parametrize("spec", CUSTOM, ids=str)
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(text=texts.map(assigned_only))
 def test_custom_regex_pairs(spec, text):
     assert_same(spec, text.encode("utf-8"))

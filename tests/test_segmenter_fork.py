@@ -4,10 +4,13 @@ import hashlib
 import subprocess
 import sys
 
+import pytest
+
 from aunet import Segmenter
 from helpers import REPO_ROOT
 
 
+@pytest.mark.slow  # 2 s: forked DataLoader workers
 def test_masks_in_forked_dataloader_workers_match_the_parent():
     proc = subprocess.run(
         [sys.executable, str(REPO_ROOT / "tests" / "scripts" / "fork_loader.py")],

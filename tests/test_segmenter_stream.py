@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from aunet import Segmenter
 from text_strategies import STRATEGY_SETS, byte_docs, texts
+from helpers import examples
 
 SPECS = dict(STRATEGY_SETS, custom=[(r"\d(?=\d)", r"[.!?]\s")])
 
@@ -18,7 +19,7 @@ def prefix_levels(seg: Segmenter, data: bytes) -> list[int]:
 
 
 @pytest.mark.parametrize("name", list(SPECS))
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=examples(120), deadline=None)
 @given(data=st.one_of(texts.map(str.encode), byte_docs), cuts=st.lists(st.integers(0, 400), max_size=6))
 def test_stream_equals_every_prefix(name, data, cuts):
     seg = Segmenter(SPECS[name])
@@ -46,7 +47,7 @@ def non_final_bytes(data: bytes) -> list[int]:
 
 
 @pytest.mark.parametrize("name", list(STRATEGY_SETS))
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=examples(80), deadline=None)
 @given(text=texts, cut=st.integers(0, 400))
 def test_no_pooled_position_inside_a_character(name, text, cut):
     """SPEC section 2: every non-final byte of a multi-byte character gets level 0, in the full

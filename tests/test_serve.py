@@ -12,8 +12,12 @@ import time
 import pytest
 
 from aunet.config import load_config
+from greedy import agreed_length
 from helpers import REPO_ROOT, free_port, venv_script
 from model_helpers import export_random_model
+
+# Slow tier: a server process per test, 11 s in all (2-core machine, 2026-12-05).
+pytestmark = pytest.mark.slow
 
 MAX_BYTES = 12
 
@@ -64,6 +68,15 @@ def greedy(export, prompt: str) -> str:
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout.removesuffix("\n")
     assert out.startswith(prompt)
+    # The server runs the hf model in another process: its bytes equal these only if no step of
+    # this greedy path is a near tie of the top two logits (tests/greedy.py), checked here.
+    from aunet.inference.export import load_model
+    from aunet.inference.generate import Generator
+
+    model, cfg = load_model(export)
+    gen = Generator(model, cfg.data.regex.strategy)
+    path = gen.generate([prompt.encode()], MAX_BYTES, temperature=0)[0]
+    assert agreed_length(gen, prompt.encode(), path) == len(path), "a near tie on this greedy path: pick another prompt"
     return out[len(prompt):]
 
 

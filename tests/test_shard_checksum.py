@@ -19,8 +19,7 @@ from aunet.segment import ManifestError, verify
 from aunet.segment.layout import MANIFEST
 from aunet.segment.shards import Manifest, checksum_matches
 from segment_fixtures import STRATEGY, sample_texts, write_jsonl
-from test_faults_data import read_all
-from test_segment_cli import segment
+from segment_fixtures import read_all, segment
 
 SHARD_SIZE = 8_000  # about 3 shards per input
 

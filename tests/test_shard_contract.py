@@ -67,6 +67,7 @@ def run_trainer(tmp_path, source, *overrides):
     )
 
 
+@pytest.mark.slow  # 7 s: starts the trainer in subprocesses
 def test_the_trainer_refuses_shards_of_another_depth_unless_told(shards, tmp_path):
     proc = run_trainer(tmp_path, shards / "word")  # the tiny AU-Net-3 pools twice; these shards have one stage
     assert proc.returncode != 0

@@ -25,6 +25,7 @@ def test_sized_models_land_near_the_target_and_build(name, target):
     assert sum(p.numel() for p in model.parameters()) == param_count(sized.model)
 
 
+@pytest.mark.slow  # 2 s: sizes and builds models at several budgets
 def test_more_flops_per_byte_means_a_bigger_model():
     for t in TEMPLATES.values():
         sizes = [param_count(size_to(t, target, 512, FRACTIONS).model) for target in (5e5, 2e6, 8e6, 3.2e7)]

@@ -14,24 +14,12 @@ from helpers import REPO_ROOT
 sys.path.insert(0, str(REPO_ROOT / "benches"))
 from corpora import cjk_prose, english_prose, multilingual_docs, stdlib_docs  # noqa: E402
 
-from aunet import Segmenter  # noqa: E402
 from aunet.config import BlockArgs, ModelArgs, load_config  # noqa: E402
 from aunet.model import HierarchicalTransformer, stage_lengths  # noqa: E402
 from aunet.model.flops import batch_flops, flops_at  # noqa: E402
 from aunet.model.lengths import bucketed_length, stage_counts  # noqa: E402
 from aunet.model.pooling import pool_index, registered_types  # noqa: E402
-
-
-def packed_levels(docs: list[bytes], strategy: dict, batch: int, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """Tokens and levels of `batch` packed windows of BOS + document + EOS, as the loader packs
-    them (documents repeat when the corpus is shorter than the batch)."""
-    seg = Segmenter(strategy)
-    toks = [np.concatenate([[256], np.frombuffer(d, np.uint8), [257]]) for d in docs]
-    levs = [seg.levels(d, bos=True, eos=True) for d in docs]
-    tok, lev = np.concatenate(toks), np.concatenate(levs)
-    reps = -(-batch * seq_len // len(tok))
-    tok, lev = np.tile(tok, reps), np.tile(lev, reps)
-    return tok[: batch * seq_len].reshape(batch, seq_len).astype(np.int64), lev[: batch * seq_len].reshape(batch, seq_len)
+from model_helpers import packed_levels  # noqa: E402
 
 
 def padded_walk_counts(levels: torch.Tensor, args: ModelArgs) -> list[list[int]]:
