@@ -56,7 +56,7 @@ test-python: install
 test: install test-rust test-python
 
 # Segment this machine's Python sources, train a tiny AU-Net-3 on 2 CPU ranks (DeepSpeed
-# ZeRO-3), evaluate held-out bpb, export, sample. A few minutes; output under runs/demo.
+# ZeRO-3), evaluate held-out bpb, export, sample. About 2 minutes on 2 idle cores; output under runs/demo.
 demo: install
 	$(PY) -m aunet.demo --workdir runs/demo
 
