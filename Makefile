@@ -60,7 +60,7 @@ test-fast: install
 	$(PY) -m pytest -m "not slow and not distributed"
 
 # Segment this machine's Python sources, train a tiny AU-Net-3 on 2 CPU ranks (DeepSpeed
-# ZeRO-3), evaluate held-out bpb, export, sample. A few minutes; output under runs/demo.
+# ZeRO-3), evaluate held-out bpb, export, sample. About 2 minutes on 2 idle cores; output under runs/demo.
 demo: install
 	$(PY) -m aunet.demo --workdir runs/demo
 

@@ -72,6 +72,31 @@ def test_fp32_gradient_reduction_is_deepspeeds_communication_data_type():
         assert DeepSpeedConfig(ds).communication_data_type == expected
 
 
+def test_zero3_blocks_are_leaf_modules_on_cpus_and_when_compiled():
+    """One gather hook per transformer block (none inside it) where nothing could overlap finer
+    gathers (CPUs) or a block must stay one compiled graph; eager GPU runs and other stages keep
+    DeepSpeed's per-module hooks."""
+    from aunet.training.accelerator import ensure_ds_accelerator
+
+    ensure_ds_accelerator()
+    from deepspeed.utils import z3_leaf_module
+
+    from aunet.model import HierarchicalTransformer
+    from aunet.model.layers import Block
+    from aunet.training.trainer import leaf_blocks
+
+    cfg, _ = load_config(TINY)
+    for stage, compiled, on_gpu, expected in ((3, False, False, True), (3, True, True, True), (3, False, True, False),
+                                              (2, False, False, False), (2, True, True, False)):
+        with torch.device("meta"):
+            model = HierarchicalTransformer(cfg.model)
+        assert leaf_blocks(model, stage, compiled, on_gpu) == expected
+        blocks = [m for m in model.modules() if isinstance(m, Block)]
+        assert len(blocks) == sum(cfg.model.layers) + sum(cfg.model.layers[:-1])  # encoder and decoder blocks
+        assert {z3_leaf_module(m) for m in blocks} == {expected}
+        assert not any(z3_leaf_module(m) for m in model.modules() if not isinstance(m, Block))
+
+
 def test_segment_timeout_must_be_positive():
     with pytest.raises(ConfigError, match="segment_timeout_minutes"):
         load_config(TINY, ["distributed.segment_timeout_minutes=0"])

@@ -138,8 +138,9 @@ class Trainer:
         apply_torch_settings(cfg, self.on_gpu)
         model = build_model(cfg, ds_config)
         model.set_activation_checkpointing(cfg.distributed.selective_activation_checkpointing)
+        leaf_blocks(model, ds_config["zero_optimization"]["stage"], cfg.distributed.compile, self.on_gpu)
         if cfg.distributed.compile:
-            compile_for_training(model, ds_config["zero_optimization"]["stage"], cfg.distributed.compile_backend)
+            compile_blocks(model, cfg.distributed.compile_backend)
         if init_from is not None:
             # Before `initialize`: the optimizer takes its fp32 master weights from the parameters.
             load_into(model, init_from, self.rank)
@@ -304,16 +305,20 @@ def build_model(cfg: TrainArgs, ds_config: dict):
         return HierarchicalTransformer(cfg.model)
 
 
-def compile_for_training(model, zero_stage: int, backend: str) -> None:
-    """Compile block by block (`aunet.model.compile`). Under ZeRO-3 each block becomes a
-    DeepSpeed leaf module first (before `deepspeed.initialize` installs its hooks): its
-    parameters are gathered by one hook before the block and none runs inside it, so the
-    compiled block is one graph."""
-    if zero_stage == 3:
-        from deepspeed.utils import set_z3_leaf_modules
+def leaf_blocks(model, zero_stage: int, compiled: bool, on_gpu: bool) -> bool:
+    """Under ZeRO-3, make each transformer block a DeepSpeed leaf module (before
+    `deepspeed.initialize` installs its hooks) when the blocks are compiled or the run is on
+    CPUs; returns whether it did. A leaf block's parameters are gathered by one hook before the
+    block and none runs inside it: a compiled block stays one graph, and on a CPU, where no
+    other stream could overlap a finer-grained gather, each step runs a fraction of the
+    per-module hooks (docs/benchmarks.md, "Demo and test suite"). The parameters stay
+    partitioned. GPU runs in eager mode keep DeepSpeed's per-module gathers."""
+    if zero_stage != 3 or (on_gpu and not compiled):
+        return False
+    from deepspeed.utils import set_z3_leaf_modules
 
-        set_z3_leaf_modules(model, [Block])
-    compile_blocks(model, backend)
+    set_z3_leaf_modules(model, [Block])
+    return True
 
 
 def micro_step(engine, batch: dict, device, metrics: DeviceMetrics) -> None:
