@@ -27,7 +27,7 @@ def heldout_bpb(model, sources: dict[str, float], seq_len: int, batch_size: int,
     """{"bpb", "bytes"} over every byte of the held-out `sources` (shard directories; weights
     are ignored). `reduce` is torch.distributed.all_reduce when several ranks evaluate
     together. `tokenizer`: a BPE model's tokenizer file (bpb then counts the bytes its tokens
-    stand for). `verify_shards`: check each shard's SHA-256 as it is opened."""
+    stand for). `verify_shards`: check each shard's checksum (XXH3-128; SHA-256 in older directories) as it is opened."""
     open_source = source_opener(tokenizer)
     opened = [open_source(path, verify_shards) for path in sources]
     windows = sum(math.ceil(max(rank_stream_length(s, rank, world_size, add_bos, add_eos) - 1, 0) / seq_len) for s in opened)
